@@ -1,0 +1,56 @@
+"""Composition of flows that keeps the log-determinant on the input's device and dtype."""
+
+import torch.nn as nn
+from normflows.flows import Flow
+
+
+class Chain(Flow):
+    """Flows applied one after the other.
+
+    ``inverse`` (density direction) runs the flows in the given order, ``forward`` (sampling
+    direction) runs their ``forward`` in reverse order, so ``Chain([a, b]).inverse(x)`` is
+    ``b.inverse(a.inverse(x))``. Unlike ``normflows.flows.Composite`` the accumulated log_det lives
+    on the input's device and dtype.
+
+    Keyword arguments of ``forward`` (e.g. ``backend``) are passed to the flows that accept them.
+    """
+
+    def __init__(self, flows):
+        """Constructor
+
+        Args:
+          flows: iterable of ``normflows.flows.Flow``, in density (inverse) order
+        """
+        super().__init__()
+        self.flows = nn.ModuleList(flows)
+
+    def forward(self, z, **kwargs):
+        """Sampling direction.
+
+        Args:
+          z: latent tensor, shape (batch, ...)
+          kwargs: passed on to each flow's ``forward`` that declares them
+
+        Returns:
+          x and log|det dx/dz| of shape (batch,)
+        """
+        log_det = z.new_zeros(z.shape[0])
+        for flow in reversed(self.flows):
+            z, ld = flow(z, **kwargs) if getattr(flow, "accepts_backend", False) else flow(z)
+            log_det = log_det + ld
+        return z, log_det
+
+    def inverse(self, x):
+        """Density direction.
+
+        Args:
+          x: data tensor, shape (batch, ...)
+
+        Returns:
+          z and log|det dz/dx| of shape (batch,)
+        """
+        log_det = x.new_zeros(x.shape[0])
+        for flow in self.flows:
+            x, ld = flow.inverse(x)
+            log_det = log_det + ld
+        return x, log_det
