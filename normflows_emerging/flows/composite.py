@@ -24,19 +24,18 @@ class Chain(Flow):
         super().__init__()
         self.flows = nn.ModuleList(flows)
 
-    def forward(self, z, **kwargs):
+    def forward(self, z):
         """Sampling direction.
 
         Args:
           z: latent tensor, shape (batch, ...)
-          kwargs: passed on to each flow's ``forward`` that declares them
 
         Returns:
           x and log|det dx/dz| of shape (batch,)
         """
         log_det = z.new_zeros(z.shape[0])
         for flow in reversed(self.flows):
-            z, ld = flow(z, **kwargs) if getattr(flow, "accepts_backend", False) else flow(z)
+            z, ld = flow(z)
             log_det = log_det + ld
         return z, log_det
 
