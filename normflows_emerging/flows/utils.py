@@ -1,6 +1,9 @@
-"""Input checks shared by the flows of this package."""
+"""Input checks and small constructors shared by the flows of this package."""
+
+import warnings
 
 import torch
+from normflows.flows import Invertible1x1Conv
 
 
 def check_image(x, num_channels, layer):
@@ -24,3 +27,10 @@ def check_image(x, num_channels, layer):
             f"{layer} expects a tensor of shape (batch, {num_channels}, height, width), "
             f"got shape {tuple(x.shape)}"
         )
+
+
+def plu_1x1_conv(num_channels):
+    """normflows' LU-parametrised ``Invertible1x1Conv``, built without its ``torch.lu`` warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.lu.*")
+        return Invertible1x1Conv(num_channels, use_lu=True)

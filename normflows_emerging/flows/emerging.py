@@ -1,0 +1,89 @@
+"""Emerging convolution: 1x1 convolution followed by two opposite square autoregressive ones."""
+
+from normflows.flows import Flow
+
+from .autoregressive import SquareAutoregressiveConv2d
+from .qr import QR1x1
+from .utils import check_image, plu_1x1_conv
+
+ONE_BY_ONE_CHOICES = ("qr", "plu", "none")
+
+
+class EmergingConv2d(Flow):
+    """Invertible k x k convolution that emerges from two (k+1)/2 autoregressive convolutions.
+
+    Density direction (``inverse``): 1x1 convolution (QR by default) -> causal autoregressive
+    convolution of size m = (k+1)/2 -> the mirrored (flipped) one. Their chain has exactly a
+    k x k receptive field. The two small convolutions run one after the other (not merged into
+    one k x k filter, which would differ at the borders and lose exact invertibility), so
+    log|det| is the sum of the three layers' log-determinants.
+
+    Sampling direction (``forward``): the three layers' inverses in reverse order; the two
+    autoregressive ones are triangular solves (see :mod:`normflows_emerging.inverse`).
+    """
+
+    def __init__(self, num_channels, kernel_size=3, one_by_one="qr"):
+        """Constructor
+
+        Args:
+          num_channels: number of channels C
+          kernel_size: odd receptive field k >= 3
+          one_by_one: ``"qr"`` (:class:`QR1x1`), ``"plu"`` (normflows' LU ``Invertible1x1Conv``)
+            or ``"none"``
+        """
+        super().__init__()
+        if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size!r}")
+        if one_by_one not in ONE_BY_ONE_CHOICES:
+            raise ValueError(f"one_by_one must be one of {ONE_BY_ONE_CHOICES}, got {one_by_one!r}")
+        self.num_channels, self.kernel_size = num_channels, kernel_size
+        size = (kernel_size + 1) // 2
+        if one_by_one == "qr":
+            self.one_by_one = QR1x1(num_channels)
+        elif one_by_one == "plu":
+            self.one_by_one = plu_1x1_conv(num_channels)
+        else:
+            self.one_by_one = None
+        self.causal = SquareAutoregressiveConv2d(num_channels, size, flip=False)
+        self.anticausal = SquareAutoregressiveConv2d(num_channels, size, flip=True)
+
+    def inverse(self, x):
+        """Density direction.
+
+        Args:
+          x: tensor of shape (batch, C, H, W)
+
+        Returns:
+          y of the same shape and log|det dy/dx| of shape (batch,)
+        """
+        check_image(x, self.num_channels, type(self).__name__)
+        log_det = x.new_zeros(x.shape[0])
+        if self.one_by_one is not None:
+            x, ld = self.one_by_one.inverse(x)
+            log_det = log_det + ld
+        x, ld = self.causal.inverse(x)
+        log_det = log_det + ld
+        x, ld = self.anticausal.inverse(x)
+        return x, log_det + ld
+
+    def forward(self, z, backend=None):
+        """Sampling direction.
+
+        Args:
+          z: tensor of shape (batch, C, H, W)
+          backend: solve backend for both autoregressive layers (None: the default)
+
+        Returns:
+          x of the same shape and log|det dx/dz| of shape (batch,)
+        """
+        check_image(z, self.num_channels, type(self).__name__)
+        z, log_det = self.anticausal(z, backend=backend)
+        z, ld = self.causal(z, backend=backend)
+        log_det = log_det + ld
+        if self.one_by_one is not None:
+            z, ld = self.one_by_one(z)
+            log_det = log_det + ld
+        return z, log_det
+
+    def extra_repr(self):
+        return f"num_channels={self.num_channels}, kernel_size={self.kernel_size}"

@@ -1,0 +1,116 @@
+"""Solving a causal (square autoregressive) convolution: backends, selection and autograd.
+
+``solve_autoregressive(y, kernel)`` returns ``x`` with ``causal_conv(x, kernel) = y``, where
+``kernel`` has shape (C, C, m, m), pixel (i, j) reads the m x m window whose bottom-right corner
+is (i, j), and the corner tap is lower-triangular in (out, in) with a non-zero diagonal.
+
+Backends:
+  * ``"compiled"``: Cython + OpenMP, CPU only; the CPU default when the extension is built.
+  * ``"torch"``: anti-diagonal wavefront in H + W - 1 batched torch steps; any device, the
+    default for CUDA tensors and the CPU fallback when the extension is missing.
+  * ``"naive"``: element-by-element reference (tests, benchmark baseline).
+
+Pick one per call (``backend=``) or for a block of code with ``use_backend(name)``.
+"""
+
+import contextlib
+import contextvars
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .compiled import compiled_available, solve_compiled
+from .naive import solve_naive
+from .wavefront import solve_wavefront
+
+__all__ = ["BACKENDS", "inverse_backend", "solve_autoregressive", "use_backend",
+           "compiled_available"]
+
+_SOLVERS = {"compiled": solve_compiled, "torch": solve_wavefront, "naive": solve_naive}
+BACKENDS = tuple(_SOLVERS)
+
+_selected_backend = contextvars.ContextVar("normflows_emerging_backend", default=None)
+
+
+def _check_backend(name):
+    if name not in _SOLVERS:
+        raise ValueError(f"unknown inverse backend {name!r}; expected one of {BACKENDS}")
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Solve every autoregressive convolution inside the ``with`` block with backend ``name``."""
+    _check_backend(name)
+    token = _selected_backend.set(name)
+    try:
+        yield
+    finally:
+        _selected_backend.reset(token)
+
+
+def inverse_backend(device="cpu"):
+    """Name of the backend a solve on ``device`` uses now: ``"compiled"``, ``"torch"`` or ``"naive"``.
+
+    Inside ``use_backend(name)`` that is ``name``; otherwise ``"torch"`` for non-CPU devices and,
+    on CPU, ``"compiled"`` when the extension is built (``"torch"`` with a warning when not).
+    """
+    selected = _selected_backend.get()
+    if selected is not None:
+        return selected
+    if torch.device(device).type != "cpu":
+        return "torch"
+    if compiled_available():
+        return "compiled"
+    warnings.warn("normflows_emerging was installed without its compiled inverse; sampling uses "
+                  "the slower torch wavefront solve. Reinstall with `pip install .` and a C "
+                  "compiler to build it.", RuntimeWarning, stacklevel=2)
+    return "torch"
+
+
+def solve_autoregressive(y, kernel, dilation=1, backend=None):
+    """Solve ``causal_conv(x, kernel, dilation) = y`` for ``x``, differentiably.
+
+    Args:
+      y: (B, C, H, W) right-hand side with the bias already subtracted
+      kernel: (C, C, m, m) causal kernel; corner tap lower-triangular, non-zero diagonal
+      dilation: spacing of the taps
+      backend: ``"compiled"``, ``"torch"``, ``"naive"`` or None for :func:`inverse_backend`
+
+    Returns:
+      x of shape (B, C, H, W). Gradients with respect to ``y`` and ``kernel`` come from an
+      implicit backward (one transposed solve and one convolution weight gradient).
+    """
+    name = backend if backend is not None else inverse_backend(y.device)
+    _check_backend(name)
+    if torch.is_grad_enabled() and (y.requires_grad or kernel.requires_grad):
+        return _AutoregressiveSolve.apply(y, kernel, dilation, name)
+    return _SOLVERS[name](y, kernel, dilation)
+
+
+class _AutoregressiveSolve(torch.autograd.Function):
+    """x = A^-1 y for the causal convolution A; backward without unrolling the solve."""
+
+    @staticmethod
+    def forward(ctx, y, kernel, dilation, backend):
+        x = _SOLVERS[backend](y, kernel, dilation)
+        ctx.save_for_backward(x, kernel)
+        ctx.dilation, ctx.backend = dilation, backend
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_x):
+        x, kernel = ctx.saved_tensors
+        dilation = ctx.dilation
+        # grad_y = A^-T grad_x. A^T is anti-causal; mirrored in channels and space it is the causal
+        # convolution with the kernel transposed in (out, in) and reversed in both channel axes.
+        adjoint = kernel.transpose(0, 1).flip(0, 1)
+        grad_y = _SOLVERS[ctx.backend](grad_x.flip(1, 2, 3), adjoint, dilation).flip(1, 2, 3)
+        grad_kernel = None
+        if ctx.needs_input_grad[1]:
+            # dx = -A^-1 (dA) x, so dL/dK = -(weight gradient of the convolution of x, at grad_y).
+            pad = dilation * (kernel.shape[-1] - 1)
+            grad_kernel = -torch.nn.grad.conv2d_weight(
+                F.pad(x, (pad, 0, pad, 0)), kernel.shape, grad_y, dilation=dilation)
+        return grad_y, grad_kernel, None, None

@@ -1,0 +1,47 @@
+"""Thin wrapper of the Cython extension ``normflows_emerging._inverse``."""
+
+import torch
+
+try:
+    from normflows_emerging import _inverse
+except ImportError:  # the package was installed without building the extension
+    _inverse = None
+
+_SOLVERS = {}
+if _inverse is not None:
+    _SOLVERS = {torch.float32: _inverse.solve_causal_float32,
+                torch.float64: _inverse.solve_causal_float64}
+
+
+def compiled_available():
+    """True if the compiled extension was built and imports."""
+    return _inverse is not None
+
+
+def solve_compiled(y, kernel, dilation=1):
+    """Solve ``causal_conv(x, kernel) = y`` with the compiled kernel (CPU, float32/float64).
+
+    Contiguous tensors are shared with the extension without copying; the number of OpenMP
+    threads follows ``torch.get_num_threads()``.
+
+    Args:
+      y: (B, C, H, W) right-hand side, bias already subtracted
+      kernel: (C, C, m, m) causal kernel whose corner tap is lower-triangular
+      dilation: spacing of the taps
+
+    Returns:
+      x of shape (B, C, H, W)
+    """
+    if _inverse is None:
+        raise RuntimeError("the compiled inverse is not built; reinstall with `pip install .`")
+    if y.device.type != "cpu":
+        raise ValueError(f"the compiled inverse runs on CPU tensors, got a {y.device} tensor; "
+                         "use backend='torch'")
+    solver = _SOLVERS.get(y.dtype)
+    if solver is None:
+        raise TypeError(f"the compiled inverse takes float32 or float64, got {y.dtype}")
+    y = y.detach().contiguous()
+    x = torch.empty_like(y)
+    solver(y.numpy(), kernel.detach().to(y.dtype).contiguous().numpy(), x.numpy(), dilation,
+           torch.get_num_threads())
+    return x

@@ -1,0 +1,35 @@
+"""Reference solve: element by element, in the plainest possible form (tests, benchmark baseline)."""
+
+import torch
+
+
+def solve_naive(y, kernel, dilation=1):
+    """Solve ``causal_conv(x, kernel) = y`` one output element at a time.
+
+    Args:
+      y: (B, C, H, W) right-hand side, bias already subtracted
+      kernel: (C, C, m, m) causal kernel whose corner tap is lower-triangular
+      dilation: spacing of the taps
+
+    Returns:
+      x of shape (B, C, H, W)
+    """
+    _, channels, height, width = y.shape
+    size = kernel.shape[-1]
+    corner = size - 1
+    x = torch.zeros_like(y)
+    for i in range(height):
+        for j in range(width):
+            for o in range(channels):
+                total = y[:, o, i, j].clone()
+                for a in range(size):
+                    for d in range(size):
+                        ii = i - (corner - a) * dilation
+                        jj = j - (corner - d) * dilation
+                        if ii < 0 or jj < 0:
+                            continue
+                        solved = o if (a, d) == (corner, corner) else channels
+                        for c in range(solved):
+                            total = total - kernel[o, c, a, d] * x[:, c, ii, jj]
+                x[:, o, i, j] = total / kernel[o, o, corner, corner]
+    return x
