@@ -38,7 +38,9 @@ def make_flow(channels, kernel_size, seed=0, bias=True):
 def dense_slogdet(fn, shape):
     """log|det| of the Jacobian of ``fn`` at a random point, by brute force."""
     point = torch.randn(shape, dtype=torch.float64)
-    jac = torch.autograd.functional.jacobian(lambda t: fn(t.view(shape)).flatten(), point.flatten())
+    jac = torch.autograd.functional.jacobian(
+        lambda t: fn(t.view(shape)).flatten(), point.flatten(), vectorize=True
+    )
     sign, logabsdet = torch.linalg.slogdet(jac)
     assert sign != 0
     return logabsdet
@@ -188,6 +190,32 @@ def test_eval_mode_keeps_autograd_through_sampling():
     assert flow.weight.grad is not None and torch.isfinite(flow.weight.grad).all()
 
 
+def test_cache_from_inference_mode_is_not_reused_under_autograd():
+    flow = make_flow(2, 3).eval().requires_grad_(False)
+    z = torch.randn(2, 2, 4, 5, dtype=torch.float64)
+    with torch.inference_mode():
+        expected, _ = flow(z)
+    z.requires_grad_()
+    x, _ = flow(z)  # grad enabled, frozen kernel: cached, but not the inference-mode entry
+    x.sum().backward()
+    torch.testing.assert_close(x.detach(), expected)
+    assert torch.isfinite(z.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_float32():
+    flow = make_flow(4, 3).float().cuda()
+    x = torch.randn(2, 4, 6, 5, device="cuda")
+    for method in ("spatial", "fft"):
+        z, log_det = flow.inverse(x, method=method)
+        assert log_det.device == x.device and log_det.dtype == torch.float32
+        x_back, log_det_back = flow(z)
+        torch.testing.assert_close(x_back, x, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(log_det_back, -log_det)
+    _, log_det_cpu = flow.cpu().inverse(x.cpu())
+    torch.testing.assert_close(log_det.cpu(), log_det_cpu)
+
+
 class DensityPass(torch.nn.Module):
     """``flow.inverse`` with a fixed method, as a module so that functional_call can reach it."""
 
@@ -202,7 +230,7 @@ class DensityPass(torch.nn.Module):
 
 @pytest.mark.parametrize("method", [None, "spatial", "fft"])
 def test_gradcheck(method):
-    """Gradients of output and log_det w.r.t. input, kernel and bias, sampling (None) and density."""
+    """Gradients of output and log_det w.r.t. input, kernel, bias: sampling (None) and density."""
     flow = make_flow(2, 3)
     layer = flow if method is None else DensityPass(flow, method)
     prefix = "" if method is None else "flow."
