@@ -1,4 +1,4 @@
-"""Masked affine autoregressive flow on images (the MAF baseline of the emerging-convolutions paper).
+"""Masked affine autoregressive flow on images, the MAF baseline of the emerging-convolutions paper.
 
 Elements of an image of shape (C, H, W) are ordered pixel by pixel in raster order and, inside a
 pixel, by channel: element (c, i, j) has index (i * W + j) * C + c. A masked convolutional network
@@ -47,7 +47,8 @@ class _MaskedConv2d(nn.Conv2d):
 
     def __init__(self, in_degrees, out_degrees, kernel_size, strict):
         super().__init__(len(in_degrees), len(out_degrees), kernel_size, padding=kernel_size // 2)
-        self.register_buffer("mask", _autoregressive_mask(in_degrees, out_degrees, kernel_size, strict))
+        mask = _autoregressive_mask(in_degrees, out_degrees, kernel_size, strict)
+        self.register_buffer("mask", mask)
 
     def masked_weight(self):
         """The effective weight, shape (out, in, k, k)."""
@@ -69,7 +70,7 @@ class MaskedAffineAutoregressiveConv2d(Flow):
 
     Network: masked 3x3 conv (C -> hidden, excludes the current element), ReLU, masked 1x1 conv
     (hidden -> hidden), ReLU, masked 3x3 conv (hidden -> 2C, shift and raw log-scale); hidden unit k
-    belongs to channel ``k % C`` of the current pixel.
+    belongs to channel ``k * C // hidden_channels`` of the current pixel (contiguous blocks).
     """
 
     backends = ("fast", "naive")
@@ -92,7 +93,7 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         self.hidden_channels = hidden_channels
         self.reverse = reverse
         data_degrees = torch.arange(num_channels)
-        hidden_degrees = torch.arange(hidden_channels) % num_channels
+        hidden_degrees = torch.arange(hidden_channels) * num_channels // hidden_channels
         self.conv_in = _MaskedConv2d(data_degrees, hidden_degrees, 3, strict=True)
         self.conv_hidden = _MaskedConv2d(hidden_degrees, hidden_degrees, 1, strict=False)
         self.conv_out = _MaskedConv2d(hidden_degrees, data_degrees.repeat(2), 3, strict=False)
@@ -138,7 +139,8 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         reads pixels (i-1, j-1..j+1) and (i, j-1) of the network's input and last hidden layer, so
         all pixels with the same 2i + j are solved together (2(H-1) + W steps). Within a step the
         window contributions are computed once; then each channel costs one pass of the network
-        restricted to those pixels, updating the first hidden layer with the channel just solved.
+        restricted to those pixels and to the hidden units of that channel and the ones before it,
+        updating the first hidden layer with the channel just solved.
         ``"naive"`` reruns the whole network once per element (the baseline).
 
         Args:
@@ -168,7 +170,8 @@ class MaskedAffineAutoregressiveConv2d(Flow):
                 for c in range(num_channels):
                     shift, log_scale = self._shift_log_scale(x)
                     x = x.clone()
-                    x[:, c, i, j] = z[:, c, i, j] * torch.exp(log_scale[:, c, i, j]) + shift[:, c, i, j]
+                    scale = torch.exp(log_scale[:, c, i, j])
+                    x[:, c, i, j] = z[:, c, i, j] * scale + shift[:, c, i, j]
                     log_det = log_det + log_scale[:, c, i, j]
         return x, log_det
 
@@ -179,13 +182,13 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         # Weights, arranged once: past taps flattened tap-major, (4 * in, out); centre taps apart.
         w_in = self.conv_in.masked_weight()
         w_out = self.conv_out.masked_weight()
-        past_in = torch.stack([w_in[:, :, a, b].t() for a, b in _PAST_TAPS]).reshape(-1, hidden)
-        past_out = torch.stack([w_out[:, :, a, b].t() for a, b in _PAST_TAPS]).reshape(-1, 2 * num_channels)
+        past_in = torch.cat([w_in[:, :, a, b].t() for a, b in _PAST_TAPS])
+        past_out = torch.cat([w_out[:, :, a, b].t() for a, b in _PAST_TAPS])
         centre_in = w_in[:, :, 1, 1].t()  # (C, hidden): row c is what channel c adds to layer 1
         w_hidden = self.conv_hidden.masked_weight()[:, :, 0, 0]
         b_in, b_hidden, b_out = self.conv_in.bias, self.conv_hidden.bias, self.conv_out.bias
-        # Rows [c, C + c] of the centre tap give shift and raw log-scale of channel c.
-        centre_out = w_out[:, :, 1, 1].view(2, num_channels, hidden).transpose(0, 1)  # (C, 2, hidden)
+        # (C, 2, hidden): rows [c, C + c] of the centre tap, shift and raw log-scale of channel c.
+        centre_out = w_out[:, :, 1, 1].view(2, num_channels, hidden).transpose(0, 1)
 
         # Channel-last maps of the solved x and of the last hidden layer, zero padded by one pixel
         # at the top, left and right, flattened over space: pixel (i, j) sits at (i+1)*(W+2) + j+1.
@@ -196,7 +199,8 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         offsets = torch.tensor([a * padded_width + b for a, b in _PAST_TAPS], device=z.device)
         log_det = z.new_zeros(batch)
         for step in range(2 * (height - 1) + width):
-            rows = torch.arange(max(0, (step - width + 2) // 2), min(height - 1, step // 2) + 1, device=z.device)
+            first, last = max(0, (step - width + 2) // 2), min(height - 1, step // 2)
+            rows = torch.arange(first, last + 1, device=z.device)
             cols = step - 2 * rows
             num_pixels = len(rows)
             centre = (rows + 1) * padded_width + cols + 1
@@ -207,8 +211,10 @@ class MaskedAffineAutoregressiveConv2d(Flow):
             z_step = z_flat.index_select(1, rows * width + cols)
             solved = []
             for c in range(num_channels):
-                h = F.relu(F.linear(F.relu(pre), w_hidden, b_hidden))
-                out = base[..., c] + F.linear(h, centre_out[c])
+                # Hidden units of channel c and before are the first n of each hidden layer.
+                n = -(-(c + 1) * hidden // num_channels)
+                h = F.relu(F.linear(F.relu(pre[..., :n]), w_hidden[:n, :n], b_hidden[:n]))
+                out = base[..., c] + F.linear(h, centre_out[c, :, :n])
                 log_scale = torch.tanh(out[..., 1])
                 x_c = z_step[..., c] * torch.exp(log_scale) + out[..., 0]
                 log_det = log_det + log_scale.sum(dim=1)
