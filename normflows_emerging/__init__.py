@@ -1,6 +1,26 @@
-"""normflows-emerging: emerging, periodic and QR 1x1 invertible convolutions for normflows."""
+"""normflows-emerging: emerging, periodic and QR 1x1 invertible convolutions for normflows.
 
-from .flows import Chain, EmergingConv2d, QR1x1, SquareAutoregressiveConv2d
+The nflows adapters live in :mod:`normflows_emerging.nflows` (imported on demand, so nflows stays
+optional); datasets in :mod:`normflows_emerging.data`; training in :mod:`normflows_emerging.train`.
+"""
+
+from .architectures import (
+    GlowStep,
+    bits_per_dim,
+    build_mixing,
+    build_multiscale_flow,
+    mixing_layers,
+    register_mixing,
+    replace_mixing,
+)
+from .flows import (
+    Chain,
+    EmergingConv2d,
+    MaskedAffineAutoregressiveConv2d,
+    PeriodicConv2d,
+    QR1x1,
+    SquareAutoregressiveConv2d,
+)
 from .inverse import BACKENDS, inverse_backend, solve_autoregressive, use_backend
 
 __version__ = "0.1.0"
@@ -9,9 +29,18 @@ __all__ = [
     "BACKENDS",
     "Chain",
     "EmergingConv2d",
+    "GlowStep",
+    "MaskedAffineAutoregressiveConv2d",
+    "PeriodicConv2d",
     "QR1x1",
     "SquareAutoregressiveConv2d",
+    "bits_per_dim",
+    "build_mixing",
+    "build_multiscale_flow",
     "inverse_backend",
+    "mixing_layers",
+    "register_mixing",
+    "replace_mixing",
     "solve_autoregressive",
     "use_backend",
 ]

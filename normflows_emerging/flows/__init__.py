@@ -3,6 +3,15 @@
 from .autoregressive import SquareAutoregressiveConv2d
 from .composite import Chain
 from .emerging import EmergingConv2d
+from .maf import MaskedAffineAutoregressiveConv2d
+from .periodic import PeriodicConv2d
 from .qr import QR1x1
 
-__all__ = ["Chain", "EmergingConv2d", "QR1x1", "SquareAutoregressiveConv2d"]
+__all__ = [
+    "Chain",
+    "EmergingConv2d",
+    "MaskedAffineAutoregressiveConv2d",
+    "PeriodicConv2d",
+    "QR1x1",
+    "SquareAutoregressiveConv2d",
+]
