@@ -16,6 +16,7 @@ import torch
 
 from .flows.composite import Chain
 from .flows.emerging import EmergingConv2d
+from .flows.maf import MaskedAffineAutoregressiveConv2d
 from .flows.periodic import PeriodicConv2d
 from .flows.qr import QR1x1
 from .flows.utils import plu_1x1_conv
@@ -103,9 +104,6 @@ def _maf_mixing(num_channels, maf_hidden_channels=96):
     Returns:
       ``Chain`` of the three layers, in density order
     """
-    # Imported on use, so the registry does not depend on the MAF module.
-    from .flows.maf import MaskedAffineAutoregressiveConv2d
-
     return Chain(
         [
             plu_1x1_conv(num_channels),
