@@ -147,7 +147,7 @@ class BatchOrder:
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
-        self.rank = rank
+        self.offset = rank * batch_size
         self.global_batch = batch_size * world_size
         self.steps_per_epoch = num_examples // self.global_batch
         if self.steps_per_epoch == 0:
@@ -166,11 +166,15 @@ class BatchOrder:
         return {"epoch": step // self.steps_per_epoch,
                 "position": step % self.steps_per_epoch * self.global_batch}
 
-    def indices(self, step):
+    def indices(self, step, whole=False):
         """Indices of the examples this process reads at ``step``.
 
+        Args:
+          step: step number
+          whole: return the whole global batch (all processes' slices) instead
+
         Returns:
-          list of ``batch_size`` ints
+          list of ``batch_size`` ints (``batch_size * world_size`` with ``whole``)
         """
         state = self.state(step)
         if state["epoch"] != self._epoch:
@@ -178,8 +182,12 @@ class BatchOrder:
                 derive_seed(self.seed, _DATA_ORDER, state["epoch"]))
             self._permutation = torch.randperm(self.num_examples, generator=generator)
             self._epoch = state["epoch"]
-        start = state["position"] + self.rank * self.batch_size
-        return self._permutation[start : start + self.batch_size].tolist()
+        if whole:
+            start, stop = state["position"], state["position"] + self.global_batch
+        else:
+            start = state["position"] + self.offset
+            stop = start + self.batch_size
+        return self._permutation[start:stop].tolist()
 
     def batches(self, start, stop):
         """Index lists of steps ``start .. stop - 1``, a ``batch_sampler`` for a DataLoader."""
@@ -199,18 +207,19 @@ class _StepBatches:
         return (self.order.indices(step) for step in range(self.start, self.stop))
 
 
-def dequantize(images, num_bins, generator=None):
+def dequantize(images, num_bins, noise=None):
     """Uniform dequantisation ``(k + u) / num_bins`` of integer images, u ~ U[0, 1).
 
     Args:
       images: integer tensor with values in 0 .. num_bins - 1
       num_bins: number of intensity levels
-      generator: ``torch.Generator`` (on the CPU) for the noise, or None for the global one
+      noise: the values u, a float tensor of the images' shape (None: drawn with ``torch.rand``)
 
     Returns:
       float32 tensor of the same shape with values in [0, 1)
     """
-    noise = torch.rand(images.shape, generator=generator)
+    if noise is None:
+        noise = torch.rand(images.shape)
     # Clamp below 1: float32 rounding can turn (num_bins - 1 + u) / num_bins into exactly 1.
     return ((images.float() + noise) / num_bins).clamp(max=1 - 2**-24)
 
@@ -333,7 +342,7 @@ def evaluate_bpd(model, dataset, batch_size=256, device="cpu", seed=0, class_con
     generator = torch.Generator().manual_seed(derive_seed(seed, _EVAL_NOISE))
     total, count = 0.0, 0
     for images, labels in DataLoader(dataset, batch_size=batch_size):
-        x = dequantize(images, dataset.num_bins, generator).to(device)
+        x = dequantize(images, dataset.num_bins, torch.rand(images.shape, generator=generator)).to(device)
         y = labels.to(device) if class_cond else None
         total += model(x, y).double().sum().item()
         count += len(images)
@@ -453,7 +462,7 @@ def inverse_error(model, dataset, num_images=64, device="cpu", seed=0):
     model.eval()
     images = torch.stack([dataset[i][0] for i in range(min(num_images, len(dataset)))])
     generator = torch.Generator().manual_seed(derive_seed(seed, _EVAL_NOISE))
-    x = dequantize(images, dataset.num_bins, generator).to(device)
+    x = dequantize(images, dataset.num_bins, torch.rand(images.shape, generator=generator)).to(device)
     z, _ = model.inverse_and_log_det(x)
     x_again, _ = model.forward_and_log_det(z)
     return (x_again - x).abs().max().item()
@@ -646,8 +655,11 @@ def fit(model, train_set, test_set, config, out, device="cpu", resume=False, pro
     out = Path(out)
     rank, world_size, device, own_group = _distributed_setup(_check_device(device))
     try:
-        return _fit(model, train_set, test_set, config, out, device, resume, progress,
-                    rank, world_size)
+        result = _fit(model, train_set, test_set, config, out, device, resume, progress,
+                      rank, world_size)
+        if world_size > 1:
+            dist.barrier()
+        return result
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -674,13 +686,12 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
         if rank == 0:
             _truncate_metrics(out / METRICS, step)
     else:
-        # Data-dependent ActNorm initialisation on the first batch (under DDP rank 0's values are
-        # broadcast when the model is wrapped).
-        indices = order.indices(0)
+        # Data-dependent ActNorm initialisation on the first (global) batch.
+        indices = order.indices(0, whole=True)
         images = torch.stack([train_set[i][0] for i in indices])
         labels = torch.tensor([train_set[i][1] for i in indices])
         with torch.no_grad():
-            model(*_prepare(images, labels, num_bins, config, rank, 0, device))
+            model(*_prepare(images, labels, num_bins, config, order, 0, device, whole=True))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     net = model
@@ -695,7 +706,7 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
                desc=f"train {config.mixing}", dynamic_ncols=True)
     start = time.perf_counter() - elapsed
     for images, labels in loader:
-        x, y = _prepare(images, labels, num_bins, config, rank, step, device)
+        x, y = _prepare(images, labels, num_bins, config, order, step, device)
         result = train_step(net, optimizer, x, y, num_bins,
                             warmup_lr(config.lr, step, config.warmup))
         step += 1
@@ -750,10 +761,17 @@ def _checkpoint_and_evaluate(model, optimizer, test_set, config, out, device, or
     return record
 
 
-def _prepare(images, labels, num_bins, config, rank, step, device):
-    """Dequantise with noise seeded by (seed, step, rank); move to the device."""
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, _TRAIN_NOISE, step, rank))
-    x = dequantize(images, num_bins, generator).to(device)
+def _prepare(images, labels, num_bins, config, order, step, device, whole=False):
+    """Dequantise a step's batch and move it to the device.
+
+    The noise is drawn for the whole global batch from a generator seeded by (seed, step) and
+    each process takes its slice, so the batches do not depend on the number of processes.
+    """
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, _TRAIN_NOISE, step))
+    noise = torch.rand((order.global_batch, *images.shape[1:]), generator=generator)
+    if not whole:
+        noise = noise[order.offset : order.offset + len(images)]
+    x = dequantize(images, num_bins, noise).to(device)
     y = labels.to(device) if config.num_classes is not None else None
     return x, y
 
