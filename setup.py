@@ -42,7 +42,8 @@ class BuildExtWithOptionalOpenMP(build_ext):
         super().build_extensions()
 
 
-extension = Extension("normflows_emerging._inverse", ["ext/_inverse.pyx"])
+extension = Extension("normflows_emerging._inverse", ["ext/_inverse.pyx"], include_dirs=["ext"],
+                      depends=["ext/kernels.h"])
 
 setup(
     ext_modules=cythonize([extension], language_level=3),

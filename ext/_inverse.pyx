@@ -10,15 +10,23 @@ The convolution solved here is
 order, every x value depends only on values already solved, so one pass of forward substitution
 inverts it. The bias is subtracted by the caller.
 
-Work per pixel: the already-solved neighbours under the m*m-1 other taps are accumulated into
-all C outputs at once (an axpy over contiguous output channels), then one C x C forward
-substitution with the corner tap. Parallelism (OpenMP): over images of the batch when there are
-at least as many as threads, else over the pixels of one anti-diagonal i + j = t (they depend only
-on earlier diagonals) when a diagonal carries enough work, else serial.
+Two kernels do the same arithmetic, per pixel: subtract the already-solved neighbours under the
+m*m-1 other taps, then one C x C forward substitution with the corner tap.
+
+* Batches of at least LANES images: the batch is copied into a (pixel, channel, batch) buffer
+  padded to a multiple of LANES, and each pixel is solved for LANES images at once, so every
+  multiply-add runs over contiguous images (SIMD) with the partial sums held in registers.
+* Smaller batches: one image at a time, straight on the NCHW tensors, each neighbour's value
+  multiplied into all C outputs at once (an axpy over contiguous output channels).
+
+Parallelism (OpenMP): over independent units of work (LANES-image blocks, or images) when there
+are at least as many as threads, else over the pixels of one anti-diagonal i + j = t (they depend
+only on earlier diagonals) when a diagonal carries enough work, else serial.
 """
 
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
+from posix.stdlib cimport posix_memalign
 
 ctypedef fused real:
     float
@@ -34,9 +42,33 @@ cdef extern from *:
     """
     int NFE_HAVE_OPENMP
 
-# Below this many multiply-adds per anti-diagonal a barrier per diagonal costs more than it saves.
+cdef extern from "kernels.h" nogil:
+    enum: NFE_LANES
+    void nfe_solve_pixel_image_f32(const float* y, float* x, Py_ssize_t channels,
+                                   Py_ssize_t plane, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
+                                   const float* taps, const Py_ssize_t* tap_di,
+                                   const Py_ssize_t* tap_dj, Py_ssize_t num_taps,
+                                   const float* lower, const float* inv_diag, float* acc)
+    void nfe_solve_pixel_image_f64(const double* y, double* x, Py_ssize_t channels,
+                                   Py_ssize_t plane, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
+                                   const double* taps, const Py_ssize_t* tap_di,
+                                   const Py_ssize_t* tap_dj, Py_ssize_t num_taps,
+                                   const double* lower, const double* inv_diag, double* acc)
+    void nfe_solve_pixel_lanes_f32(float* block, Py_ssize_t channels, Py_ssize_t width,
+                                   Py_ssize_t i, Py_ssize_t j, const float* weights,
+                                   const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj,
+                                   Py_ssize_t num_taps, const float* lower, const float* inv_diag)
+    void nfe_solve_pixel_lanes_f64(double* block, Py_ssize_t channels, Py_ssize_t width,
+                                   Py_ssize_t i, Py_ssize_t j, const double* weights,
+                                   const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj,
+                                   Py_ssize_t num_taps, const double* lower, const double* inv_diag)
+
+
 cdef enum:
+    # Below this many multiply-adds per anti-diagonal a barrier per diagonal costs more than it saves.
     MIN_DIAGONAL_WORK = 32768
+    # Images solved together by the batch kernel (kernels.h).
+    LANES = NFE_LANES
 
 
 cdef inline void _solve_pixel(
@@ -45,29 +77,99 @@ cdef inline void _solve_pixel(
     const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const real* lower, const real* inv_diag,
     real* acc,
 ) noexcept nogil:
-    cdef Py_ssize_t p = i * width + j
-    cdef Py_ssize_t o, c, t, ii, jj, q
-    cdef const real* w
-    cdef real value
-    for o in range(channels):
-        acc[o] = y[o * plane + p]
-    for t in range(num_taps):
-        ii = i + tap_di[t]
-        jj = j + tap_dj[t]
-        if ii < 0 or jj < 0:
-            continue
-        q = ii * width + jj
-        for c in range(channels):
-            value = x[c * plane + q]
-            w = taps + (t * channels + c) * channels
-            for o in range(channels):
-                acc[o] -= w[o] * value
+    """Solve pixel (i, j) of one NCHW image (see kernels.h)."""
+    if real is float:
+        nfe_solve_pixel_image_f32(y, x, channels, plane, width, i, j, taps, tap_di, tap_dj,
+                                  num_taps, lower, inv_diag, acc)
+    else:
+        nfe_solve_pixel_image_f64(y, x, channels, plane, width, i, j, taps, tap_di, tap_dj,
+                                  num_taps, lower, inv_diag, acc)
+
+
+cdef inline void _solve_pixel_lanes(
+    real* block, Py_ssize_t channels, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
+    const real* weights, const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj, Py_ssize_t num_taps,
+    const real* lower, const real* inv_diag,
+) noexcept nogil:
+    """Solve pixel (i, j) of the LANES images of one (pixel, C, LANES) block (see kernels.h)."""
+    if real is float:
+        nfe_solve_pixel_lanes_f32(block, channels, width, i, j, weights, tap_di, tap_dj, num_taps,
+                                  lower, inv_diag)
+    else:
+        nfe_solve_pixel_lanes_f64(block, channels, width, i, j, weights, tap_di, tap_dj, num_taps,
+                                  lower, inv_diag)
+
+
+cdef inline void _copy_block(
+    real* images, real* block, Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t plane,
+    Py_ssize_t lane0, bint to_block,
+) noexcept nogil:
+    """Copy images lane0 .. lane0 + LANES - 1 between NCHW ``images`` and a (pixel, C, LANES) block.
+
+    Lanes past the batch are zero in the block (they solve to zero and are never copied back).
+    """
+    cdef Py_ssize_t l, c, p, lanes = min(LANES, batch - lane0), image = channels * plane
+    cdef real* source = images + lane0 * image
+    cdef real* lane_values
     for c in range(channels):
-        value = acc[c] * inv_diag[c]
-        x[c * plane + p] = value
-        w = lower + c * channels
-        for o in range(c + 1, channels):
-            acc[o] -= w[o] * value
+        for p in range(plane):
+            lane_values = block + (p * channels + c) * LANES
+            if to_block:
+                for l in range(lanes):
+                    lane_values[l] = source[l * image + c * plane + p]
+                for l in range(lanes, LANES):
+                    lane_values[l] = 0
+            else:
+                for l in range(lanes):
+                    source[l * image + c * plane + p] = lane_values[l]
+
+
+cdef int _solve_lanes(
+    const real* y0, real* x0, Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t height,
+    Py_ssize_t width, Py_ssize_t size, const real* weights, const Py_ssize_t* tap_di,
+    const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const real* lower, const real* inv_diag,
+    int num_threads,
+) except -1 nogil:
+    """The batch kernel: LANES images per SIMD step, parallel over blocks or anti-diagonals."""
+    cdef Py_ssize_t plane = height * width, block_size = plane * channels * LANES
+    cdef Py_ssize_t blocks = (batch + LANES - 1) // LANES
+    cdef Py_ssize_t b, i, j, idx, first, count, diagonal
+    cdef void* memory = NULL
+    if posix_memalign(&memory, 64, blocks * block_size * sizeof(real)) != 0:
+        with gil:
+            raise MemoryError()
+    cdef real* buf = <real*> memory
+    if num_threads > 1 and blocks >= num_threads:
+        for b in prange(blocks, schedule="static", num_threads=num_threads):
+            _copy_block(<real*> y0, buf + b * block_size, batch, channels, plane, b * LANES, True)
+            for i in range(height):
+                for j in range(width):
+                    _solve_pixel_lanes(buf + b * block_size, channels, width, i, j, weights,
+                                       tap_di, tap_dj, num_taps, lower, inv_diag)
+            _copy_block(x0, buf + b * block_size, batch, channels, plane, b * LANES, False)
+    else:
+        for b in range(blocks):
+            _copy_block(<real*> y0, buf + b * block_size, batch, channels, plane, b * LANES, True)
+        if num_threads > 1 and blocks * min(height, width) * channels * channels * size * size * LANES >= MIN_DIAGONAL_WORK:
+            with parallel(num_threads=num_threads):
+                for diagonal in range(height + width - 1):
+                    first = max(0, diagonal - width + 1)
+                    count = min(diagonal, height - 1) - first + 1
+                    for idx in prange(blocks * count, schedule="static"):
+                        i = first + idx % count
+                        _solve_pixel_lanes(buf + (idx // count) * block_size, channels, width, i,
+                                           diagonal - i, weights, tap_di, tap_dj, num_taps,
+                                           lower, inv_diag)
+        else:
+            for b in range(blocks):
+                for i in range(height):
+                    for j in range(width):
+                        _solve_pixel_lanes(buf + b * block_size, channels, width, i, j, weights,
+                                           tap_di, tap_dj, num_taps, lower, inv_diag)
+        for b in range(blocks):
+            _copy_block(x0, buf + b * block_size, batch, channels, plane, b * LANES, False)
+    free(buf)
+    return 0
 
 
 cdef int _solve(
@@ -93,7 +195,9 @@ cdef int _solve(
         with gil:
             raise MemoryError()
 
-    # Weights arranged once: tap-major, then input channel, output channels contiguous.
+    cdef bint lanes = batch >= LANES
+    # Weights arranged once, masked taps dropped, in the order the chosen kernel reads them: the
+    # batch kernel runs over input channels for one output, the image kernel over outputs.
     t = 0
     for a in range(size):
         for d in range(size):
@@ -101,14 +205,30 @@ cdef int _solve(
                 continue
             tap_di[t] = -(corner - a) * dilation
             tap_dj[t] = -(corner - d) * dilation
-            for c in range(channels):
-                for o in range(channels):
-                    taps[(t * channels + c) * channels + o] = kernel[o, c, a, d]
             t += 1
-    for c in range(channels):
-        inv_diag[c] = 1 / kernel[c, c, corner, corner]
-        for o in range(channels):
-            lower[c * channels + o] = kernel[o, c, corner, corner] if o > c else 0
+    for o in range(channels):
+        inv_diag[o] = 1 / kernel[o, o, corner, corner]
+        for c in range(channels):
+            if lanes:
+                lower[o * channels + c] = kernel[o, c, corner, corner] if c < o else 0
+            else:
+                lower[c * channels + o] = kernel[o, c, corner, corner] if c < o else 0
+            t = 0
+            for a in range(size):
+                for d in range(size):
+                    if a == corner and d == corner:
+                        continue
+                    if lanes:
+                        taps[(o * num_taps + t) * channels + c] = kernel[o, c, a, d]
+                    else:
+                        taps[(t * channels + c) * channels + o] = kernel[o, c, a, d]
+                    t += 1
+
+    if lanes:
+        _solve_lanes(y0, x0, batch, channels, height, width, size, taps, tap_di, tap_dj,
+                     num_taps, lower, inv_diag, num_threads)
+        free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj)
+        return 0
 
     if num_threads > 1 and batch >= num_threads:
         mode = 1

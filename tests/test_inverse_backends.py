@@ -23,6 +23,8 @@ def random_causal_kernel(channels, size, dtype):
     (3, 4, 6, 5, 3, 1),
     (2, 3, 7, 4, 2, 2),
     (5, 2, 3, 9, 3, 2),
+    (8, 3, 5, 4, 2, 1),   # batch kernel: one full block of images
+    (19, 5, 4, 6, 3, 2),  # batch kernel: blocks plus a partial one
 ])
 def test_backends_agree(batch, channels, height, width, size, dilation, dtype, tol):
     kernel = random_causal_kernel(channels, size, dtype)
@@ -33,9 +35,10 @@ def test_backends_agree(batch, channels, height, width, size, dilation, dtype, t
         torch.testing.assert_close(x, naive, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("threads,batch", [(1, 3), (2, 1), (2, 4)])
+@pytest.mark.parametrize("threads,batch", [(1, 3), (2, 1), (2, 4), (1, 9), (2, 8), (2, 20)])
 def test_compiled_parallel_modes_agree_with_torch(threads, batch):
-    """Serial, anti-diagonal-parallel (batch 1, large image) and batch-parallel solves."""
+    """Every kernel and schedule of the compiled solve: image kernel serial, over anti-diagonals
+    and over images; batch kernel serial, over anti-diagonals and over blocks of images."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

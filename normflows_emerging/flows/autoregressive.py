@@ -65,7 +65,7 @@ class SquareAutoregressiveConv2d(Flow):
         return self.weight * self.mask + self.corner_diagonal * self.log_d.exp()[:, None, None, None]
 
     def _log_det(self, x):
-        return (self.log_d.sum() * (x.shape[2] * x.shape[3])).repeat(x.shape[0])
+        return (self.log_d.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, x):
         """Density direction: the masked convolution.

@@ -60,7 +60,7 @@ class QR1x1(Flow):
         return self.orthogonal() @ self.triangular()
 
     def _log_det(self, x):
-        return (self.log_s.sum() * (x.shape[2] * x.shape[3])).repeat(x.shape[0])
+        return (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, x):
         """Density direction: apply W.

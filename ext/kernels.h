@@ -1,0 +1,99 @@
+/* Per-pixel kernels of the compiled solve (called from _inverse.pyx).
+ *
+ * Image kernel: one pixel of one NCHW image; each solved neighbour value is multiplied into all C
+ * outputs at once (an axpy over contiguous output channels).
+ *
+ * Batch kernel: one pixel of LANES images. A block holds LANES images as (pixel, channel, LANES):
+ * the LANES values of one channel at one pixel are one GCC vector, so each multiply-add updates
+ * all images at once and the partial sum of an output channel stays in registers. Blocks must be
+ * aligned to 64 bytes.
+ */
+#ifndef NFE_KERNELS_H
+#define NFE_KERNELS_H
+
+#include <stddef.h>
+
+#define NFE_LANES 8
+
+/* On x86-64 Linux with GCC, also compile an AVX2 + FMA version, picked at load time when the CPU
+ * has it (the baseline x86-64 build only has SSE2, with no fused multiply-add). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define NFE_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define NFE_TARGET_CLONES
+#endif
+
+typedef float nfe_vec_f32 __attribute__((vector_size(NFE_LANES * sizeof(float))));
+typedef double nfe_vec_f64 __attribute__((vector_size(NFE_LANES * sizeof(double))));
+
+/* Solve pixel (i, j) of one image: x[c * plane + p] from y[c * plane + p], p = i * width + j.
+ * taps: (taps, C_in, C_out) non-corner taps; tap_di/tap_dj: their (non-positive) offsets;
+ * lower: (C_in, C_out) corner tap, used below the diagonal; inv_diag: 1 / corner diagonal;
+ * acc: scratch of C values. */
+#define NFE_DEFINE_SOLVE_PIXEL_IMAGE(NAME, REAL)                                                \
+    NFE_TARGET_CLONES static void NAME(const REAL *y, REAL *x, ptrdiff_t channels,              \
+                                       ptrdiff_t plane, ptrdiff_t width, ptrdiff_t i,           \
+                                       ptrdiff_t j, const REAL *taps, const ptrdiff_t *tap_di,  \
+                                       const ptrdiff_t *tap_dj, ptrdiff_t num_taps,             \
+                                       const REAL *lower, const REAL *inv_diag, REAL *acc)      \
+    {                                                                                           \
+        ptrdiff_t p = i * width + j;                                                            \
+        for (ptrdiff_t o = 0; o < channels; o++)                                                \
+            acc[o] = y[o * plane + p];                                                          \
+        for (ptrdiff_t t = 0; t < num_taps; t++) {                                              \
+            ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                                   \
+            if (ii < 0 || jj < 0)                                                               \
+                continue;                                                                       \
+            ptrdiff_t q = ii * width + jj;                                                      \
+            for (ptrdiff_t c = 0; c < channels; c++) {                                          \
+                REAL value = x[c * plane + q];                                                  \
+                const REAL *w = taps + (t * channels + c) * channels;                           \
+                for (ptrdiff_t o = 0; o < channels; o++)                                        \
+                    acc[o] -= w[o] * value;                                                     \
+            }                                                                                   \
+        }                                                                                       \
+        for (ptrdiff_t c = 0; c < channels; c++) {                                              \
+            REAL value = acc[c] * inv_diag[c];                                                  \
+            x[c * plane + p] = value;                                                           \
+            const REAL *w = lower + c * channels;                                               \
+            for (ptrdiff_t o = c + 1; o < channels; o++)                                        \
+                acc[o] -= w[o] * value;                                                         \
+        }                                                                                       \
+    }
+
+NFE_DEFINE_SOLVE_PIXEL_IMAGE(nfe_solve_pixel_image_f32, float)
+NFE_DEFINE_SOLVE_PIXEL_IMAGE(nfe_solve_pixel_image_f64, double)
+
+/* Solve pixel (i, j) of a block in place: the block holds the right-hand side at pixels not yet
+ * solved and the solution at pixels already solved (all earlier in raster order).
+ * weights: (C_out, taps, C_in) non-corner taps; tap_di/tap_dj: their (non-positive) offsets;
+ * lower: (C_out, C_in) corner tap, used below the diagonal; inv_diag: 1 / corner diagonal. */
+#define NFE_DEFINE_SOLVE_PIXEL_LANES(NAME, REAL, VEC)                                           \
+    NFE_TARGET_CLONES static void NAME(REAL *block, ptrdiff_t channels, ptrdiff_t width, ptrdiff_t i,      \
+                            ptrdiff_t j, const REAL *weights, const ptrdiff_t *tap_di,          \
+                            const ptrdiff_t *tap_dj, ptrdiff_t num_taps, const REAL *lower,     \
+                            const REAL *inv_diag)                                               \
+    {                                                                                           \
+        VEC *here = (VEC *)block + (i * width + j) * channels;                                  \
+        for (ptrdiff_t o = 0; o < channels; o++) {                                              \
+            VEC acc = here[o];                                                                  \
+            for (ptrdiff_t t = 0; t < num_taps; t++) {                                          \
+                ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                               \
+                if (ii < 0 || jj < 0)                                                           \
+                    continue;                                                                   \
+                const VEC *there = (const VEC *)block + (ii * width + jj) * channels;           \
+                const REAL *w = weights + (o * num_taps + t) * channels;                        \
+                for (ptrdiff_t c = 0; c < channels; c++)                                        \
+                    acc -= w[c] * there[c];                                                     \
+            }                                                                                   \
+            const REAL *w = lower + o * channels;                                               \
+            for (ptrdiff_t c = 0; c < o; c++)                                                   \
+                acc -= w[c] * here[c];                                                          \
+            here[o] = acc * inv_diag[o];                                                        \
+        }                                                                                       \
+    }
+
+NFE_DEFINE_SOLVE_PIXEL_LANES(nfe_solve_pixel_lanes_f32, float, nfe_vec_f32)
+NFE_DEFINE_SOLVE_PIXEL_LANES(nfe_solve_pixel_lanes_f64, double, nfe_vec_f64)
+
+#endif
