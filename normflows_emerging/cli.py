@@ -19,9 +19,6 @@ from . import train as training
 from .architectures import build_mixing, mixing_layers
 from .data import dataset_names
 
-_DEFAULTS = training.TrainConfig()
-
-
 def _positive_int(text):
     value = _int(text)
     if value < 1:
@@ -64,7 +61,85 @@ def _key_value(text):
         return name, value
 
 
-def _add_device(parser):
+def add_config_arguments(parser, defaults=None, exclude=()):
+    """Add the flags of the :class:`~normflows_emerging.train.TrainConfig` fields to a parser.
+
+    Args:
+      parser: ``argparse.ArgumentParser`` (or argument group)
+      defaults: ``TrainConfig`` whose values are the defaults (None: ``TrainConfig()``)
+      exclude: field names to leave out (they keep the value in ``defaults``)
+    """
+    defaults = defaults or training.TrainConfig()
+
+    def add(flag, helptext, **kwargs):
+        dest = flag[2:].replace("-", "_")
+        if dest in exclude:
+            return
+        default = getattr(defaults, dest)
+        if default is None:
+            default_text = {"image_size": "the dataset's", "data_root": "data/<dataset>",
+                            "num_classes": "unconditional"}[dest]
+        else:
+            default_text = default
+        parser.add_argument(flag, default=default, help=f"{helptext} (default: {default_text})",
+                            **kwargs)
+
+    add("--dataset", "dataset", choices=dataset_names())
+    add("--mixing", "invertible mixing layer of each step", choices=mixing_layers())
+    add("--levels", "levels of the multiscale model", type=_positive_int)
+    add("--flows-per-level", "Glow steps per level", type=_positive_int)
+    add("--hidden-channels", "hidden channels of the coupling networks", type=_positive_int)
+    add("--image-size", "side length of the images", type=_positive_int)
+    add("--batch-size", "examples per step (per process under torchrun)", type=_positive_int)
+    add("--steps", "total optimisation steps (with --resume: the new total)",
+        type=_positive_int)
+    add("--lr", "Adamax learning rate after the warm-up", type=_positive_float)
+    add("--warmup", "steps of linear learning-rate warm-up", type=_non_negative_int)
+    add("--seed", "seed of initialisation, data order, noise and samples",
+        type=_non_negative_int)
+    add("--num-classes", "train a class-conditional model with this many classes",
+        type=_positive_int)
+    add("--eval-every", "steps between test evaluations and checkpoints", type=_positive_int)
+    add("--eval-batch-size", "batch size of the evaluations", type=_positive_int)
+    add("--workers", "data-loading worker processes", type=_non_negative_int)
+    add("--data-root", "folder of the dataset files")
+    if "download" not in exclude:
+        parser.add_argument("--download", action="store_true", default=defaults.download,
+                            help="let torchvision download cifar10/mnist")
+    if "mixing_kwargs" not in exclude:
+        parser.add_argument("--mixing-arg", type=_key_value, action="append", default=[],
+                            metavar="NAME=VALUE",
+                            help="keyword argument of the mixing layer, e.g. kernel_size=5 "
+                                 f"(repeatable; default: {defaults.mixing_kwargs or 'none'})")
+
+
+def config_from_args(args, parser, defaults=None):
+    """The ``TrainConfig`` of parsed :func:`add_config_arguments` flags.
+
+    Args:
+      args: ``argparse.Namespace``
+      parser: the parser, used to report a bad ``--mixing-arg``
+      defaults: the ``TrainConfig`` given to :func:`add_config_arguments`
+
+    Returns:
+      ``TrainConfig``
+    """
+    defaults = defaults or training.TrainConfig()
+    values = {f.name: getattr(args, f.name, getattr(defaults, f.name))
+              for f in dataclasses.fields(training.TrainConfig)}
+    if getattr(args, "mixing_arg", None):
+        values["mixing_kwargs"] = dict(args.mixing_arg)
+    mixings = getattr(args, "mixings", [values["mixing"]])
+    for mixing in mixings:
+        try:
+            build_mixing(mixing, 4, **values["mixing_kwargs"])
+        except (TypeError, ValueError) as err:
+            parser.error(f"bad --mixing-arg for mixing {mixing!r}: {err}")
+    return training.TrainConfig(**values)
+
+
+def add_device_argument(parser):
+    """Add ``--device cpu|cuda`` to a parser."""
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="device to run on (default: cpu)")
 
@@ -86,44 +161,13 @@ def build_parser():
                              description="Train a multiscale (Glow-style) flow. Writes "
                                          "OUT/checkpoint.pt, OUT/metrics.jsonl, OUT/samples.png "
                                          "and prints the last evaluation as a JSON line.")
-    tr.add_argument("--dataset", choices=dataset_names(), default=_DEFAULTS.dataset,
-                    help=f"dataset (default: {_DEFAULTS.dataset})")
-    tr.add_argument("--mixing", choices=mixing_layers(), default=_DEFAULTS.mixing,
-                    help=f"invertible mixing layer of each step (default: {_DEFAULTS.mixing})")
-    tr.add_argument("--mixing-arg", type=_key_value, action="append", default=[],
-                    metavar="NAME=VALUE",
-                    help="keyword argument of the mixing layer, e.g. kernel_size=5 "
-                         "(repeatable)")
-    for flag, kind, helptext in (
-        ("--levels", _positive_int, "levels of the multiscale model"),
-        ("--flows-per-level", _positive_int, "Glow steps per level"),
-        ("--hidden-channels", _positive_int, "hidden channels of the coupling networks"),
-        ("--batch-size", _positive_int, "examples per step (per process under torchrun)"),
-        ("--steps", _positive_int, "total optimisation steps (with --resume: the new total)"),
-        ("--lr", _positive_float, "Adamax learning rate after warm-up"),
-        ("--warmup", _non_negative_int, "steps of linear learning-rate warm-up"),
-        ("--seed", _non_negative_int, "seed of initialisation, data order, noise, samples"),
-        ("--eval-every", _positive_int, "steps between test evaluations and checkpoints"),
-        ("--eval-batch-size", _positive_int, "batch size of the evaluations"),
-        ("--workers", _non_negative_int, "data-loading worker processes"),
-    ):
-        dest = flag[2:].replace("-", "_")
-        tr.add_argument(flag, type=kind, default=getattr(_DEFAULTS, dest),
-                        help=f"{helptext} (default: {getattr(_DEFAULTS, dest)})")
-    tr.add_argument("--image-size", type=_positive_int, default=None,
-                    help="side length of the images (default: the dataset's)")
-    tr.add_argument("--num-classes", type=_positive_int, default=None,
-                    help="train a class-conditional model with this many classes")
-    tr.add_argument("--data-root", default=None,
-                    help="folder of the dataset files (default: data/<dataset>)")
-    tr.add_argument("--download", action="store_true",
-                    help="let torchvision download cifar10/mnist")
+    add_config_arguments(tr)
     tr.add_argument("--out", required=True, help="output folder")
     tr.add_argument("--resume", action="store_true",
                     help="continue exactly from OUT/checkpoint.pt (same settings; --steps may "
                          "grow)")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_device(tr)
+    add_device_argument(tr)
 
     ev = commands.add_parser("evaluate", help="evaluate a checkpoint",
                              description="Print one JSON line: bits/dim over the whole split, "
@@ -137,7 +181,7 @@ def build_parser():
                     help="split (default: test)")
     ev.add_argument("--data-root", default=None,
                     help="folder of the dataset files (default: the training run's)")
-    _add_device(ev)
+    add_device_argument(ev)
 
     sa = commands.add_parser("sample", help="save samples of a checkpoint as a PNG grid")
     sa.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
@@ -146,20 +190,8 @@ def build_parser():
                     help="sampling temperature (default: 1.0)")
     sa.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
     sa.add_argument("--out", required=True, help="output PNG file")
-    _add_device(sa)
+    add_device_argument(sa)
     return parser
-
-
-def _train_config(args, parser):
-    """TrainConfig from the train arguments; bad mixing arguments are reported by ``parser``."""
-    mixing_kwargs = dict(args.mixing_arg)
-    try:
-        build_mixing(args.mixing, 4, **mixing_kwargs)
-    except (TypeError, ValueError) as err:
-        parser.error(f"bad --mixing-arg for mixing {args.mixing!r}: {err}")
-    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    return training.TrainConfig(**values, mixing_kwargs=mixing_kwargs)
 
 
 def main(argv=None):
@@ -175,7 +207,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            config = _train_config(args, parser)
+            config = config_from_args(args, parser)
             result = training.train(config, args.out, args.device, args.resume,
                                     progress=not args.no_progress)
             if result is not None:  # None on ranks other than 0

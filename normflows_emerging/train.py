@@ -18,6 +18,7 @@ Models are ``normflows.MultiscaleFlow``\\ s or any module with the same two meth
 and ``sample(num_samples, y=None, temperature=None)`` returning ``(x, log_q)``.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -342,7 +343,8 @@ def evaluate_bpd(model, dataset, batch_size=256, device="cpu", seed=0, class_con
     generator = torch.Generator().manual_seed(derive_seed(seed, _EVAL_NOISE))
     total, count = 0.0, 0
     for images, labels in DataLoader(dataset, batch_size=batch_size):
-        x = dequantize(images, dataset.num_bins, torch.rand(images.shape, generator=generator)).to(device)
+        noise = torch.rand(images.shape, generator=generator)
+        x = dequantize(images, dataset.num_bins, noise).to(device)
         y = labels.to(device) if class_cond else None
         total += model(x, y).double().sum().item()
         count += len(images)
@@ -382,11 +384,14 @@ def save_image_grid(images, path, titles=None):
       path: output file
       titles: one title per panel, or None
     """
-    import matplotlib
-
+    try:
+        import matplotlib
+        from torchvision.utils import make_grid
+    except ImportError as err:
+        raise ImportError("saving samples needs matplotlib and torchvision: pip install "
+                          "matplotlib torchvision (or normflows-emerging[data])") from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from torchvision.utils import make_grid
 
     fig, axes = plt.subplots(1, len(images), figsize=(4 * len(images), 4), squeeze=False)
     for i, (ax, batch) in enumerate(zip(axes[0], images)):
@@ -415,15 +420,19 @@ def save_samples(model, path, num_samples=16, seed=0, device="cpu"):
 
 
 @torch.no_grad()
-def sample_ms_per_image(model, num_samples=16, device="cpu", backend=None, seed=0):
+def sample_ms_per_image(model, num_samples=16, device="cpu", backend=None, seed=0, repeats=3):
     """Wall-clock milliseconds per image of drawing a batch of samples.
+
+    One untimed draw warms up (caches, compiled code), then the median of ``repeats`` timed
+    draws is reported.
 
     Args:
       model: model, see the module docstring
-      num_samples: batch size of the timed call
+      num_samples: batch size of the timed draws
       device: device of the model
       backend: solve backend of autoregressive convolutions (``use_backend``), None: default
       seed: seed of the samples
+      repeats: number of timed draws
 
     Returns:
       float
@@ -437,12 +446,9 @@ def sample_ms_per_image(model, num_samples=16, device="cpu", backend=None, seed=
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    if backend is None:
-        seconds = draw()
-    else:
-        with use_backend(backend):
-            seconds = draw()
-    return 1000 * seconds / num_samples
+    with use_backend(backend) if backend else contextlib.nullcontext():
+        seconds = [draw() for _ in range(repeats + 1)][1:]
+    return 1000 * statistics.median(seconds) / num_samples
 
 
 @torch.no_grad()
@@ -462,7 +468,8 @@ def inverse_error(model, dataset, num_images=64, device="cpu", seed=0):
     model.eval()
     images = torch.stack([dataset[i][0] for i in range(min(num_images, len(dataset)))])
     generator = torch.Generator().manual_seed(derive_seed(seed, _EVAL_NOISE))
-    x = dequantize(images, dataset.num_bins, torch.rand(images.shape, generator=generator)).to(device)
+    noise = torch.rand(images.shape, generator=generator)
+    x = dequantize(images, dataset.num_bins, noise).to(device)
     z, _ = model.inverse_and_log_det(x)
     x_again, _ = model.forward_and_log_det(z)
     return (x_again - x).abs().max().item()
@@ -544,7 +551,8 @@ def read_checkpoint(path, device="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     checkpoint = torch.load(path, map_location=device, weights_only=False)
-    if not isinstance(checkpoint, dict) or not {"model", "config", "input_shape"} <= set(checkpoint):
+    required = {"model", "config", "input_shape"}
+    if not isinstance(checkpoint, dict) or not required <= set(checkpoint):
         raise ValueError(f"{path} is not a checkpoint written by normflows_emerging.train")
     checkpoint["config"] = TrainConfig(**checkpoint["config"])
     return checkpoint
@@ -601,7 +609,8 @@ def _check_resumable(saved, config):
     changed = [key for key in current
                if key not in RESUMABLE_CHANGES and saved.get(key) != current[key]]
     if changed:
-        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}" for k in changed)
+        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}"
+                            for k in changed)
         raise ValueError(f"cannot resume with different settings ({details})")
 
 
@@ -746,7 +755,8 @@ def _truncate_metrics(path, step):
 def _checkpoint_and_evaluate(model, optimizer, test_set, config, out, device, order, step, extra,
                              train_bpds):
     """Rank 0's periodic work: checkpoint, test bits/dim, metrics line, samples."""
-    save_checkpoint(out / CHECKPOINT, model, optimizer, step, config, _rng_state(order, step), extra)
+    save_checkpoint(out / CHECKPOINT, model, optimizer, step, config, _rng_state(order, step),
+                    extra)
     record = {
         "step": step,
         "train_bpd": statistics.fmean(train_bpds) if train_bpds else None,
@@ -862,7 +872,8 @@ def compare_mixings(config, mixings, seeds, out, device="cpu", naive_timing=Fals
         row = {"mixing": mixing, "runs": len(runs)}
         for key in runs[0]:
             row[key] = statistics.fmean(run[key] for run in runs)
-        row["test_bpd_std"] = statistics.stdev(r["test_bpd"] for r in runs) if len(runs) > 1 else 0.0
+        bpds = [run["test_bpd"] for run in runs]
+        row["test_bpd_std"] = statistics.stdev(bpds) if len(bpds) > 1 else 0.0
         row["parameters"] = int(row["parameters"])
         rows.append(row)
     return rows
