@@ -10,8 +10,6 @@ thin layers over these functions:
   and DistributedDataParallel when started with ``torchrun``.
 * :func:`evaluate_checkpoint` and :func:`sample_checkpoint` load a checkpoint written by
   :func:`train`.
-* :func:`compare_mixings` trains one model per mixing layer with the same budget and seeds and
-  :func:`markdown_table` formats the results.
 
 Models are ``normflows.MultiscaleFlow``\\ s or any module with the same two methods:
 ``forward(x, y)`` returning the negative log-likelihood of each example (labels ``y`` or None)
@@ -49,7 +47,8 @@ SAMPLE_TEMPERATURES = (1.0, 0.7)
 # Tags that keep the random streams derived from one seed apart.
 _DATA_ORDER, _TRAIN_NOISE, _EVAL_NOISE, _SAMPLING = range(4)
 # Settings that may change when a run is resumed; all others must match the checkpoint.
-RESUMABLE_CHANGES = ("steps", "eval_every", "workers", "data_root", "download")
+RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batch_size", "workers", "data_root",
+                     "download")
 
 
 @dataclasses.dataclass
@@ -465,6 +464,7 @@ def inverse_error(model, dataset, num_images=64, device="cpu", seed=0):
     Returns:
       float
     """
+    was_training = model.training
     model.eval()
     images = torch.stack([dataset[i][0] for i in range(min(num_images, len(dataset)))])
     generator = torch.Generator().manual_seed(derive_seed(seed, _EVAL_NOISE))
@@ -472,6 +472,7 @@ def inverse_error(model, dataset, num_images=64, device="cpu", seed=0):
     x = dequantize(images, dataset.num_bins, noise).to(device)
     z, _ = model.inverse_and_log_det(x)
     x_again, _ = model.forward_and_log_det(z)
+    model.train(was_training)
     return (x_again - x).abs().max().item()
 
 
@@ -533,12 +534,11 @@ def save_checkpoint(path, model, optimizer, step, config, rng, extra=None):
     _atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def read_checkpoint(path, device="cpu"):
-    """Read a checkpoint written by :func:`fit`.
+def read_checkpoint(path):
+    """Read a checkpoint written by :func:`fit` (its tensors on the CPU).
 
     Args:
       path: checkpoint file
-      device: device to map its tensors to
 
     Returns:
       the checkpoint dict, with ``config`` as a :class:`TrainConfig`
@@ -550,7 +550,7 @@ def read_checkpoint(path, device="cpu"):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     required = {"model", "config", "input_shape"}
     if not isinstance(checkpoint, dict) or not required <= set(checkpoint):
         raise ValueError(f"{path} is not a checkpoint written by normflows_emerging.train")
@@ -572,7 +572,7 @@ def load_checkpoint(path, device="cpu"):
       FileNotFoundError: if there is no such file
       ValueError: if the file is not such a checkpoint
     """
-    checkpoint = read_checkpoint(path, device)
+    checkpoint = read_checkpoint(path)
     model = build_model(checkpoint["config"], checkpoint["input_shape"]).to(device)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), checkpoint
@@ -645,8 +645,8 @@ def fit(model, train_set, test_set, config, out, device="cpu", resume=False, pro
     and only rank 0 writes files.
 
     Args:
-      model: model on the CPU, see the module docstring; its ActNorm layers are initialised from
-        the first batch unless resuming
+      model: model, see the module docstring; it is moved to ``device`` and its ActNorm layers
+        are initialised from the first batch unless resuming
       train_set, test_set: datasets of (uint8 image, label) with ``num_bins``
       config: :class:`TrainConfig` (the model settings in it are only recorded)
       out: output folder
@@ -677,13 +677,12 @@ def fit(model, train_set, test_set, config, out, device="cpu", resume=False, pro
 def _fit(model, train_set, test_set, config, out, device, resume, progress, rank, world_size):
     num_bins = train_set.num_bins
     input_shape = list(train_set[0][0].shape)
-    class_cond = config.num_classes is not None
     order = BatchOrder(len(train_set), config.batch_size, config.seed, rank, world_size)
     model.to(device)
     optimizer = torch.optim.Adamax(model.parameters(), lr=config.lr)
     step, elapsed, skipped = 0, 0.0, 0
     if resume:
-        checkpoint = read_checkpoint(out / CHECKPOINT, device)
+        checkpoint = read_checkpoint(out / CHECKPOINT)
         _check_resumable(dataclasses.asdict(checkpoint["config"]), config)
         if checkpoint["step"] >= config.steps:
             raise ValueError(f"the checkpoint is already at step {checkpoint['step']}; "
@@ -836,69 +835,3 @@ def sample_checkpoint(path, out, num_samples=16, temperature=1.0, seed=0, device
     model, _ = load_checkpoint(path, device)
     images = sample(model, num_samples, temperature, seed, device)
     save_image_grid([images], out, [f"temperature {temperature}"])
-
-
-def compare_mixings(config, mixings, seeds, out, device="cpu", naive_timing=False,
-                    progress=True):
-    """Train one model per mixing layer and seed with the same budget and evaluate each.
-
-    Args:
-      config: :class:`TrainConfig` shared by all runs (its ``mixing`` and ``seed`` are replaced)
-      mixings: mixing layer names
-      seeds: seeds; results are averaged over them
-      out: output folder; each run writes to ``out/<mixing>-seed<seed>``
-      device: device to train on
-      naive_timing: also time sampling with the naive solve backend
-      progress: show progress bars
-
-    Returns:
-      list of dicts, one per mixing: mixing, test_bpd, test_bpd_std, parameters,
-      sample_ms_per_image (and naive_sample_ms_per_image), train_seconds, runs
-    """
-    rows = []
-    for mixing in mixings:
-        runs = []
-        for seed in seeds:
-            run_config = dataclasses.replace(config, mixing=mixing, seed=seed)
-            run_dir = Path(out) / f"{mixing}-seed{seed}"
-            last = train(run_config, run_dir, device, progress=progress)
-            result = evaluate_checkpoint(run_dir / CHECKPOINT, device=device)
-            if naive_timing:
-                model, _ = load_checkpoint(run_dir / CHECKPOINT, device)
-                result["naive_sample_ms_per_image"] = sample_ms_per_image(
-                    model, device=device, backend="naive", seed=seed)
-            result["train_seconds"] = last["seconds"]
-            runs.append(result)
-        row = {"mixing": mixing, "runs": len(runs)}
-        for key in runs[0]:
-            row[key] = statistics.fmean(run[key] for run in runs)
-        bpds = [run["test_bpd"] for run in runs]
-        row["test_bpd_std"] = statistics.stdev(bpds) if len(bpds) > 1 else 0.0
-        row["parameters"] = int(row["parameters"])
-        rows.append(row)
-    return rows
-
-
-def markdown_table(rows):
-    """A markdown table of :func:`compare_mixings` results.
-
-    Args:
-      rows: list of dicts from :func:`compare_mixings`
-
-    Returns:
-      str
-    """
-    naive = any("naive_sample_ms_per_image" in row for row in rows)
-    header = ["mixing", "test bits/dim", "parameters", "sample ms/image"]
-    header += ["naive sample ms/image"] if naive else []
-    header += ["train s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        bpd = f"{row['test_bpd']:.3f}"
-        if row["runs"] > 1:
-            bpd += f" ± {row['test_bpd_std']:.3f}"
-        cells = [row["mixing"], bpd, f"{row['parameters']:,}", f"{row['sample_ms_per_image']:.2f}"]
-        cells += [f"{row['naive_sample_ms_per_image']:.2f}"] if naive else []
-        cells += [f"{row['train_seconds']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
