@@ -126,9 +126,9 @@ def test_train_step_leaves_parameters_alone_on_nan():
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 
-def test_evaluate_and_sample(tmp_path, capsys):
+def test_evaluate_and_sample_class_conditional(tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_train(out, "--steps", "2", "--mixing", "qr") == 0
+    assert run_train(out, "--steps", "2", "--mixing", "qr", "--num-classes", "10") == 0
     trained = read_metrics(out)[-1]
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt")]) == 0
