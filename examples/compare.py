@@ -25,6 +25,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from normflows_emerging import train as training
 from normflows_emerging.architectures import mixing_layers
 from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
@@ -133,12 +135,8 @@ def build_parser(description, defaults, mixings, out, naive_timing=False):
 
 def plot_curves(out, mixings, seed):
     """OUT/curves.png: test bits/dim against steps of each mixing's run with ``seed``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for mixing in mixings:
         lines = (Path(out) / f"{mixing}-seed{seed}" / training.METRICS).read_text().splitlines()
         metrics = [json.loads(line) for line in lines]
@@ -148,7 +146,6 @@ def plot_curves(out, mixings, seed):
     ax.legend()
     fig.tight_layout()
     fig.savefig(Path(out) / "curves.png", dpi=100)
-    plt.close(fig)
 
 
 def run(argv=None, description=__doc__, defaults=DEFAULTS, mixings=MIXINGS, out="runs/compare",

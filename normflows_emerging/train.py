@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from .architectures import build_multiscale_flow
@@ -375,6 +376,26 @@ def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
     return x.clamp(0, 1).cpu()
 
 
+def tile_images(images, padding=1):
+    """Arrange a batch of images in a square-ish grid with white gaps.
+
+    Args:
+      images: float tensor (n, C, H, W) in [0, 1]
+      padding: gap in pixels around each image
+
+    Returns:
+      tensor (H_grid, W_grid, C) ready for ``imshow``
+    """
+    n, channels, height, width = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    canvas = images.new_ones(rows * cols, channels, height + 2 * padding, width + 2 * padding)
+    canvas[:n, :, padding:padding + height, padding:padding + width] = images
+    grid = canvas.view(rows, cols, channels, height + 2 * padding, width + 2 * padding)
+    return grid.permute(0, 3, 1, 4, 2).reshape(rows * canvas.shape[2], cols * canvas.shape[3],
+                                                 channels)
+
+
 def save_image_grid(images, path, titles=None):
     """Save images as a PNG grid, one panel per group, written atomically.
 
@@ -383,25 +404,19 @@ def save_image_grid(images, path, titles=None):
       path: output file
       titles: one title per panel, or None
     """
-    try:
-        import matplotlib
-        from torchvision.utils import make_grid
-    except ImportError as err:
-        raise ImportError("saving samples needs matplotlib and torchvision: pip install "
-                          "matplotlib torchvision (or normflows-emerging[data])") from err
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(images), figsize=(4 * len(images), 4), squeeze=False)
+    fig = Figure(figsize=(4 * len(images), 4))
+    axes = fig.subplots(1, len(images), squeeze=False)
     for i, (ax, batch) in enumerate(zip(axes[0], images)):
-        grid = make_grid(batch, nrow=math.ceil(math.sqrt(len(batch))), padding=1, pad_value=1)
-        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        grid = tile_images(batch).numpy()
+        if grid.shape[2] == 1:
+            ax.imshow(grid[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(grid, interpolation="nearest")
         ax.set_axis_off()
         if titles:
             ax.set_title(titles[i])
     fig.tight_layout()
     _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
 
 
 def save_samples(model, path, num_samples=16, seed=0, device="cpu"):

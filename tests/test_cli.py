@@ -191,3 +191,13 @@ def test_compare_example_writes_a_markdown_table(tmp_path, monkeypatch):
         assert row["parameters"] > 0
     assert (out / "curves.png").is_file()
     assert (out / "emerging-seed0" / "checkpoint.pt").is_file()
+
+
+def test_tile_images_places_each_image_in_its_cell():
+    images = torch.arange(1, 4, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 1, 2, 3) / 4
+    grid = training.tile_images(images, padding=1)
+    assert grid.shape == (2 * 4, 2 * 5, 1)
+    torch.testing.assert_close(grid[1:3, 1:4, 0], torch.full((2, 3), 0.25))
+    torch.testing.assert_close(grid[1:3, 6:9, 0], torch.full((2, 3), 0.5))
+    torch.testing.assert_close(grid[5:7, 1:4, 0], torch.full((2, 3), 0.75))
+    assert grid[0].eq(1).all() and grid[5:7, 6:9].eq(1).all()  # gaps and the empty cell are white

@@ -134,3 +134,19 @@ class TestMaskedAffineAutoregressiveConv2d(FlowTest):
     def test_extra_repr(self):
         text = repr(MaskedAffineAutoregressiveConv2d(3, 16, reverse=True))
         assert "num_channels=3, hidden_channels=16, reverse=True" in text
+
+
+def test_use_backend_naive_selects_the_naive_solve(monkeypatch):
+    from normflows_emerging import use_backend
+
+    flow = MaskedAffineAutoregressiveConv2d(2, hidden_channels=4)
+    calls = []
+    for name in ("_solve_fast", "_solve_naive"):
+        original = getattr(flow, name)
+        monkeypatch.setattr(flow, name, lambda z, name=name, original=original:
+                            calls.append(name) or original(z))
+    z = torch.randn(1, 2, 3, 3)
+    flow(z)
+    with use_backend("naive"):
+        flow(z)
+    assert calls == ["_solve_fast", "_solve_naive"]

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from normflows.flows import Flow
 
+from ..inverse import inverse_backend
 from .utils import check_image
 
 # Window taps of a causal 3x3 mask, as (row, column) kernel positions: the row above and the left
@@ -132,7 +133,7 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         z = (x - shift) * torch.exp(-log_scale)
         return self._flip(z), -log_scale.sum(dim=(1, 2, 3))
 
-    def forward(self, z, backend="fast"):
+    def forward(self, z, backend=None):
         """Sampling direction: solve for x element by element.
 
         ``"fast"`` keeps the hidden activations of the pixels already solved. Pixel (i, j) only
@@ -145,11 +146,15 @@ class MaskedAffineAutoregressiveConv2d(Flow):
 
         Args:
           z: latent, shape (batch, num_channels, height, width)
-          backend: ``"fast"`` or ``"naive"``
+          backend: ``"fast"``, ``"naive"`` or None: ``"naive"`` inside
+            ``normflows_emerging.use_backend("naive")`` (so whole models switch to their
+            reference solves together), else ``"fast"``
 
         Returns:
           x of the same shape, and log|det dx/dz| = sum of the log-scales, shape (batch,)
         """
+        if backend is None:
+            backend = "naive" if inverse_backend(z.device) == "naive" else "fast"
         if backend not in self.backends:
             raise ValueError(f"unknown backend {backend!r}, choose one of {self.backends}")
         check_image(z, self.num_channels, type(self).__name__)
