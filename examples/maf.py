@@ -3,9 +3,9 @@
 Masked autoregressive flows (here: a PLU 1x1 convolution followed by two masked autoregressive
 layers in opposite pixel orders, the "maf" mixing layer) are flexible but slow to sample from,
 since every element is solved in turn. Emerging convolutions keep most of the gain at a much
-lower sampling cost. The table also times sampling with the naive solve of the autoregressive
-convolutions (``--naive-timing``, on by default here; the MAF layers always use their fast
-solve). Each MAF layer has its own masked network (96 hidden channels), so read the bits/dim
+lower sampling cost. The table also times sampling with the naive solves (``--naive-timing``, on by
+default here): the element-by-element solve of the autoregressive convolutions and the
+full-network-per-element solve of the MAF layers, the paper's "naive" column. Each MAF layer has its own masked network (96 hidden channels), so read the bits/dim
 together with the parameter counts. Defaults run on the bundled digits in a few minutes on a
 CPU:
 
