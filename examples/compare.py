@@ -27,7 +27,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from normflows_emerging import train as training
+from normflows_emerging import evaluation, train as training
 from normflows_emerging.architectures import mixing_layers
 from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
 
@@ -64,7 +64,7 @@ def compare_mixings(config, mixings, seeds, out, device="cpu", naive_timing=Fals
             result = training.evaluate_checkpoint(run_dir / training.CHECKPOINT, device=device)
             if naive_timing:
                 model, _ = training.load_checkpoint(run_dir / training.CHECKPOINT, device)
-                result["naive_sample_ms_per_image"] = training.sample_ms_per_image(
+                result["naive_sample_ms_per_image"] = evaluation.sample_ms_per_image(
                     model, device=device, backend="naive", seed=seed)
             result["train_seconds"] = last["seconds"]
             runs.append(result)

@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from normflows_emerging import train as training
+from normflows_emerging import evaluation, train as training
 from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
 from normflows_emerging.inverse import BACKENDS, compiled_available
 
@@ -50,7 +50,7 @@ def main(argv=None):
     for backend in BACKENDS:
         if backend == "compiled" and (args.device == "cuda" or not compiled_available()):
             continue  # the compiled solve runs on CPU tensors only
-        result[f"sample_ms_per_image_{backend}"] = training.sample_ms_per_image(
+        result[f"sample_ms_per_image_{backend}"] = evaluation.sample_ms_per_image(
             model, device=args.device, backend=backend, seed=config.seed)
     print(json.dumps(result))
 

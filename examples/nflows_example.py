@@ -23,7 +23,7 @@ from nflows.distributions import StandardNormal
 from nflows.flows import Flow
 from nflows.transforms import ActNorm, AffineCouplingTransform, CompositeTransform, SqueezeTransform
 
-from normflows_emerging import train as training
+from normflows_emerging import evaluation, train as training
 from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
 from normflows_emerging.nflows import (EmergingConv2dTransform, PeriodicConv2dTransform,
                                        QR1x1Transform)
@@ -127,13 +127,13 @@ def main(argv=None):
     training.fit(model, train_set, test_set, config, args.out, args.device,
                  progress=not args.no_progress)
     images = torch.stack([test_set[i][0] for i in range(64)])
-    x = training.dequantize(images, test_set.num_bins).to(args.device)
+    x = evaluation.dequantize(images, test_set.num_bins).to(args.device)
     with torch.no_grad():
         z, _ = model.flow._transform(x)
         x_again, _ = model.flow._transform.inverse(z)
     print(json.dumps({
         "layer": args.layer,
-        "test_bpd": training.evaluate_bpd(model, test_set, device=args.device, seed=config.seed),
+        "test_bpd": evaluation.evaluate_bpd(model, test_set, device=args.device, seed=config.seed),
         "inverse_error": (x_again - x).abs().max().item(),
         "parameters": training.count_parameters(model),
     }))

@@ -1,7 +1,9 @@
 """normflows-emerging: emerging, periodic and QR 1x1 invertible convolutions for normflows.
 
 The nflows adapters live in :mod:`normflows_emerging.nflows` (imported on demand, so nflows stays
-optional); datasets in :mod:`normflows_emerging.data`; training in :mod:`normflows_emerging.train`.
+optional); datasets in :mod:`normflows_emerging.data`; training in :mod:`normflows_emerging.train`,
+evaluation and sampling in :mod:`normflows_emerging.evaluation`, checkpoint writing and random
+state in :mod:`normflows_emerging.checkpoint`.
 """
 
 from .architectures import (

@@ -1,52 +1,49 @@
-"""Training, evaluation and sampling of multiscale flows on image datasets.
+"""Training of multiscale flows on image datasets, and evaluation/sampling of its checkpoints.
 
 The command line (``python -m normflows_emerging train|evaluate|sample``) and the examples are
-thin layers over these functions:
+thin layers over these functions (the evaluation and sampling functions themselves live in
+:mod:`normflows_emerging.evaluation`, checkpoint writing and random state in
+:mod:`normflows_emerging.checkpoint`):
 
 * :func:`train` builds the model and datasets of a :class:`TrainConfig` and runs :func:`fit`:
   Adamax with a linear learning-rate warm-up, uniform dequantisation ``x = (k + u) / num_bins``,
   data-dependent ActNorm initialisation on the first batch, periodic test-set evaluation,
   ``checkpoint.pt``, ``metrics.jsonl`` and ``samples.png`` in the output folder, exact resumption
   and DistributedDataParallel when started with ``torchrun``.
-* :func:`evaluate_checkpoint` and :func:`sample_checkpoint` load a checkpoint written by
-  :func:`train`.
+* :func:`read_checkpoint` and :func:`load_checkpoint` read a checkpoint written by :func:`train`
+  (with its :class:`TrainConfig` and rebuilt model); :func:`evaluate_checkpoint` and
+  :func:`sample_checkpoint` evaluate and sample one.
 
 Models are ``normflows.MultiscaleFlow``\\ s or any module with the same two methods:
 ``forward(x, y)`` returning the negative log-likelihood of each example (labels ``y`` or None)
 and ``sample(num_samples, y=None, temperature=None)`` returning ``(x, log_q)``.
 """
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
-import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from .architectures import build_multiscale_flow
+from .checkpoint import (DATA_ORDER, TRAIN_NOISE, derive_seed, rng_state, save_checkpoint,
+                         set_rng_state)
 from .data import get_dataset
-from .inverse import use_backend
+from .evaluation import (bits_per_dim_from_nll, dequantize, evaluate_bpd, inverse_error, sample,
+                         sample_ms_per_image, save_image_grid, save_samples)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples.png"
-SAMPLE_TEMPERATURES = (1.0, 0.7)
-
-# Tags that keep the random streams derived from one seed apart.
-_DATA_ORDER, _TRAIN_NOISE, _EVAL_NOISE, _SAMPLING = range(4)
 # Settings that may change when a run is resumed; all others must match the checkpoint.
 RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batch_size", "workers", "data_root",
                      "download")
@@ -115,19 +112,6 @@ def _check_int(name, value, minimum):
         raise ValueError(f"{name} must be an int of at least {minimum}, got {value!r}")
 
 
-def derive_seed(*keys):
-    """A 63-bit seed derived from a tuple of non-negative ints (seed, stream tag, step, ...).
-
-    Args:
-      *keys: non-negative ints
-
-    Returns:
-      int usable with ``torch.Generator.manual_seed``
-    """
-    words = np.random.SeedSequence(list(keys)).generate_state(2)
-    return (int(words[0]) << 31) ^ int(words[1])
-
-
 class BatchOrder:
     """Shuffled training batches as a function of the step number.
 
@@ -180,7 +164,7 @@ class BatchOrder:
         state = self.state(step)
         if state["epoch"] != self._epoch:
             generator = torch.Generator().manual_seed(
-                derive_seed(self.seed, _DATA_ORDER, state["epoch"]))
+                derive_seed(self.seed, DATA_ORDER, state["epoch"]))
             self._permutation = torch.randperm(self.num_examples, generator=generator)
             self._epoch = state["epoch"]
         if whole:
@@ -206,37 +190,6 @@ class _StepBatches:
 
     def __iter__(self):
         return (self.order.indices(step) for step in range(self.start, self.stop))
-
-
-def dequantize(images, num_bins, noise=None):
-    """Uniform dequantisation ``(k + u) / num_bins`` of integer images, u ~ U[0, 1).
-
-    Args:
-      images: integer tensor with values in 0 .. num_bins - 1
-      num_bins: number of intensity levels
-      noise: the values u, a float tensor of the images' shape (None: drawn with ``torch.rand``)
-
-    Returns:
-      float32 tensor of the same shape with values in [0, 1)
-    """
-    if noise is None:
-        noise = torch.rand(images.shape)
-    # Clamp below 1: float32 rounding can turn (num_bins - 1 + u) / num_bins into exactly 1.
-    return ((images.float() + noise) / num_bins).clamp(max=1 - 2**-24)
-
-
-def bits_per_dim_from_nll(nll, num_dims, num_bins):
-    """Bits per dimension of integer data from the NLL of its dequantised version in [0, 1).
-
-    Args:
-      nll: negative log-likelihood in nats (tensor or float)
-      num_dims: dimensions per example
-      num_bins: intensity levels of the integer data
-
-    Returns:
-      ``nll / (num_dims ln 2) + log2(num_bins)``
-    """
-    return nll / (num_dims * math.log(2)) + math.log2(num_bins)
 
 
 def build_model(config, input_shape):
@@ -321,232 +274,6 @@ def train_step(model, optimizer, x, y, num_bins, lr):
 def warmup_lr(lr, step, warmup):
     """Learning rate at ``step`` (0-based) of a linear warm-up over ``warmup`` steps."""
     return lr * min(1.0, (step + 1) / warmup) if warmup else lr
-
-
-@torch.no_grad()
-def evaluate_bpd(model, dataset, batch_size=256, device="cpu", seed=0, class_cond=False):
-    """Bits/dim averaged over a whole dataset, with fixed dequantisation noise.
-
-    Args:
-      model: model, see the module docstring
-      dataset: dataset of (uint8 image, label) with ``num_bins``
-      batch_size: examples per forward pass
-      device: device of the model
-      seed: seed of the dequantisation noise (the same seed gives the same noise)
-      class_cond: pass the labels to the model
-
-    Returns:
-      float
-    """
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator().manual_seed(derive_seed(seed, _EVAL_NOISE))
-    total, count = 0.0, 0
-    for images, labels in DataLoader(dataset, batch_size=batch_size):
-        noise = torch.rand(images.shape, generator=generator)
-        x = dequantize(images, dataset.num_bins, noise).to(device)
-        y = labels.to(device) if class_cond else None
-        total += model(x, y).double().sum().item()
-        count += len(images)
-    model.train(was_training)
-    return bits_per_dim_from_nll(total / count, dataset[0][0].numel(), dataset.num_bins)
-
-
-@torch.no_grad()
-def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
-    """Samples of a model, clamped to [0, 1], without touching the global random state.
-
-    Args:
-      model: model, see the module docstring
-      num_samples: number of images
-      temperature: standard deviation factor of the base distributions
-      seed: seed of the samples
-      device: device of the model
-
-    Returns:
-      float tensor (num_samples, C, H, W) on the CPU
-    """
-    was_training = model.training
-    model.eval()
-    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(derive_seed(seed, _SAMPLING))
-        x, _ = model.sample(num_samples, temperature=temperature)
-    model.train(was_training)
-    return x.clamp(0, 1).cpu()
-
-
-def tile_images(images, padding=1):
-    """Arrange a batch of images in a square-ish grid with white gaps.
-
-    Args:
-      images: float tensor (n, C, H, W) in [0, 1]
-      padding: gap in pixels around each image
-
-    Returns:
-      tensor (H_grid, W_grid, C) ready for ``imshow``
-    """
-    n, channels, height, width = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    canvas = images.new_ones(rows * cols, channels, height + 2 * padding, width + 2 * padding)
-    canvas[:n, :, padding:padding + height, padding:padding + width] = images
-    grid = canvas.view(rows, cols, channels, height + 2 * padding, width + 2 * padding)
-    return grid.permute(0, 3, 1, 4, 2).reshape(rows * canvas.shape[2], cols * canvas.shape[3],
-                                                 channels)
-
-
-def save_image_grid(images, path, titles=None):
-    """Save images as a PNG grid, one panel per group, written atomically.
-
-    Args:
-      images: list of float tensors (n, C, H, W) in [0, 1], one per panel
-      path: output file
-      titles: one title per panel, or None
-    """
-    fig = Figure(figsize=(4 * len(images), 4))
-    axes = fig.subplots(1, len(images), squeeze=False)
-    for i, (ax, batch) in enumerate(zip(axes[0], images)):
-        grid = tile_images(batch).numpy()
-        if grid.shape[2] == 1:
-            ax.imshow(grid[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        else:
-            ax.imshow(grid, interpolation="nearest")
-        ax.set_axis_off()
-        if titles:
-            ax.set_title(titles[i])
-    fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-
-
-def save_samples(model, path, num_samples=16, seed=0, device="cpu"):
-    """``samples.png``: a panel of samples at each of the temperatures 1.0 and 0.7.
-
-    Args:
-      model: model, see the module docstring
-      path: output PNG
-      num_samples: images per temperature
-      seed: seed of the samples
-      device: device of the model
-    """
-    grids = [sample(model, num_samples, t, seed, device) for t in SAMPLE_TEMPERATURES]
-    save_image_grid(grids, path, [f"temperature {t}" for t in SAMPLE_TEMPERATURES])
-
-
-@torch.no_grad()
-def sample_ms_per_image(model, num_samples=16, device="cpu", backend=None, seed=0, repeats=3):
-    """Wall-clock milliseconds per image of drawing a batch of samples.
-
-    One untimed draw warms up (caches, compiled code), then the median of ``repeats`` timed
-    draws is reported.
-
-    Args:
-      model: model, see the module docstring
-      num_samples: batch size of the timed draws
-      device: device of the model
-      backend: solve backend of autoregressive convolutions (``use_backend``), None: default
-      seed: seed of the samples
-      repeats: number of timed draws
-
-    Returns:
-      float
-    """
-    def draw():
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        sample(model, num_samples, 1.0, seed, device)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    with use_backend(backend) if backend else contextlib.nullcontext():
-        seconds = [draw() for _ in range(repeats + 1)][1:]
-    return 1000 * statistics.median(seconds) / num_samples
-
-
-@torch.no_grad()
-def inverse_error(model, dataset, num_images=64, device="cpu", seed=0):
-    """Largest absolute round-trip error data → latents → data on dataset images.
-
-    Args:
-      model: ``normflows.MultiscaleFlow``
-      dataset: dataset of (uint8 image, label) with ``num_bins``
-      num_images: how many of its first images to use
-      device: device of the model
-      seed: seed of the dequantisation noise
-
-    Returns:
-      float
-    """
-    was_training = model.training
-    model.eval()
-    images = torch.stack([dataset[i][0] for i in range(min(num_images, len(dataset)))])
-    generator = torch.Generator().manual_seed(derive_seed(seed, _EVAL_NOISE))
-    noise = torch.rand(images.shape, generator=generator)
-    x = dequantize(images, dataset.num_bins, noise).to(device)
-    z, _ = model.inverse_and_log_det(x)
-    x_again, _ = model.forward_and_log_det(z)
-    model.train(was_training)
-    return (x_again - x).abs().max().item()
-
-
-def _atomic_write(path, write):
-    """Call ``write(temporary path)`` then rename the file to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _rng_state(order, step):
-    """The global random states and the data-order state at ``step``."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "data": order.state(step),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path, model, optimizer, step, config, rng, extra=None):
-    """Write a checkpoint atomically (temporary file, then rename).
-
-    Args:
-      path: output file
-      model: the (unwrapped) model
-      optimizer: its optimizer
-      step: number of steps done
-      config: :class:`TrainConfig`
-      rng: random and data-order state, see ``_rng_state``
-      extra: further entries (input shape, number of bins, elapsed seconds, ...)
-    """
-    checkpoint = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "config": dataclasses.asdict(config),
-        "rng": rng,
-        **(extra or {}),
-    }
-    _atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def read_checkpoint(path):
@@ -704,7 +431,7 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
                              f"ask for more steps than that to continue")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        _set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"])
         step, elapsed, skipped = checkpoint["step"], checkpoint["elapsed"], checkpoint["skipped"]
         if rank == 0:
             _truncate_metrics(out / METRICS, step)
@@ -769,7 +496,7 @@ def _truncate_metrics(path, step):
 def _checkpoint_and_evaluate(model, optimizer, test_set, config, out, device, order, step, extra,
                              train_bpds):
     """Rank 0's periodic work: checkpoint, test bits/dim, metrics line, samples."""
-    save_checkpoint(out / CHECKPOINT, model, optimizer, step, config, _rng_state(order, step),
+    save_checkpoint(out / CHECKPOINT, model, optimizer, step, config, rng_state(order, step),
                     extra)
     record = {
         "step": step,
@@ -791,7 +518,7 @@ def _prepare(images, labels, num_bins, config, order, step, device, whole=False)
     The noise is drawn for the whole global batch from a generator seeded by (seed, step) and
     each process takes its slice, so the batches do not depend on the number of processes.
     """
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, _TRAIN_NOISE, step))
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, TRAIN_NOISE, step))
     noise = torch.rand((order.global_batch, *images.shape[1:]), generator=generator)
     if not whole:
         noise = noise[order.offset : order.offset + len(images)]

@@ -7,7 +7,7 @@ import matplotlib.image
 import pytest
 import torch
 
-from normflows_emerging import train as training
+from normflows_emerging import evaluation, train as training
 from normflows_emerging.cli import main
 
 TINY = ["--dataset", "digits", "--levels", "2", "--flows-per-level", "1",
@@ -89,7 +89,7 @@ def test_resume_refuses_other_settings_and_finished_runs(tmp_path, capsys):
 
 
 def test_non_finite_loss_skips_the_step(tmp_path, capsys, monkeypatch):
-    real = training.dequantize
+    real = evaluation.dequantize
     calls = []
 
     def nan_on_second_step(images, num_bins, noise=None):
@@ -195,7 +195,7 @@ def test_compare_example_writes_a_markdown_table(tmp_path, monkeypatch):
 
 def test_tile_images_places_each_image_in_its_cell():
     images = torch.arange(1, 4, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 1, 2, 3) / 4
-    grid = training.tile_images(images, padding=1)
+    grid = evaluation.tile_images(images, padding=1)
     assert grid.shape == (2 * 4, 2 * 5, 1)
     torch.testing.assert_close(grid[1:3, 1:4, 0], torch.full((2, 3), 0.25))
     torch.testing.assert_close(grid[1:3, 6:9, 0], torch.full((2, 3), 0.5))

@@ -1,0 +1,225 @@
+"""Evaluation and sampling of trained flows.
+
+* :func:`dequantize` and :func:`bits_per_dim_from_nll`: uniform dequantisation of integer images
+  and the bits/dim of the integer data (also used by training).
+* :func:`evaluate_bpd` (bits/dim over a dataset with fixed noise), :func:`inverse_error`
+  (round-trip error), :func:`sample` and :func:`sample_ms_per_image` (seeded samples, timing).
+* :func:`tile_images`, :func:`save_image_grid` and :func:`save_samples`: PNG grids of samples.
+
+Models are ``normflows.MultiscaleFlow``\\ s or any module with the same two methods:
+``forward(x, y)`` returning the negative log-likelihood of each example (labels ``y`` or None)
+and ``sample(num_samples, y=None, temperature=None)`` returning ``(x, log_q)``.
+"""
+
+import contextlib
+import math
+import statistics
+import time
+
+import torch
+from torch.utils.data import DataLoader
+from matplotlib.figure import Figure
+
+from .checkpoint import EVAL_NOISE, SAMPLING, atomic_write, derive_seed
+from .inverse import use_backend
+
+SAMPLE_TEMPERATURES = (1.0, 0.7)
+
+
+def dequantize(images, num_bins, noise=None):
+    """Uniform dequantisation ``(k + u) / num_bins`` of integer images, u ~ U[0, 1).
+
+    Args:
+      images: integer tensor with values in 0 .. num_bins - 1
+      num_bins: number of intensity levels
+      noise: the values u, a float tensor of the images' shape (None: drawn with ``torch.rand``)
+
+    Returns:
+      float32 tensor of the same shape with values in [0, 1)
+    """
+    if noise is None:
+        noise = torch.rand(images.shape)
+    # Clamp below 1: float32 rounding can turn (num_bins - 1 + u) / num_bins into exactly 1.
+    return ((images.float() + noise) / num_bins).clamp(max=1 - 2**-24)
+
+
+def bits_per_dim_from_nll(nll, num_dims, num_bins):
+    """Bits per dimension of integer data from the NLL of its dequantised version in [0, 1).
+
+    Args:
+      nll: negative log-likelihood in nats (tensor or float)
+      num_dims: dimensions per example
+      num_bins: intensity levels of the integer data
+
+    Returns:
+      ``nll / (num_dims ln 2) + log2(num_bins)``
+    """
+    return nll / (num_dims * math.log(2)) + math.log2(num_bins)
+
+
+@torch.no_grad()
+def evaluate_bpd(model, dataset, batch_size=256, device="cpu", seed=0, class_cond=False):
+    """Bits/dim averaged over a whole dataset, with fixed dequantisation noise.
+
+    Args:
+      model: model, see the module docstring
+      dataset: dataset of (uint8 image, label) with ``num_bins``
+      batch_size: examples per forward pass
+      device: device of the model
+      seed: seed of the dequantisation noise (the same seed gives the same noise)
+      class_cond: pass the labels to the model
+
+    Returns:
+      float
+    """
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(derive_seed(seed, EVAL_NOISE))
+    total, count = 0.0, 0
+    for images, labels in DataLoader(dataset, batch_size=batch_size):
+        noise = torch.rand(images.shape, generator=generator)
+        x = dequantize(images, dataset.num_bins, noise).to(device)
+        y = labels.to(device) if class_cond else None
+        total += model(x, y).double().sum().item()
+        count += len(images)
+    model.train(was_training)
+    return bits_per_dim_from_nll(total / count, dataset[0][0].numel(), dataset.num_bins)
+
+
+@torch.no_grad()
+def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
+    """Samples of a model, clamped to [0, 1], without touching the global random state.
+
+    Args:
+      model: model, see the module docstring
+      num_samples: number of images
+      temperature: standard deviation factor of the base distributions
+      seed: seed of the samples
+      device: device of the model
+
+    Returns:
+      float tensor (num_samples, C, H, W) on the CPU
+    """
+    was_training = model.training
+    model.eval()
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(derive_seed(seed, SAMPLING))
+        x, _ = model.sample(num_samples, temperature=temperature)
+    model.train(was_training)
+    return x.clamp(0, 1).cpu()
+
+
+def tile_images(images, padding=1):
+    """Arrange a batch of images in a square-ish grid with white gaps.
+
+    Args:
+      images: float tensor (n, C, H, W) in [0, 1]
+      padding: gap in pixels around each image
+
+    Returns:
+      tensor (H_grid, W_grid, C) ready for ``imshow``
+    """
+    n, channels, height, width = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    canvas = images.new_ones(rows * cols, channels, height + 2 * padding, width + 2 * padding)
+    canvas[:n, :, padding:padding + height, padding:padding + width] = images
+    grid = canvas.view(rows, cols, channels, height + 2 * padding, width + 2 * padding)
+    return grid.permute(0, 3, 1, 4, 2).reshape(rows * canvas.shape[2], cols * canvas.shape[3],
+                                                 channels)
+
+
+def save_image_grid(images, path, titles=None):
+    """Save images as a PNG grid, one panel per group, written atomically.
+
+    Args:
+      images: list of float tensors (n, C, H, W) in [0, 1], one per panel
+      path: output file
+      titles: one title per panel, or None
+    """
+    fig = Figure(figsize=(4 * len(images), 4))
+    axes = fig.subplots(1, len(images), squeeze=False)
+    for i, (ax, batch) in enumerate(zip(axes[0], images)):
+        grid = tile_images(batch).numpy()
+        if grid.shape[2] == 1:
+            ax.imshow(grid[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(grid, interpolation="nearest")
+        ax.set_axis_off()
+        if titles:
+            ax.set_title(titles[i])
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def save_samples(model, path, num_samples=16, seed=0, device="cpu"):
+    """``samples.png``: a panel of samples at each of the temperatures 1.0 and 0.7.
+
+    Args:
+      model: model, see the module docstring
+      path: output PNG
+      num_samples: images per temperature
+      seed: seed of the samples
+      device: device of the model
+    """
+    grids = [sample(model, num_samples, t, seed, device) for t in SAMPLE_TEMPERATURES]
+    save_image_grid(grids, path, [f"temperature {t}" for t in SAMPLE_TEMPERATURES])
+
+
+@torch.no_grad()
+def sample_ms_per_image(model, num_samples=16, device="cpu", backend=None, seed=0, repeats=3):
+    """Wall-clock milliseconds per image of drawing a batch of samples.
+
+    One untimed draw warms up (caches, compiled code), then the median of ``repeats`` timed
+    draws is reported.
+
+    Args:
+      model: model, see the module docstring
+      num_samples: batch size of the timed draws
+      device: device of the model
+      backend: solve backend of autoregressive convolutions (``use_backend``), None: default
+      seed: seed of the samples
+      repeats: number of timed draws
+
+    Returns:
+      float
+    """
+    def draw():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        sample(model, num_samples, 1.0, seed, device)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    with use_backend(backend) if backend else contextlib.nullcontext():
+        seconds = [draw() for _ in range(repeats + 1)][1:]
+    return 1000 * statistics.median(seconds) / num_samples
+
+
+@torch.no_grad()
+def inverse_error(model, dataset, num_images=64, device="cpu", seed=0):
+    """Largest absolute round-trip error data → latents → data on dataset images.
+
+    Args:
+      model: ``normflows.MultiscaleFlow``
+      dataset: dataset of (uint8 image, label) with ``num_bins``
+      num_images: how many of its first images to use
+      device: device of the model
+      seed: seed of the dequantisation noise
+
+    Returns:
+      float
+    """
+    was_training = model.training
+    model.eval()
+    images = torch.stack([dataset[i][0] for i in range(min(num_images, len(dataset)))])
+    generator = torch.Generator().manual_seed(derive_seed(seed, EVAL_NOISE))
+    noise = torch.rand(images.shape, generator=generator)
+    x = dequantize(images, dataset.num_bins, noise).to(device)
+    z, _ = model.inverse_and_log_det(x)
+    x_again, _ = model.forward_and_log_det(z)
+    model.train(was_training)
+    return (x_again - x).abs().max().item()
