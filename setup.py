@@ -1,7 +1,9 @@
 """Builds the Cython extension ``normflows_emerging._inverse``.
 
 ``-O3`` always; OpenMP (``-fopenmp``) only when the compiler accepts it, otherwise a plain
-single-threaded build. Everything else about the package lives in pyproject.toml.
+single-threaded build. The extension is optional: without a working C compiler the package still
+installs, and the solves fall back to the torch wavefront with a warning. Everything else about
+the package lives in pyproject.toml.
 """
 
 import os
@@ -42,10 +44,15 @@ class BuildExtWithOptionalOpenMP(build_ext):
         super().build_extensions()
 
 
-extension = Extension("normflows_emerging._inverse", ["ext/_inverse.pyx"], include_dirs=["ext"],
-                      depends=["ext/kernels.h"])
+extensions = cythonize(
+    [Extension("normflows_emerging._inverse", ["ext/_inverse.pyx"], include_dirs=["ext"],
+               depends=["ext/kernels.h"])],
+    language_level=3,
+)
+for extension in extensions:
+    extension.optional = True  # cythonize does not carry the flag over
 
 setup(
-    ext_modules=cythonize([extension], language_level=3),
+    ext_modules=extensions,
     cmdclass={"build_ext": BuildExtWithOptionalOpenMP},
 )
