@@ -292,6 +292,20 @@ def _check_sizes(input_shape, levels, flows_per_level, hidden_channels):
     return shape
 
 
+def bits_per_dim_from_nll(nll, num_dims, num_bins):
+    """Bits per dimension of integer data from the NLL of its dequantised version in [0, 1).
+
+    Args:
+      nll: negative log-likelihood in nats (tensor or float)
+      num_dims: dimensions per example
+      num_bins: intensity levels of the integer data
+
+    Returns:
+      ``nll / (num_dims ln 2) + log2(num_bins)``
+    """
+    return nll / (num_dims * math.log(2)) + math.log2(num_bins)
+
+
 def bits_per_dim(model, x, num_bins=256, y=None):
     """Bits per dimension of dequantised data under a model.
 
@@ -318,5 +332,4 @@ def bits_per_dim(model, x, num_bins=256, y=None):
         log_p = model.log_prob(x, y)
     else:
         log_p = model.log_prob(x)
-    num_dims = x[0].numel()
-    return -log_p / (num_dims * math.log(2)) + math.log2(num_bins)
+    return bits_per_dim_from_nll(-log_p, x[0].numel(), num_bins)

@@ -1,7 +1,7 @@
 """Evaluation and sampling of trained flows.
 
-* :func:`dequantize` and :func:`bits_per_dim_from_nll`: uniform dequantisation of integer images
-  and the bits/dim of the integer data (also used by training).
+* :func:`dequantize`: uniform dequantisation of integer images (also used by training); bits/dim
+  come from :func:`normflows_emerging.architectures.bits_per_dim_from_nll`.
 * :func:`evaluate_bpd` (bits/dim over a dataset with fixed noise), :func:`inverse_error`
   (round-trip error), :func:`sample` and :func:`sample_ms_per_image` (seeded samples, timing).
 * :func:`tile_images`, :func:`save_image_grid` and :func:`save_samples`: PNG grids of samples.
@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from matplotlib.figure import Figure
 
+from .architectures import bits_per_dim_from_nll
 from .checkpoint import EVAL_NOISE, SAMPLING, atomic_write, derive_seed
 from .inverse import use_backend
 
@@ -41,20 +42,6 @@ def dequantize(images, num_bins, noise=None):
         noise = torch.rand(images.shape)
     # Clamp below 1: float32 rounding can turn (num_bins - 1 + u) / num_bins into exactly 1.
     return ((images.float() + noise) / num_bins).clamp(max=1 - 2**-24)
-
-
-def bits_per_dim_from_nll(nll, num_dims, num_bins):
-    """Bits per dimension of integer data from the NLL of its dequantised version in [0, 1).
-
-    Args:
-      nll: negative log-likelihood in nats (tensor or float)
-      num_dims: dimensions per example
-      num_bins: intensity levels of the integer data
-
-    Returns:
-      ``nll / (num_dims ln 2) + log2(num_bins)``
-    """
-    return nll / (num_dims * math.log(2)) + math.log2(num_bins)
 
 
 @torch.no_grad()

@@ -34,12 +34,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .architectures import build_multiscale_flow
+from .architectures import bits_per_dim_from_nll, build_multiscale_flow
 from .checkpoint import (DATA_ORDER, TRAIN_NOISE, derive_seed, rng_state, save_checkpoint,
                          set_rng_state)
 from .data import get_dataset
-from .evaluation import (bits_per_dim_from_nll, dequantize, evaluate_bpd, inverse_error, sample,
-                         sample_ms_per_image, save_image_grid, save_samples)
+from .evaluation import (dequantize, evaluate_bpd, inverse_error, sample, sample_ms_per_image,
+                         save_image_grid, save_samples)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
