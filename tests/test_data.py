@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from normflows_emerging.data import dataset_names, get_dataset, num_bins
+from normflows_emerging.data import dataset_names, get_dataset
 
 torchvision = pytest.importorskip("torchvision")
 Image = pytest.importorskip("PIL.Image")
@@ -82,20 +82,15 @@ def cifar_md5_skipped(monkeypatch):
     )
 
 
-def test_names_and_bins():
+def test_names():
     assert dataset_names() == [
         "cifar10", "digits", "folder", "galaxy", "hubble", "imagenet32", "imagenet64", "mnist"
     ]
-    names = dataset_names()
-    assert num_bins("digits") == 17
-    assert all(num_bins(n) == 256 for n in names if n != "digits")
 
 
 def test_bad_name_split_and_size():
     with pytest.raises(ValueError, match="unknown dataset 'cifar11'.*cifar10.*mnist"):
         get_dataset("cifar11", "train")
-    with pytest.raises(ValueError, match="unknown dataset"):
-        num_bins("nope")
     with pytest.raises(ValueError, match=r"unknown split 'val'.*\['train', 'test'\]"):
         get_dataset("digits", "val")
     with pytest.raises(ValueError, match="image_size"):
