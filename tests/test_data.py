@@ -132,8 +132,8 @@ def test_mnist_idx_files(tmp_path):
     rng = np.random.default_rng(1)
     images = {s: rng.integers(0, 256, (n, 28, 28)) for s, n in (("train", 6), ("t10k", 3))}
     labels = {s: rng.integers(0, 10, len(images[s])) for s in images}
-    for s in images:
-        write_idx(raw / f"{s}-images-idx3-ubyte", images[s])
+    for s, pixels in images.items():
+        write_idx(raw / f"{s}-images-idx3-ubyte", pixels)
         write_idx(raw / f"{s}-labels-idx1-ubyte", labels[s])
     train = get_dataset("mnist", "train", root=tmp_path)
     test = get_dataset("mnist", "test", root=tmp_path)
