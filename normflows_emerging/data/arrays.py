@@ -57,6 +57,10 @@ class ArrayImageDataset(Dataset):
         if self.offsets[-1] != len(self.labels):
             raise ValueError(f"{self.offsets[-1]} images but {len(self.labels)} labels")
         self.source_bins = source_bins
+        # Only values of types wider than source_bins can fall outside; those are checked on read.
+        self.needs_check = [
+            chunk.dtype.kind != "u" or np.iinfo(chunk.dtype).max >= source_bins for chunk in chunks
+        ]
         self.num_bins = chosen_bins(bits, source_bins, name)
         self.bits = bits_of(self.num_bins)
         self.num_classes = num_classes
@@ -72,7 +76,8 @@ class ArrayImageDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         index %= len(self)
         c = bisect.bisect_right(self.offsets, index) - 1
-        image = torch.from_numpy(np.asarray(self.chunks[c][index - self.offsets[c]], np.int64))
-        check_levels(image, self.source_bins, f"{self.name} image {index}")
+        image = torch.tensor(self.chunks[c][index - self.offsets[c]])
+        if self.needs_check[c]:
+            check_levels(image, self.source_bins, f"{self.name} image {index}")
         image = to_levels(image, self.source_bins, self.num_bins, self.image_size, self.nearest)
         return image, int(self.labels[index])

@@ -92,7 +92,6 @@ def to_levels(
       tensor (C, image_size, image_size) of :func:`level_dtype` with values in
       0 .. num_bins - 1
     """
-    image = image.to(torch.int64)
     if image_size is not None and image.shape[1:] != (image_size, image_size):
         x = image.unsqueeze(0).float()  # float32 holds every 16-bit level exactly
         if nearest:
@@ -101,5 +100,6 @@ def to_levels(
             x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
         image = x.round().clamp(0, source_bins - 1).to(torch.int64).squeeze(0)
     if num_bins != source_bins:
+        image = image.to(torch.int64)  # (2 v + 1) m overflows int32 for 16-bit data
         image = torch.div((2 * image + 1) * num_bins, 2 * source_bins, rounding_mode="floor")
     return image.to(level_dtype(num_bins))
