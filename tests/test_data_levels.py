@@ -1,6 +1,7 @@
 """Intensity levels: every dataset yields exactly the levels its ``num_bins`` says, for every image
 mode read from real files, at the data's own depth or rescaled with ``bits``."""
 
+import pickle
 import struct
 import zlib
 
@@ -128,6 +129,8 @@ def test_8bit_colour_modes(tmp_path):
     lookup = np.asarray(palette.getpalette(), np.int64).reshape(-1, 3)
     assert torch.equal(data[2][0].long(), chw(lookup[np.asarray(palette)]))
     assert torch.equal(data[3][0].long(), torch.from_numpy(GREY8).expand(3, -1, -1))  # repeated
+    copy = pickle.loads(pickle.dumps(data))  # as DataLoader workers started by spawn get it
+    assert torch.equal(copy[2][0], data[2][0])
 
 
 def test_16bit_colour_png_needs_bits(tmp_path):

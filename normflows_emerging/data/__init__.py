@@ -17,7 +17,9 @@ Names (see :func:`dataset_names`):
 * ``imagenet32``, ``imagenet64``: downsampled ImageNet, read from its ``.npz`` files
   (``train_data_batch_1.npz`` ... and ``val_data.npz``; the validation set is the test split).
 * ``folder``, ``galaxy``: a folder of images (e.g. the galaxy images used in the paper), read at
-  their full depth (8 or 16 bits), centre cropped to a square and resized.
+  their full depth (8 bits, or 16 bits for 16-bit grey PNG/TIFF), centre cropped to a square and
+  resized. Alpha channels are dropped; the images have one channel when every file is grey
+  (palette files count as colour), else three. See :class:`ImageFileDataset`.
 * ``hubble``: patches of scikit-image's bundled Hubble Deep Field image, train patches from the
   left of the image and test patches from the right; works offline.
 * ``digits``: scikit-learn's bundled 8x8 digits, with 17 grey levels.

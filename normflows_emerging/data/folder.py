@@ -55,7 +55,7 @@ class ImageFileDataset(Dataset):
     Attributes:
       formats: the :class:`PixelFormat` of each file
       channels: 1 when every file is grey, else 3
-      source_bins: levels of each file as read (list, 256 or 65536)
+      file_bins: levels of each file as read (list of 256 or 65536)
       num_bins: levels of the images returned
       bits: ``log2(num_bins)``
 
@@ -74,7 +74,7 @@ class ImageFileDataset(Dataset):
         image_size: int,
         bits: int | None = None,
     ):
-        self.image_module = import_optional("PIL.Image", "pillow", "reading image files")
+        _pillow()  # fail now, not in the middle of training
         self.files = list(files)
         self.labels = list(labels)
         self.num_classes = num_classes
@@ -82,7 +82,7 @@ class ImageFileDataset(Dataset):
         self.formats = [self._pixel_format(path) for path in self.files]
         formats = self.formats
         self.channels = 1 if all(f.grey for f in formats) else 3
-        self.source_bins = [2**f.readable_depth for f in formats]
+        self.file_bins = [2**f.readable_depth for f in formats]
         if bits is None:
             depths = {f.depth: path for f, path in zip(formats, self.files)}
             if len(depths) > 1:
@@ -97,14 +97,14 @@ class ImageFileDataset(Dataset):
                     f"{truncated[0]} is a 16-bit colour (or grey+alpha) image, which Pillow reads "
                     "only at 8 bits: pass bits=8 (or fewer) to rescale it"
                 )
-        smallest = min(range(len(formats)), key=lambda i: self.source_bins[i])
-        self.num_bins = chosen_bins(bits, self.source_bins[smallest], str(self.files[smallest]))
+        smallest = min(range(len(formats)), key=lambda i: self.file_bins[i])
+        self.num_bins = chosen_bins(bits, self.file_bins[smallest], str(self.files[smallest]))
         self.bits = bits_of(self.num_bins)
 
     def _pixel_format(self, path: Path) -> PixelFormat:
-        with self.image_module.open(path) as img:  # reads the header only
+        with _pillow().open(path) as img:  # reads the header only
             mode = img.mode
-            tile = img.tile[0].args if img.tile else ""
+            tile = img.tile[0][3] if img.tile else ""  # the decoder's arguments
         rawmode = tile if isinstance(tile, str) else str(tile[0])
         if mode in GREY_16:
             return PixelFormat(grey=True, depth=16, readable_depth=16)
@@ -121,7 +121,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path = self.files[index]
-        with self.image_module.open(path) as img:
+        with _pillow().open(path) as img:
             if img.mode in GREY_16:
                 array = np.asarray(img).astype(np.int64)[None]
                 if img.mode == "I" and (array.min() < 0 or array.max() > 65535):
@@ -141,8 +141,13 @@ class ImageFileDataset(Dataset):
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
         image = image[:, top : top + side, left : left + side]
-        return to_levels(image, self.source_bins[index], self.num_bins, self.image_size,
+        return to_levels(image, self.file_bins[index], self.num_bins, self.image_size,
                          nearest=False), self.labels[index]
+
+
+def _pillow():
+    """Pillow's Image module, imported when used (kept off the dataset, so that it pickles)."""
+    return import_optional("PIL.Image", "pillow", "reading image files")
 
 
 def folder_dataset(split: str, image_size: int, root: Path, bits: int | None) -> ImageFileDataset:
