@@ -37,16 +37,15 @@ def write_png16(path, array, color_type):
 
 
 def folder(tmp_path, images, **kwargs):
-    """The train split of a folder whose train/ holds ``images`` (file name -> Pillow image or
-    writer function), as a dataset of SIDE x SIDE images."""
-    (tmp_path / "test").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "train").mkdir(exist_ok=True)
-    Image.new("L", (SIDE, SIDE)).save(tmp_path / "test" / "other.png")
-    for name, image in images.items():
-        if callable(image):
-            image(tmp_path / "train" / name)
-        else:
-            image.save(tmp_path / "train" / name)
+    """The train split of a folder whose train/ and test/ both hold ``images`` (file name ->
+    Pillow image or writer function), as a dataset of SIDE x SIDE images."""
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir(parents=True, exist_ok=True)
+        for name, image in images.items():
+            if callable(image):
+                image(tmp_path / split / name)
+            else:
+                image.save(tmp_path / split / name)
     return get_dataset("folder", "train", image_size=SIDE, root=tmp_path, **kwargs)
 
 
@@ -162,6 +161,23 @@ def test_mixed_depths_need_bits(tmp_path):
     assert torch.equal(data[1][0][0].long(), torch.from_numpy(GREY16 >> 8))
     with pytest.raises(ValueError, match="bits=12 is more than .*a.png"):
         folder(tmp_path, images, bits=12)
+
+
+def test_splits_agree_on_channels_and_depth(tmp_path):
+    """A folder whose train files are grey 16-bit and whose test file is 8-bit colour: both splits
+    have the same channels and levels, or neither loads."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    Image.fromarray(GREY16.astype(np.uint16)).save(tmp_path / "train" / "0.png")
+    Image.fromarray(RGB8.astype(np.uint8)).save(tmp_path / "test" / "0.png")
+    for split in ("train", "test"):
+        with pytest.raises(ValueError, match="different bit depths"):
+            get_dataset("folder", split, image_size=SIDE, root=tmp_path)
+    train, test = (get_dataset("folder", s, image_size=SIDE, root=tmp_path, bits=8)
+                   for s in ("train", "test"))
+    assert (train.num_bins, train.channels, test.num_bins, test.channels) == (256, 3, 256, 3)
+    assert train[0][0].shape == test[0][0].shape == (3, SIDE, SIDE)
+    assert torch.equal(train[0][0].long(), torch.from_numpy(GREY16 >> 8).expand(3, -1, -1))
 
 
 def test_images_without_levels_are_refused(tmp_path):

@@ -51,6 +51,8 @@ class ImageFileDataset(Dataset):
         interpolation at the files' own depth
       bits: rescale to ``2**bits`` levels, or ``None`` to keep the files' depth (which must then
         be the same for every file)
+      other_files: files of the other split, which decide ``channels`` and ``num_bins`` together
+        with ``files``, so that both splits agree
 
     Attributes:
       formats: the :class:`PixelFormat` of each file
@@ -73,48 +75,36 @@ class ImageFileDataset(Dataset):
         num_classes: int,
         image_size: int,
         bits: int | None = None,
+        other_files: tuple[Path, ...] = (),
     ):
         _pillow()  # fail now, not in the middle of training
         self.files = list(files)
         self.labels = list(labels)
         self.num_classes = num_classes
         self.image_size = image_size
-        self.formats = [self._pixel_format(path) for path in self.files]
-        formats = self.formats
+        self.formats = [_pixel_format(path) for path in self.files]
+        all_files = self.files + list(other_files)
+        formats = self.formats + [_pixel_format(path) for path in other_files]
         self.channels = 1 if all(f.grey for f in formats) else 3
-        self.file_bins = [2**f.readable_depth for f in formats]
+        self.file_bins = [2**f.readable_depth for f in self.formats]
         if bits is None:
-            depths = {f.depth: path for f, path in zip(formats, self.files)}
+            depths = {f.depth: path for f, path in zip(formats, all_files)}
             if len(depths) > 1:
                 examples = ", ".join(f"{path.name}: {d} bits" for d, path in sorted(depths.items()))
                 raise ValueError(
                     f"the images have different bit depths ({examples}); pass bits={min(depths)} "
                     "(or fewer) to rescale them all to the same depth"
                 )
-            truncated = [p for f, p in zip(formats, self.files) if f.readable_depth < f.depth]
+            truncated = [p for f, p in zip(formats, all_files) if f.readable_depth < f.depth]
             if truncated:
                 raise ValueError(
                     f"{truncated[0]} is a 16-bit colour (or grey+alpha) image, which Pillow reads "
                     "only at 8 bits: pass bits=8 (or fewer) to rescale it"
                 )
-        smallest = min(range(len(formats)), key=lambda i: self.file_bins[i])
-        self.num_bins = chosen_bins(bits, self.file_bins[smallest], str(self.files[smallest]))
+        smallest = min(range(len(formats)), key=lambda i: formats[i].readable_depth)
+        self.num_bins = chosen_bins(bits, 2 ** formats[smallest].readable_depth,
+                                    str(all_files[smallest]))
         self.bits = bits_of(self.num_bins)
-
-    def _pixel_format(self, path: Path) -> PixelFormat:
-        with _pillow().open(path) as img:  # reads the header only
-            mode = img.mode
-            tile = img.tile[0][3] if img.tile else ""  # the decoder's arguments
-        rawmode = tile if isinstance(tile, str) else str(tile[0])
-        if mode in GREY_16:
-            return PixelFormat(grey=True, depth=16, readable_depth=16)
-        if mode in GREY_8 + COLOUR_8:
-            grey = mode in GREY_8 or rawmode.startswith(("L;", "LA;"))
-            return PixelFormat(grey, depth=16 if ";16" in rawmode else 8, readable_depth=8)
-        raise ValueError(
-            f"{path}: Pillow image mode {mode!r} has no integer intensity levels this loader "
-            f"reads; expected one of {list(GREY_8 + GREY_16 + COLOUR_8)} (8- or 16-bit integers)"
-        )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -145,6 +135,23 @@ class ImageFileDataset(Dataset):
                          nearest=False), self.labels[index]
 
 
+def _pixel_format(path: Path) -> PixelFormat:
+    """The pixel format of an image file, from its header."""
+    with _pillow().open(path) as img:  # reads the header only
+        mode = img.mode
+        tile = img.tile[0][3] if img.tile else ""  # the decoder's arguments
+    rawmode = tile if isinstance(tile, str) else str(tile[0])
+    if mode in GREY_16:
+        return PixelFormat(grey=True, depth=16, readable_depth=16)
+    if mode in GREY_8 + COLOUR_8:
+        grey = mode in GREY_8 or rawmode.startswith(("L;", "LA;"))
+        return PixelFormat(grey, depth=16 if ";16" in rawmode else 8, readable_depth=8)
+    raise ValueError(
+        f"{path}: Pillow image mode {mode!r} has no integer intensity levels this loader "
+        f"reads; expected one of {list(GREY_8 + GREY_16 + COLOUR_8)} (8- or 16-bit integers)"
+    )
+
+
 def _pillow():
     """Pillow's Image module, imported when used (kept off the dataset, so that it pickles)."""
     return import_optional("PIL.Image", "pillow", "reading image files")
@@ -152,6 +159,8 @@ def _pillow():
 
 def folder_dataset(split: str, image_size: int, root: Path, bits: int | None) -> ImageFileDataset:
     """One split of a folder of images (see :func:`normflows_emerging.data.get_dataset`).
+
+    The channels and depth are decided over both splits, so that train and test images agree.
 
     Raises:
       FileNotFoundError: if ``root`` does not exist or the split has no images
@@ -162,6 +171,21 @@ def folder_dataset(split: str, image_size: int, root: Path, bits: int | None) ->
     split_dirs = all((root / s).is_dir() for s in SPLITS)
     bases = [root / s for s in SPLITS] if split_dirs else [root]
     classes = sorted({d.name for base in bases for d in base.iterdir() if _has_images(d)})
+    entries = {s: _split_entries(root, s, split_dirs, classes) for s in SPLITS}
+    if not entries[split]:
+        how = f"subfolder {root / split}" if split_dirs else f"hash-based {split} split of {root}"
+        raise FileNotFoundError(
+            f"no images in the {how}: expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    files, labels = zip(*entries[split])
+    other_files = tuple(path for s in SPLITS if s != split for path, _ in entries[s])
+    return ImageFileDataset(files, labels, max(len(classes), 1), image_size, bits, other_files)
+
+
+def _split_entries(
+    root: Path, split: str, split_dirs: bool, classes: list[str]
+) -> list[tuple[Path, int]]:
+    """(path, label) of the images of one split, in sorted order."""
     base = root / split if split_dirs else root
     if classes:
         loose = [p for p in base.iterdir() if _is_image(p)]
@@ -182,13 +206,7 @@ def folder_dataset(split: str, image_size: int, root: Path, bits: int | None) ->
     if not split_dirs:
         want_test = split == "test"
         entries = [e for e in entries if _in_test_split(e[0].relative_to(root)) == want_test]
-    if not entries:
-        how = f"subfolder {base}" if split_dirs else f"hash-based {split} split of {root}"
-        raise FileNotFoundError(
-            f"no images in the {how}: expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
-        )
-    files, labels = zip(*entries)
-    return ImageFileDataset(files, labels, max(len(classes), 1), image_size, bits)
+    return entries
 
 
 def _is_image(path: Path) -> bool:
