@@ -144,6 +144,26 @@ def test_16bit_colour_png_needs_bits(tmp_path):
         folder(tmp_path, {"a.png": lambda p: write_png16(p, rgb, 2)}, bits=9)
 
 
+def write_bmp565(path, pixels):
+    """A 16-bit-per-pixel BMP with 5-6-5 bit colour (BI_BITFIELDS), whose values are 8-bit."""
+    height, width = pixels.shape
+    data = pixels[::-1].astype("<u2").tobytes()  # rows bottom-up; 2 * width must divide by 4
+    offset = 14 + 40 + 12
+    header = b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 16, 3, len(data), 2835, 2835, 0, 0)
+    path.write_bytes(header + info + struct.pack("<III", 0xF800, 0x07E0, 0x001F) + data)
+
+
+def test_16bit_per_pixel_bmp_is_8bit_colour(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 65536, (SIDE, SIDE))
+    data = folder(tmp_path, {"a.bmp": lambda p: write_bmp565(p, pixels)})
+    with Image.open(tmp_path / "train" / "a.bmp") as img:
+        assert img.tile[0][3][0] == "BGR;16"  # the 16 is bits per pixel, not per value
+        expected = chw(np.asarray(img.convert("RGB")))
+    assert (data.num_bins, data.channels) == (256, 3)
+    assert torch.equal(data[0][0].long(), expected)
+
+
 def test_16bit_grey_alpha_png_is_grey(tmp_path):
     grey_alpha = np.stack([GREY16, GREY16[::-1]], axis=-1)
     data = folder(tmp_path, {"a.png": lambda p: write_png16(p, grey_alpha, 4)}, bits=6)

@@ -145,7 +145,9 @@ def _pixel_format(path: Path) -> PixelFormat:
         return PixelFormat(grey=True, depth=16, readable_depth=16)
     if mode in GREY_8 + COLOUR_8:
         grey = mode in GREY_8 or rawmode.startswith(("L;", "LA;"))
-        return PixelFormat(grey, depth=16 if ";16" in rawmode else 8, readable_depth=8)
+        # 16 bits per value: PNG's "RGB;16B", "LA;16B", TIFF's "RGB;16L" ... (not BMP's 5-6-5 "BGR;16")
+        sixteen = rawmode.rsplit(";", 1)[-1] in ("16B", "16L", "16N")
+        return PixelFormat(grey, depth=16 if sixteen else 8, readable_depth=8)
     raise ValueError(
         f"{path}: Pillow image mode {mode!r} has no integer intensity levels this loader "
         f"reads; expected one of {list(GREY_8 + GREY_16 + COLOUR_8)} (8- or 16-bit integers)"
