@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from normflows_emerging.data import ArrayImageDataset, get_dataset
 from normflows_emerging.errors import MissingDependencyError
@@ -57,3 +58,14 @@ def test_array_values_outside_the_levels():
         data[1]
     with pytest.raises(ValueError, match="integer pixel values, got float32"):
         ArrayImageDataset([images.astype(np.float32)], [0, 1], 17, 2)
+
+
+def test_imagenet_values_beyond_8_bits(tmp_path):
+    data = np.zeros((2, 3 * 32 * 32), np.int64)  # a re-saved file with a wider dtype
+    data[1, 5] = 256
+    np.savez(tmp_path / "val_data.npz", data=data, labels=[1, 2])
+    dataset = get_dataset("imagenet32", "test", root=tmp_path)
+    assert dataset[0][0].dtype == torch.uint8
+    with pytest.raises(ValueError, match="ImageNet32 image 1 has values 0 .. 256, outside the "
+                                         "0 .. 255 of its 256 levels"):
+        dataset[1]
