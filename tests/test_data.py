@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from normflows_emerging.data import dataset_names, get_dataset, num_bins
+from normflows_emerging.data import dataset_names, get_dataset
 
 torchvision = pytest.importorskip("torchvision")
 Image = pytest.importorskip("PIL.Image")
@@ -82,20 +82,15 @@ def cifar_md5_skipped(monkeypatch):
     )
 
 
-def test_names_and_bins():
+def test_names():
     assert dataset_names() == [
         "cifar10", "digits", "folder", "galaxy", "hubble", "imagenet32", "imagenet64", "mnist"
     ]
-    names = dataset_names()
-    assert num_bins("digits") == 17
-    assert all(num_bins(n) == 256 for n in names if n != "digits")
 
 
 def test_bad_name_split_and_size():
     with pytest.raises(ValueError, match="unknown dataset 'cifar11'.*cifar10.*mnist"):
         get_dataset("cifar11", "train")
-    with pytest.raises(ValueError, match="unknown dataset"):
-        num_bins("nope")
     with pytest.raises(ValueError, match=r"unknown split 'val'.*\['train', 'test'\]"):
         get_dataset("digits", "val")
     with pytest.raises(ValueError, match="image_size"):
@@ -137,8 +132,8 @@ def test_mnist_idx_files(tmp_path):
     rng = np.random.default_rng(1)
     images = {s: rng.integers(0, 256, (n, 28, 28)) for s, n in (("train", 6), ("t10k", 3))}
     labels = {s: rng.integers(0, 10, len(images[s])) for s in images}
-    for s in images:
-        write_idx(raw / f"{s}-images-idx3-ubyte", images[s])
+    for s, pixels in images.items():
+        write_idx(raw / f"{s}-images-idx3-ubyte", pixels)
         write_idx(raw / f"{s}-labels-idx1-ubyte", labels[s])
     train = get_dataset("mnist", "train", root=tmp_path)
     test = get_dataset("mnist", "test", root=tmp_path)
