@@ -349,7 +349,7 @@ WRONG_IMAGES = [(2, 3, 16, 16), (2, 1, 8, 8), (2, 3, 8, 4), (3, 8, 8), (2, 3, 8,
 def test_wrong_image_shape_names_the_models_input_shape(shape, call):
     model = build_multiscale_flow((3, 8, 8), 2, 1, 8, mixing="qr")
     with pytest.raises(ValueError, match=rf"\(batch, 3, 8, 8\), got shape \({shape[0]}, "):
-        getattr(model, call)(torch.rand(shape))
+        getattr(model, call)(*([torch.rand(shape)] + [None] * (call == "log_prob")))
     assert not any(actnorms_initialised(model))
 
 
