@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import normflows as nf
 
+from ._checks import check_positive_int
 from .flows import (
     Chain,
     EmergingConv2d,
@@ -30,7 +31,7 @@ from .flows.utils import plu_1x1_conv
 MixingFactory = Callable[..., nf.flows.Flow]
 Factory = TypeVar("Factory", bound=MixingFactory)
 
-_MIXING: dict = {}
+_MIXING: dict[str, MixingFactory] = {}
 
 
 def _check_name(name: Any) -> None:
@@ -102,12 +103,12 @@ def build_mixing(name: str, num_channels: int, **kwargs: Any) -> nf.flows.Flow:
       ``normflows.flows.Flow`` on tensors of shape (batch, num_channels, height, width)
 
     Raises:
-      ValueError: if ``name`` is not registered
+      ValueError: if ``name`` is not registered or ``num_channels`` is not a positive int
       TypeError: if the factory returns something other than a ``normflows.flows.Flow``
     """
     if name not in _MIXING:
         raise ValueError(f"unknown mixing layer {name!r}; known: {', '.join(_MIXING)}")
-    layer = _MIXING[name](num_channels, **kwargs)
+    layer = _MIXING[name](check_positive_int("num_channels", num_channels), **kwargs)
     if not isinstance(layer, nf.flows.Flow):
         raise TypeError(
             f"mixing layer {name!r} must build a normflows.flows.Flow, its factory returned "
@@ -142,7 +143,12 @@ class MAFMixing(Chain):
         self.num_channels = num_channels
 
 
-register_mixing("1x1", lambda num_channels: nf.flows.Invertible1x1Conv(num_channels, use_lu=False))
+def plain_1x1_conv(num_channels: int) -> nf.flows.Invertible1x1Conv:
+    """Glow's 1×1 convolution with an unconstrained weight (normflows, ``use_lu=False``)."""
+    return nf.flows.Invertible1x1Conv(num_channels, use_lu=False)
+
+
+register_mixing("1x1", plain_1x1_conv)
 register_mixing("plu", plu_1x1_conv)
 register_mixing("qr", QR1x1)
 register_mixing("emerging", EmergingConv2d)

@@ -487,3 +487,11 @@ def test_bits_per_dim_from_nll_by_hand_and_errors():
                                       (3, 1, "num_bins"), (3, True, "num_bins")]:
         with pytest.raises(ValueError, match=match):
             bits_per_dim_from_nll(1.0, num_dims, num_bins)
+
+
+@pytest.mark.parametrize("mixing", ["1x1", "plu", "qr"])
+def test_build_mixing_checks_the_channel_count(mixing):
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="num_channels"):
+            build_mixing(mixing, bad)
+    assert build_mixing(mixing, np.int64(3)).num_channels == 3
