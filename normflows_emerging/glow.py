@@ -127,6 +127,9 @@ class GlowStep(nf.flows.Flow):
         self.channels = channels
         self.flows = nn.ModuleList([coupling, layer, nf.flows.ActNorm((channels, 1, 1))])
 
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction.
 

@@ -51,6 +51,9 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         self.latent_shapes = [tuple(shape) for shape in latent_shapes]
         self.num_classes = num_classes
 
+    def extra_repr(self) -> str:
+        return f"input_shape={self.input_shape}, num_classes={self.num_classes}"
+
     def _check_images(self, x: Any) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"model expects images as a torch.Tensor, got {type(x).__name__}")

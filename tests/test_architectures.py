@@ -7,6 +7,8 @@ import normflows as nf
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from normflows_emerging import mixing as mixing_registry
 from normflows_emerging.glow import GlowStep, replace_mixing
@@ -495,3 +497,31 @@ def test_build_mixing_checks_the_channel_count(mixing):
         with pytest.raises(ValueError, match="num_channels"):
             build_mixing(mixing, bad)
     assert build_mixing(mixing, np.int64(3)).num_channels == 3
+
+
+@settings(max_examples=15, deadline=None)
+@given(channels=st.integers(1, 3), levels=st.integers(1, 3), rows=st.integers(1, 3),
+       columns=st.integers(1, 3), batch=st.integers(1, 3))
+def test_layout_keeps_every_dimension(channels, levels, rows, columns, batch):
+    """With steps that only permute channels the model is a permutation of the pixels: latents of
+    the stated shapes holding all C*H*W values, an exact round trip and log_det 0."""
+    shape = (channels, rows * 2**levels, columns * 2**levels)
+    model = build_glow(shape, levels, 1, ChannelFlip)
+    x = torch.randn(batch, *shape, dtype=torch.float64)
+    z, log_det = model.inverse_and_log_det(x)
+    assert [tuple(latent.shape[1:]) for latent in z] == model.latent_shapes
+    values = torch.cat([latent.reshape(batch, -1) for latent in z], dim=1)
+    assert torch.equal(values.sort(dim=1).values, x.reshape(batch, -1).sort(dim=1).values)
+    x_back, log_det_back = model.forward_and_log_det(z)
+    assert torch.equal(x_back, x)
+    assert torch.equal(log_det, torch.zeros(batch, dtype=torch.float64))
+    assert torch.equal(log_det_back, log_det)
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=5))
+def test_any_other_image_shape_is_refused(shape):
+    model = build_glow((2, 4, 8), 2, 1, ChannelFlip)
+    assume(len(shape) != 4 or tuple(shape[1:]) != (2, 4, 8))  # not the model's own shape
+    with pytest.raises(ValueError, match=r"\(batch, 2, 4, 8\)"):
+        model.log_prob(torch.zeros(shape), None)
