@@ -25,8 +25,10 @@ import normflows as nf
 import torch
 
 from normflows_emerging import train as training
-from normflows_emerging.architectures import mixing_layers, replace_mixing
 from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
+from normflows_emerging.glow import replace_mixing
+from normflows_emerging.mixing import mixing_layers
+from normflows_emerging.multiscale import build_glow
 
 DEFAULTS = training.TrainConfig(dataset="hubble", image_size=16, mixing="plu", levels=2,
                                 flows_per_level=4, hidden_channels=32, batch_size=32, steps=500,
@@ -36,6 +38,8 @@ DEFAULTS = training.TrainConfig(dataset="hubble", image_size=16, mixing="plu", l
 def normflows_glow(input_shape, levels, flows_per_level, hidden_channels):
     """A multiscale Glow made of ``normflows.flows.GlowBlock``\\ s, as in normflows' example.
 
+    The package's Glow layout (``build_glow``) around normflows' own GlowBlocks.
+
     Args:
       input_shape: (channels, height, width), sides divisible by 2**levels
       levels: number of levels
@@ -43,21 +47,10 @@ def normflows_glow(input_shape, levels, flows_per_level, hidden_channels):
       hidden_channels: hidden channels of the coupling networks
 
     Returns:
-      ``normflows.MultiscaleFlow``
+      ``normflows_emerging.multiscale.ImageMultiscaleFlow`` (a ``normflows.MultiscaleFlow``)
     """
-    channels, height, width = input_shape
-    q0, flows, merges = [], [], []
-    for i in range(levels):
-        block_channels = channels * 2 ** (levels + 1 - i)
-        flows.append([nf.flows.GlowBlock(block_channels, hidden_channels, split_mode="channel",
-                                         scale=True) for _ in range(flows_per_level)]
-                     + [nf.flows.Squeeze()])
-        factor = 2 ** (levels - i)
-        latent_channels = channels * factor * (2 if i == 0 else 1)
-        if i > 0:
-            merges.append(nf.flows.Merge())
-        q0.append(nf.distributions.GlowBase((latent_channels, height // factor, width // factor)))
-    return nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+    return build_glow(input_shape, levels, flows_per_level,
+                      lambda channels: nf.flows.GlowBlock(channels, hidden_channels))
 
 
 def main(argv=None):

@@ -20,7 +20,6 @@ import json
 
 import torch
 from nflows.distributions import StandardNormal
-from nflows.flows import Flow
 from nflows.transforms import ActNorm, AffineCouplingTransform, CompositeTransform, SqueezeTransform
 
 from normflows_emerging import evaluation, train as training
@@ -58,8 +57,8 @@ class CouplingNet(torch.nn.Module):
         return self.net(x)
 
 
-def image_flow(input_shape, num_steps, hidden_channels, layer):
-    """An nflows ``Flow``: squeeze, then ``num_steps`` x (ActNorm, ``layer``, affine coupling).
+def image_transform(input_shape, num_steps, hidden_channels, layer):
+    """An nflows transform: squeeze, then ``num_steps`` x (ActNorm, ``layer``, affine coupling).
 
     Args:
       input_shape: (channels, height, width), even sides
@@ -68,9 +67,10 @@ def image_flow(input_shape, num_steps, hidden_channels, layer):
       layer: transform class taking the number of channels, e.g. ``EmergingConv2dTransform``
 
     Returns:
-      ``nflows.flows.Flow``
+      ``nflows.transforms.CompositeTransform`` from (batch, *input_shape) to latents of shape
+      (batch, 4 * channels, height / 2, width / 2)
     """
-    channels, height, width = input_shape
+    channels = input_shape[0]
     c = 4 * channels
     mask = torch.arange(c) % 2  # the coupling transforms every other channel
     transforms = [SqueezeTransform()]
@@ -80,28 +80,36 @@ def image_flow(input_shape, num_steps, hidden_channels, layer):
             layer(c),
             AffineCouplingTransform(mask, lambda i, o: CouplingNet(i, o, hidden_channels)),
         ]
-    return Flow(CompositeTransform(transforms), StandardNormal([c, height // 2, width // 2]))
+    return CompositeTransform(transforms)
 
 
 class NflowsModel(torch.nn.Module):
-    """An nflows ``Flow`` with the interface of ``normflows_emerging.train``.
+    """An nflows transform on a standard normal base, with the interface of the training loop.
 
-    ``forward(x, y)`` is the negative log-likelihood and ``sample(n, temperature=t)`` scales
-    the base samples by ``t``.
+    ``forward(x, y)`` is the negative log-likelihood, ``-(log N(z) + log|det dz/dx|)`` as
+    nflows' ``Flow.log_prob`` computes it; ``sample(n, temperature=t)`` scales the base samples
+    by ``t``, which nflows' ``Flow`` offers no public way to do, hence the model holds the
+    transform and the base itself.
+
+    Args:
+      transform: nflows transform from images to latents
+      latent_shape: shape of one latent, (channels, height, width)
     """
 
-    def __init__(self, flow):
+    def __init__(self, transform, latent_shape):
         super().__init__()
-        self.flow = flow
+        self.transform = transform
+        self.distribution = StandardNormal(list(latent_shape))
 
     def forward(self, x, y=None):
-        return -self.flow.log_prob(x)
+        z, log_det = self.transform(x)
+        return -(self.distribution.log_prob(z) + log_det)
 
     def sample(self, num_samples, y=None, temperature=None):
-        z = self.flow._distribution.sample(num_samples)
+        z = self.distribution.sample(num_samples)
         if temperature is not None:
             z = z * temperature
-        x, _ = self.flow._transform.inverse(z)
+        x, _ = self.transform.inverse(z)
         return x, None
 
 
@@ -122,15 +130,16 @@ def main(argv=None):
     train_set, test_set = training.load_datasets(config)
     shape = tuple(train_set[0][0].shape)
     torch.manual_seed(config.seed)
-    model = NflowsModel(image_flow(shape, config.flows_per_level, config.hidden_channels,
-                                   LAYERS[args.layer]))
+    transform = image_transform(shape, config.flows_per_level, config.hidden_channels,
+                                LAYERS[args.layer])
+    model = NflowsModel(transform, (4 * shape[0], shape[1] // 2, shape[2] // 2))
     training.fit(model, train_set, test_set, config, args.out, args.device,
                  progress=not args.no_progress)
     images = torch.stack([test_set[i][0] for i in range(64)])
     x = evaluation.dequantize(images, test_set.num_bins).to(args.device)
     with torch.no_grad():
-        z, _ = model.flow._transform(x)
-        x_again, _ = model.flow._transform.inverse(z)
+        z, _ = model.transform(x)
+        x_again, _ = model.transform.inverse(z)
     print(json.dumps({
         "layer": args.layer,
         "test_bpd": evaluation.evaluate_bpd(model, test_set, device=args.device, seed=config.seed),

@@ -13,6 +13,10 @@ and flip the directions, so log-determinants are the same as the wrapped layer's
 This module needs nflows (``pip install nflows``); the rest of the package does not.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 try:
     from nflows.transforms import Transform
 except ImportError as error:
@@ -20,28 +24,37 @@ except ImportError as error:
         "normflows_emerging.nflows needs the nflows package: pip install nflows"
     ) from error
 
-from .flows.emerging import EmergingConv2d
-from .flows.periodic import PeriodicConv2d
-from .flows.qr import QR1x1
+import torch
+from normflows.flows import Flow
+
+from .flows import EmergingConv2d, PeriodicConv2d, QR1x1
 
 
 class FlowTransform(Transform):
     """Any ``normflows.flows.Flow`` as an ``nflows.transforms.Transform``.
 
     ``forward`` calls the flow's ``inverse`` (density direction) and ``inverse`` its ``forward``
-    (sampling direction). The flow is unconditional: ``context`` is ignored.
+    (sampling direction); log-determinants are the flow's, broadcast to shape (batch,). The flow is
+    unconditional: ``context`` is ignored, as nflows' own unconditional transforms do.
     """
 
-    def __init__(self, flow):
+    def __init__(self, flow: Flow):
         """Constructor
 
         Args:
           flow: ``normflows.flows.Flow`` to wrap, available as ``self.flow``
+
+        Raises:
+          TypeError: if ``flow`` is not a ``normflows.flows.Flow``
         """
+        if not isinstance(flow, Flow):
+            raise TypeError(f"FlowTransform wraps a normflows.flows.Flow, got {type(flow).__name__}")
         super().__init__()
         self.flow = flow
 
-    def forward(self, inputs, context=None):
+    def forward(
+        self, inputs: torch.Tensor, context: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction.
 
         Args:
@@ -53,7 +66,9 @@ class FlowTransform(Transform):
         """
         return _per_example(*self.flow.inverse(inputs))
 
-    def inverse(self, inputs, context=None):
+    def inverse(
+        self, inputs: torch.Tensor, context: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction.
 
         Args:
@@ -66,47 +81,38 @@ class FlowTransform(Transform):
         return _per_example(*self.flow(inputs))
 
 
-def _per_example(outputs, log_det):
-    """Broadcast a flow's log_det (a scalar for some normflows flows) to shape (batch,)."""
-    return outputs, outputs.new_zeros(outputs.shape[0]) + log_det
+def _per_example(
+    outputs: torch.Tensor, log_det: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Broadcast a flow's log_det (a scalar for some normflows flows) to shape (batch,).
+
+    Raises ValueError for any other shape, which broadcasting would silently turn into a matrix.
+    """
+    batch = outputs.shape[0]
+    if isinstance(log_det, torch.Tensor) and log_det.shape not in ((), (1,), (batch,)):
+        raise ValueError(
+            f"the wrapped flow returned a log_det of shape {tuple(log_det.shape)}; expected a "
+            f"scalar or shape ({batch},)"
+        )
+    return outputs, outputs.new_zeros(batch) + log_det
 
 
 class EmergingConv2dTransform(FlowTransform):
-    """``EmergingConv2d`` as an nflows transform on tensors of shape (batch, C, H, W)."""
+    """``EmergingConv2d`` as an nflows transform on (batch, C, H, W); takes its arguments."""
 
-    def __init__(self, num_channels, kernel_size=3, **kwargs):
-        """Constructor
-
-        Args:
-          num_channels: number of channels C
-          kernel_size: odd kernel size, at least 3
-          **kwargs: further arguments of ``EmergingConv2d``
-        """
-        super().__init__(EmergingConv2d(num_channels, kernel_size, **kwargs))
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(EmergingConv2d(*args, **kwargs))
 
 
 class PeriodicConv2dTransform(FlowTransform):
-    """``PeriodicConv2d`` as an nflows transform on tensors of shape (batch, C, H, W)."""
+    """``PeriodicConv2d`` as an nflows transform on (batch, C, H, W); takes its arguments."""
 
-    def __init__(self, num_channels, kernel_size=3, **kwargs):
-        """Constructor
-
-        Args:
-          num_channels: number of channels C
-          kernel_size: kernel size
-          **kwargs: further arguments of ``PeriodicConv2d``
-        """
-        super().__init__(PeriodicConv2d(num_channels, kernel_size, **kwargs))
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(PeriodicConv2d(*args, **kwargs))
 
 
 class QR1x1Transform(FlowTransform):
-    """``QR1x1`` as an nflows transform on tensors of shape (batch, C, H, W)."""
+    """``QR1x1`` as an nflows transform on (batch, C, H, W); takes its arguments."""
 
-    def __init__(self, num_channels, **kwargs):
-        """Constructor
-
-        Args:
-          num_channels: number of channels C
-          **kwargs: further arguments of ``QR1x1``
-        """
-        super().__init__(QR1x1(num_channels, **kwargs))
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(QR1x1(*args, **kwargs))

@@ -132,6 +132,39 @@ def test_clear_import_error_without_nflows(monkeypatch):
 def test_core_package_imports_without_nflows():
     code = (
         "import sys; sys.modules['nflows'] = None; "
-        "import normflows_emerging, normflows_emerging.architectures"
+        "import normflows_emerging, normflows_emerging.architectures, normflows_emerging.mixing, "
+        "normflows_emerging.glow, normflows_emerging.multiscale, normflows_emerging.likelihood"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_flow_transform_refuses_what_is_not_a_flow():
+    with pytest.raises(TypeError, match="normflows.flows.Flow, got Conv2d"):
+        FlowTransform(torch.nn.Conv2d(3, 3, 1))
+
+
+class PerPixelLogDet(nf.flows.Flow):
+    """A faulty flow: its log_det has shape (batch, 1) instead of (batch,)."""
+
+    def forward(self, z):
+        return z, z.new_zeros(len(z), 1)
+
+    def inverse(self, x):
+        return x, x.new_ones(len(x), 1)
+
+
+def test_flow_transform_refuses_log_dets_that_broadcast_to_a_matrix():
+    transform = FlowTransform(PerPixelLogDet())
+    x = torch.randn(4, 3, 2, 2)
+    with pytest.raises(ValueError, match=r"log_det of shape \(4, 1\).*\(4,\)"):
+        transform(x)
+    with pytest.raises(ValueError, match=r"log_det of shape \(4, 1\)"):
+        transform.inverse(x)
+
+
+def test_named_adapters_pass_their_arguments_on():
+    assert EmergingConv2dTransform(4, 5).flow.kernel_size == 5
+    assert PeriodicConv2dTransform(4, kernel_size=5).flow.kernel_size == 5
+    assert QR1x1Transform(4, num_reflections=2).flow.num_reflections == 2
+    with pytest.raises(ValueError):
+        EmergingConv2dTransform(4, 4)  # even kernel: the layer's own error comes through

@@ -1,0 +1,272 @@
+"""Glow's multiscale layout, for any step, as a normflows model that checks its inputs.
+
+    model = build_multiscale_flow((3, 32, 32), levels=3, flows_per_level=8,
+                                  hidden_channels=256, mixing="emerging")
+    glow = build_glow((3, 32, 32), 3, 8, lambda c: normflows.flows.GlowBlock(c, 256))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import normflows as nf
+import torch
+
+from ._checks import check_positive_int
+from .glow import GlowStep
+
+Shape = tuple[int, int, int]
+
+
+class ImageMultiscaleFlow(nf.MultiscaleFlow):
+    """``normflows.MultiscaleFlow`` on images of one shape, checking what it is given.
+
+    Its methods are MultiscaleFlow's; before any layer runs, ``log_prob``, ``forward``,
+    ``forward_kld``, ``inverse_and_log_det``, ``forward_and_log_det`` and ``sample`` check the
+    images' shape (channels, height, width), the latents' shapes and the class labels, so a wrong
+    input is reported in the model's terms and no layer (e.g. an ActNorm's data-dependent
+    initialisation) sees it.
+    """
+
+    def __init__(
+        self,
+        q0: Sequence[nf.distributions.BaseDistribution],
+        flows: Sequence[Sequence[nf.flows.Flow]],
+        merges: Sequence[nf.flows.Flow],
+        input_shape: Shape,
+        latent_shapes: Sequence[Shape],
+        num_classes: int | None = None,
+    ):
+        """Constructor
+
+        Args:
+          q0, flows, merges: as for ``normflows.MultiscaleFlow``, level 0 the deepest
+          input_shape: (channels, height, width) of the images
+          latent_shapes: (channels, height, width) of each level's latent, in the order of ``q0``
+          num_classes: number of classes of a class-conditional model, or None
+        """
+        super().__init__(q0, flows, merges, class_cond=num_classes is not None)
+        self.input_shape = tuple(input_shape)
+        self.latent_shapes = [tuple(shape) for shape in latent_shapes]
+        self.num_classes = num_classes
+
+    def extra_repr(self) -> str:
+        return f"input_shape={self.input_shape}, num_classes={self.num_classes}"
+
+    def _check_images(self, x: Any) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"model expects images as a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"model expects images of shape (batch, {', '.join(map(str, self.input_shape))}), "
+                f"got shape {tuple(x.shape)}"
+            )
+
+    def _check_labels(self, y: Any, batch: int | None) -> None:
+        """Labels: None for an unconditional model; class indices of shape (batch,) or class
+        weights of shape (batch, num_classes) otherwise (``batch`` None: any length)."""
+        if not self.class_cond:
+            if y is not None:
+                raise ValueError("model is not class-conditional: y must be None")
+            return
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(
+                f"class-conditional model needs labels y as a torch.Tensor, got {type(y).__name__}"
+            )
+        indices = y.dim() == 1 and not y.is_floating_point() and not y.is_complex()
+        weights = y.dim() == 2 and y.is_floating_point() and y.shape[1] == self.num_classes
+        if not (indices or weights) or (batch is not None and y.shape[0] != batch):
+            size = "batch" if batch is None else batch
+            raise ValueError(
+                f"class-conditional model expects labels y of shape ({size},) and integer dtype, "
+                f"or class weights of shape ({size}, {self.num_classes}); got shape "
+                f"{tuple(y.shape)}, dtype {y.dtype}"
+            )
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-density of images, shape (batch,); see ``normflows.MultiscaleFlow.log_prob``.
+
+        Raises:
+          TypeError, ValueError: if ``x`` is not of shape (batch, *input_shape) or ``y`` does not
+            fit the model (see the class docstring)
+        """
+        self._check_images(x)
+        self._check_labels(y, x.shape[0])
+        return super().log_prob(x, y)
+
+    def inverse_and_log_det(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Latents (in ``q0``'s order) and log|det dz/dx|; see ``normflows.MultiscaleFlow``.
+
+        Raises:
+          TypeError, ValueError: if ``x`` is not of shape (batch, *input_shape)
+        """
+        self._check_images(x)
+        return super().inverse_and_log_det(x)
+
+    def forward_and_log_det(self, z: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images from latents and log|det dx/dz|; see ``normflows.MultiscaleFlow``.
+
+        Raises:
+          ValueError: unless ``z`` holds one latent per level, of shapes
+            (batch, *latent_shapes[i]) with one batch size
+        """
+        shapes = [tuple(latent.shape) if isinstance(latent, torch.Tensor) else None for latent in z]
+        batch = shapes[0][0] if shapes and shapes[0] else None
+        expected = [(batch, *shape) for shape in self.latent_shapes]
+        if shapes != expected:
+            raise ValueError(
+                f"model expects latents of shapes {[('batch', *s) for s in self.latent_shapes]} "
+                f"with one batch size, got {shapes}"
+            )
+        return super().forward_and_log_det(z)
+
+    def sample(
+        self,
+        num_samples: int = 1,
+        y: torch.Tensor | None = None,
+        temperature: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and their log-density; see ``normflows.MultiscaleFlow.sample``.
+
+        For a class-conditional model, ``y`` (if given) sets the classes and the number of
+        samples (normflows' rule: ``num_samples`` left at 1 takes ``len(y)``); else classes are
+        drawn uniformly.
+
+        Raises:
+          ValueError: if ``num_samples`` is not a positive int, or ``y`` does not fit the model
+            or, with ``num_samples`` other than 1, has another number of entries
+        """
+        check_positive_int("num_samples", num_samples)
+        if y is not None:
+            self._check_labels(y, None if num_samples == 1 else num_samples)
+        return super().sample(num_samples, y, temperature)
+
+
+def build_glow(
+    input_shape: Sequence[int],
+    levels: int,
+    flows_per_level: int,
+    make_step: Callable[[int], nf.flows.Flow],
+    num_classes: int | None = None,
+) -> ImageMultiscaleFlow:
+    """Glow's multiscale layout (as in normflows' Glow example) around any step.
+
+    Density direction, for each of the ``levels`` levels: squeeze (channels ×4, sides ÷2), then
+    ``flows_per_level`` steps, then (except at the last level) split off half of the channels as
+    a latent. Each latent has its own base distribution: ``GlowBase``, or
+    ``ClassCondDiagGaussian`` when ``num_classes`` is given. In the returned model level 0 is
+    the deepest one (normflows' order). For input (C, H, W) and L levels the latent of level i
+    has shape (C·2^(L-i), H/2^(L-i), W/2^(L-i)), doubled in channels for level 0.
+
+    Args:
+      input_shape: (channels, height, width) of the data; height and width divisible by
+        2**levels
+      levels: number of levels, at least 1
+      flows_per_level: number of steps per level, at least 1
+      make_step: ``make_step(channels)`` returns one step, a ``normflows.flows.Flow`` on
+        (batch, channels, height, width); called once per step, deepest level first
+      num_classes: number of classes for a class-conditional model, or None
+
+    Returns:
+      ``ImageMultiscaleFlow``; its ``log_prob(x, y)`` and ``sample(num_samples, y)`` take class
+      labels ``y`` of shape (batch,) (None if not class-conditional)
+
+    Raises:
+      ValueError: if the shape or the counts are invalid
+      TypeError: if ``make_step`` is not callable or returns something other than a Flow
+    """
+    levels = check_positive_int("levels", levels)
+    channels, height, width = _check_shape(input_shape, levels)
+    flows_per_level = check_positive_int("flows_per_level", flows_per_level)
+    if num_classes is not None:
+        num_classes = check_positive_int("num_classes", num_classes)
+    if not callable(make_step):
+        raise TypeError(f"make_step must be callable, got {type(make_step).__name__}")
+    q0, flows, merges, latent_shapes = [], [], [], []
+    for i in range(levels):
+        step_channels = channels * 2 ** (levels + 1 - i)
+        steps = [make_step(step_channels) for _ in range(flows_per_level)]
+        for step in steps:
+            if not isinstance(step, nf.flows.Flow):
+                raise TypeError(
+                    f"make_step must return a normflows.flows.Flow, got {type(step).__name__}"
+                )
+        flows.append(steps + [nf.flows.Squeeze()])
+        factor = 2 ** (levels - i)
+        latent_shape = (channels * factor * (2 if i == 0 else 1), height // factor, width // factor)
+        if i > 0:
+            merges.append(nf.flows.Merge())
+        if num_classes is None:
+            q0.append(nf.distributions.GlowBase(latent_shape))
+        else:
+            q0.append(nf.distributions.ClassCondDiagGaussian(latent_shape, num_classes))
+        latent_shapes.append(latent_shape)
+    return ImageMultiscaleFlow(
+        q0, flows, merges, (channels, height, width), latent_shapes, num_classes
+    )
+
+
+def build_multiscale_flow(
+    input_shape: Sequence[int],
+    levels: int,
+    flows_per_level: int,
+    hidden_channels: int,
+    mixing: str = "emerging",
+    num_classes: int | None = None,
+    split_mode: str = "channel",
+    scale: bool = True,
+    **mixing_kwargs: Any,
+) -> ImageMultiscaleFlow:
+    """Multiscale Glow-style model of ``GlowStep``\\ s with a registered mixing layer.
+
+    ``build_glow`` with ``GlowStep(channels, hidden_channels, mixing, ...)`` as the step;
+    ``mixing="plu"`` is normflows' Glow (GlowBlocks), parameter for parameter.
+
+    Args:
+      input_shape: (channels, height, width) of the data; height and width divisible by
+        2**levels
+      levels: number of levels, at least 1
+      flows_per_level: number of GlowSteps per level, at least 1
+      hidden_channels: hidden channels of the coupling networks, at least 1
+      mixing: name of a registered mixing layer, see ``mixing_layers()``
+      num_classes: number of classes for a class-conditional model, or None
+      split_mode: how the couplings split their input, see ``normflows.flows.Split``
+      scale: whether the couplings scale (else they only shift)
+      **mixing_kwargs: passed to the mixing layer's factory
+
+    Returns:
+      ``ImageMultiscaleFlow``, see ``build_glow``
+
+    Raises:
+      ValueError: if the shape, the counts, ``split_mode`` or ``mixing`` are invalid
+      TypeError: if the mixing layer's factory does not return a ``normflows.flows.Flow``
+    """
+    hidden_channels = check_positive_int("hidden_channels", hidden_channels)
+
+    def make_step(channels: int) -> GlowStep:
+        return GlowStep(
+            channels, hidden_channels, mixing, scale=scale, split_mode=split_mode, **mixing_kwargs
+        )
+
+    return build_glow(input_shape, levels, flows_per_level, make_step, num_classes)
+
+
+def _check_shape(input_shape: Any, levels: int) -> Shape:
+    """Check ``input_shape`` against ``levels``; return it as a tuple of ints."""
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else None
+    valid = shape is not None and len(shape) == 3
+    if valid:
+        try:
+            shape = tuple(check_positive_int("input_shape entry", n) for n in shape)
+        except ValueError:
+            valid = False
+    if not valid:
+        raise ValueError(
+            f"input_shape must be (channels, height, width) of positive ints, got {input_shape!r}"
+        )
+    if shape[1] % 2**levels or shape[2] % 2**levels:
+        raise ValueError(
+            f"height and width of input_shape {shape} must be divisible by 2**levels = {2**levels}"
+        )
+    return shape
