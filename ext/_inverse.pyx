@@ -19,12 +19,17 @@ m*m-1 other taps, then one C x C forward substitution with the corner tap.
 * Smaller batches: one image at a time, straight on the NCHW tensors, each neighbour's value
   multiplied into all C outputs at once (an axpy over contiguous output channels).
 
-Parallelism (OpenMP): over independent units of work (LANES-image blocks, or images) when there
-are at least as many as threads, else over the pixels of one anti-diagonal i + j = t (they depend
-only on earlier diagonals) when a diagonal carries enough work, else serial.
+Parallelism (OpenMP), see ``_schedule``: none for small solves (no OpenMP region at all); else over
+independent units of work (LANES-image blocks, or images) when there are at least as many as
+threads; else over the pixels of one anti-diagonal i + j = t, which depend only on earlier
+diagonals, with a barrier between diagonals; else serial.
+
+The entry points check every shape, the dilation and the thread count before touching memory
+(they are importable, so they must be safe to call with anything), and return the name of the
+schedule that ran (``SCHEDULES``), which the tests assert.
 """
 
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free, malloc
 from posix.stdlib cimport posix_memalign
 
@@ -62,13 +67,45 @@ cdef extern from "kernels.h" nogil:
                                    Py_ssize_t i, Py_ssize_t j, const double* weights,
                                    const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj,
                                    Py_ssize_t num_taps, const double* lower, const double* inv_diag)
+    int nfe_team_size()
+    void nfe_barrier()
+    int nfe_test_delay_us
+    void nfe_test_delay(int thread)
 
 
 cdef enum:
-    # Below this many multiply-adds per anti-diagonal a barrier per diagonal costs more than it saves.
-    MIN_DIAGONAL_WORK = 32768
+    # Work sizes in multiply-adds (about C*C*m*m per pixel and image), measured with
+    # benchmarks/inverse.py on a loaded 2-core machine: below MIN_PARALLEL_WORK a whole solve takes
+    # well under a millisecond and waking a second thread (a scheduler time slice when the machine
+    # is busy) costs more than it saves, so it runs serially with no OpenMP region at all.
+    MIN_PARALLEL_WORK = 4000000
+    # The wavefront schedule waits at a barrier after every anti-diagonal: only worth it when one
+    # diagonal carries this much work.
+    MIN_DIAGONAL_WORK = 1000000
     # Images solved together by the batch kernel (kernels.h).
     LANES = NFE_LANES
+
+# Schedule codes returned by _schedule, and their names (returned by the entry points).
+cdef enum:
+    SERIAL = 0
+    OVER_UNITS = 1
+    OVER_DIAGONALS = 2
+
+SCHEDULES = ("image/serial", "image/over-images", "image/over-diagonals",
+             "batch/serial", "batch/over-blocks", "batch/over-diagonals")
+
+
+cdef inline int _schedule(Py_ssize_t units, Py_ssize_t unit_images, Py_ssize_t height,
+                          Py_ssize_t width, Py_ssize_t per_pixel, int num_threads) noexcept nogil:
+    """Pick SERIAL, OVER_UNITS or OVER_DIAGONALS for ``units`` units of ``unit_images`` images."""
+    cdef double work = <double> units * unit_images * height * width * per_pixel
+    if num_threads <= 1 or work < MIN_PARALLEL_WORK:
+        return SERIAL
+    if units >= num_threads:
+        return OVER_UNITS
+    if <double> units * unit_images * min(height, width) * per_pixel >= MIN_DIAGONAL_WORK:
+        return OVER_DIAGONALS
+    return SERIAL
 
 
 cdef inline void _solve_pixel(
@@ -124,78 +161,55 @@ cdef inline void _copy_block(
                     source[l * image + c * plane + p] = lane_values[l]
 
 
-cdef int _solve_lanes(
-    const real* y0, real* x0, Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t height,
-    Py_ssize_t width, Py_ssize_t size, const real* weights, const Py_ssize_t* tap_di,
-    const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const real* lower, const real* inv_diag,
-    int num_threads,
-) except -1 nogil:
-    """The batch kernel: LANES images per SIMD step, parallel over blocks or anti-diagonals."""
-    cdef Py_ssize_t plane = height * width, block_size = plane * channels * LANES
-    cdef Py_ssize_t blocks = (batch + LANES - 1) // LANES
-    cdef Py_ssize_t b, i, j, idx, first, count, diagonal
-    cdef void* memory = NULL
-    if posix_memalign(&memory, 64, blocks * block_size * sizeof(real)) != 0:
-        with gil:
-            raise MemoryError()
-    cdef real* buf = <real*> memory
-    if num_threads > 1 and blocks >= num_threads:
-        for b in prange(blocks, schedule="static", num_threads=num_threads):
-            _copy_block(<real*> y0, buf + b * block_size, batch, channels, plane, b * LANES, True)
-            for i in range(height):
-                for j in range(width):
-                    _solve_pixel_lanes(buf + b * block_size, channels, width, i, j, weights,
-                                       tap_di, tap_dj, num_taps, lower, inv_diag)
-            _copy_block(x0, buf + b * block_size, batch, channels, plane, b * LANES, False)
-    else:
-        for b in range(blocks):
-            _copy_block(<real*> y0, buf + b * block_size, batch, channels, plane, b * LANES, True)
-        if num_threads > 1 and blocks * min(height, width) * channels * channels * size * size * LANES >= MIN_DIAGONAL_WORK:
-            with parallel(num_threads=num_threads):
-                for diagonal in range(height + width - 1):
-                    first = max(0, diagonal - width + 1)
-                    count = min(diagonal, height - 1) - first + 1
-                    for idx in prange(blocks * count, schedule="static"):
-                        i = first + idx % count
-                        _solve_pixel_lanes(buf + (idx // count) * block_size, channels, width, i,
-                                           diagonal - i, weights, tap_di, tap_dj, num_taps,
-                                           lower, inv_diag)
-        else:
-            for b in range(blocks):
-                for i in range(height):
-                    for j in range(width):
-                        _solve_pixel_lanes(buf + b * block_size, channels, width, i, j, weights,
-                                           tap_di, tap_dj, num_taps, lower, inv_diag)
-        for b in range(blocks):
-            _copy_block(x0, buf + b * block_size, batch, channels, plane, b * LANES, False)
-    free(buf)
-    return 0
+cdef inline Py_ssize_t _tap_offset(Py_ssize_t steps, Py_ssize_t dilation,
+                                   Py_ssize_t extent) noexcept nogil:
+    """-(steps * dilation), clamped at -extent (already outside the image) so it cannot overflow."""
+    if steps == 0:
+        return 0
+    if dilation >= extent or steps * dilation >= extent:
+        return -extent
+    return -steps * dilation
 
 
 cdef int _solve(
     const real[:, :, :, ::1] y, const real[:, :, :, ::1] kernel, real[:, :, :, ::1] x,
     Py_ssize_t dilation, int num_threads,
 ) except -1 nogil:
+    """Solve into ``x``; the shapes were checked by the caller. Returns the index in SCHEDULES."""
     cdef Py_ssize_t batch = y.shape[0], channels = y.shape[1]
     cdef Py_ssize_t height = y.shape[2], width = y.shape[3], size = kernel.shape[2]
     cdef Py_ssize_t plane = height * width, image = channels * plane
     cdef Py_ssize_t num_taps = size * size - 1, corner = size - 1
-    cdef Py_ssize_t a, d, o, c, t, b, i, j, idx, first, count, diagonal
+    cdef bint lanes = batch >= LANES
+    cdef Py_ssize_t units = (batch + LANES - 1) // LANES if lanes else batch
+    cdef Py_ssize_t block_size = plane * channels * LANES
+    cdef int schedule = _schedule(units, LANES if lanes else 1, height, width,
+                                  channels * channels * size * size, num_threads)
+    cdef int threads = num_threads if schedule != SERIAL else 1
+    cdef Py_ssize_t a, d, o, c, t, u, i, j
+    # Private to each thread of the parallel regions (initialised: Cython makes them firstprivate).
+    cdef Py_ssize_t idx = 0, start = 0, stop = 0, first = 0, count = 0, diagonal = 0, work = 0
+    cdef int thread = 0, team = 1
+    cdef real diagonal_entry
+    cdef void* memory = NULL
+    cdef real* buffer = NULL  # LANES-image blocks (batch kernel) or per-thread scratch (image kernel)
     cdef real* taps = <real*> malloc(max(num_taps, 1) * channels * channels * sizeof(real))
     cdef real* lower = <real*> malloc(channels * channels * sizeof(real))
     cdef real* inv_diag = <real*> malloc(channels * sizeof(real))
     cdef Py_ssize_t* tap_di = <Py_ssize_t*> malloc(max(num_taps, 1) * sizeof(Py_ssize_t))
     cdef Py_ssize_t* tap_dj = <Py_ssize_t*> malloc(max(num_taps, 1) * sizeof(Py_ssize_t))
-    cdef real* acc
     cdef const real* y0 = &y[0, 0, 0, 0]
     cdef real* x0 = &x[0, 0, 0, 0]
-    cdef int mode
-    if not (taps and lower and inv_diag and tap_di and tap_dj):
-        free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj)
+    if lanes:
+        if posix_memalign(&memory, 64, units * block_size * sizeof(real)) == 0:
+            buffer = <real*> memory
+    else:
+        buffer = <real*> malloc(threads * channels * sizeof(real))
+    if not (taps and lower and inv_diag and tap_di and tap_dj and buffer):
+        free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj); free(buffer)
         with gil:
-            raise MemoryError()
+            raise MemoryError("not enough memory for the compiled solve's buffers")
 
-    cdef bint lanes = batch >= LANES
     # Weights arranged once, masked taps dropped, in the order the chosen kernel reads them: the
     # batch kernel runs over input channels for one output, the image kernel over outputs.
     t = 0
@@ -203,11 +217,18 @@ cdef int _solve(
         for d in range(size):
             if a == corner and d == corner:
                 continue
-            tap_di[t] = -(corner - a) * dilation
-            tap_dj[t] = -(corner - d) * dilation
+            tap_di[t] = _tap_offset(corner - a, dilation, height)
+            tap_dj[t] = _tap_offset(corner - d, dilation, width)
             t += 1
     for o in range(channels):
-        inv_diag[o] = 1 / kernel[o, o, corner, corner]
+        diagonal_entry = kernel[o, o, corner, corner]
+        if diagonal_entry == 0:
+            free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj); free(buffer)
+            with gil:
+                raise ZeroDivisionError(
+                    f"the corner tap's diagonal entry kernel[{o}, {o}, {corner}, {corner}] is 0: "
+                    "the convolution is singular")
+        inv_diag[o] = 1 / diagonal_entry
         for c in range(channels):
             if lanes:
                 lower[o * channels + c] = kernel[o, c, corner, corner] if c < o else 0
@@ -225,49 +246,101 @@ cdef int _solve(
                     t += 1
 
     if lanes:
-        _solve_lanes(y0, x0, batch, channels, height, width, size, taps, tap_di, tap_dj,
-                     num_taps, lower, inv_diag, num_threads)
-        free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj)
-        return 0
-
-    if num_threads > 1 and batch >= num_threads:
-        mode = 1
-    elif num_threads > 1 and batch * min(height, width) * channels * channels * size * size >= MIN_DIAGONAL_WORK:
-        mode = 2
-    else:
-        mode = 0
-
-    if mode == 1:
-        with parallel(num_threads=num_threads):
-            acc = <real*> malloc(channels * sizeof(real))
-            for b in prange(batch, schedule="static"):
+        if schedule == OVER_UNITS:
+            for u in prange(units, schedule="static", num_threads=threads):
+                _copy_block(<real*> y0, buffer + u * block_size, batch, channels, plane, u * LANES,
+                            True)
                 for i in range(height):
                     for j in range(width):
-                        _solve_pixel(y0 + b * image, x0 + b * image, channels, plane, width, i, j,
-                                     taps, tap_di, tap_dj, num_taps, lower, inv_diag, acc)
-            free(acc)
-    elif mode == 2:
-        with parallel(num_threads=num_threads):
-            acc = <real*> malloc(channels * sizeof(real))
-            for diagonal in range(height + width - 1):
-                first = max(0, diagonal - width + 1)
-                count = min(diagonal, height - 1) - first + 1
-                for idx in prange(batch * count, schedule="static"):
-                    b = idx // count
-                    i = first + idx % count
-                    _solve_pixel(y0 + b * image, x0 + b * image, channels, plane, width, i,
-                                 diagonal - i, taps, tap_di, tap_dj, num_taps, lower, inv_diag, acc)
-            free(acc)
-    else:
-        acc = <real*> malloc(channels * sizeof(real))
-        for b in range(batch):
+                        _solve_pixel_lanes(buffer + u * block_size, channels, width, i, j, taps,
+                                           tap_di, tap_dj, num_taps, lower, inv_diag)
+                _copy_block(x0, buffer + u * block_size, batch, channels, plane, u * LANES, False)
+        else:
+            for u in range(units):
+                _copy_block(<real*> y0, buffer + u * block_size, batch, channels, plane, u * LANES,
+                            True)
+            if schedule == OVER_DIAGONALS:
+                with parallel(num_threads=threads):
+                    thread = threadid()
+                    team = nfe_team_size()
+                    for diagonal in range(height + width - 1):
+                        nfe_test_delay(thread)
+                        first = max(0, diagonal - width + 1)
+                        count = min(diagonal, height - 1) - first + 1
+                        work = units * count
+                        start = work * thread // team
+                        stop = work * (thread + 1) // team
+                        for idx in range(start, stop):
+                            i = first + idx % count
+                            _solve_pixel_lanes(buffer + (idx // count) * block_size, channels,
+                                               width, i, diagonal - i, taps, tap_di, tap_dj,
+                                               num_taps, lower, inv_diag)
+                        # The next diagonal reads pixels that other threads solved on this one.
+                        nfe_barrier()
+            else:
+                for u in range(units):
+                    for i in range(height):
+                        for j in range(width):
+                            _solve_pixel_lanes(buffer + u * block_size, channels, width, i, j,
+                                               taps, tap_di, tap_dj, num_taps, lower, inv_diag)
+            for u in range(units):
+                _copy_block(x0, buffer + u * block_size, batch, channels, plane, u * LANES, False)
+    elif schedule == OVER_UNITS:
+        for u in prange(batch, schedule="static", num_threads=threads):
             for i in range(height):
                 for j in range(width):
-                    _solve_pixel(y0 + b * image, x0 + b * image, channels, plane, width, i, j,
-                                 taps, tap_di, tap_dj, num_taps, lower, inv_diag, acc)
-        free(acc)
+                    _solve_pixel(y0 + u * image, x0 + u * image, channels, plane, width, i, j,
+                                 taps, tap_di, tap_dj, num_taps, lower, inv_diag,
+                                 buffer + threadid() * channels)
+    elif schedule == OVER_DIAGONALS:
+        with parallel(num_threads=threads):
+            thread = threadid()
+            team = nfe_team_size()
+            for diagonal in range(height + width - 1):
+                nfe_test_delay(thread)
+                first = max(0, diagonal - width + 1)
+                count = min(diagonal, height - 1) - first + 1
+                work = batch * count
+                start = work * thread // team
+                stop = work * (thread + 1) // team
+                for idx in range(start, stop):
+                    i = first + idx % count
+                    _solve_pixel(y0 + (idx // count) * image, x0 + (idx // count) * image,
+                                 channels, plane, width, i, diagonal - i, taps, tap_di, tap_dj,
+                                 num_taps, lower, inv_diag, buffer + thread * channels)
+                # The next diagonal reads pixels that other threads solved on this one.
+                nfe_barrier()
+    else:
+        for u in range(batch):
+            for i in range(height):
+                for j in range(width):
+                    _solve_pixel(y0 + u * image, x0 + u * image, channels, plane, width, i, j,
+                                 taps, tap_di, tap_dj, num_taps, lower, inv_diag, buffer)
 
-    free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj)
+    free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj); free(buffer)
+    return schedule + (3 if lanes else 0)
+
+
+cdef int _check(const Py_ssize_t* y_shape, const Py_ssize_t* kernel_shape,
+                const Py_ssize_t* out_shape, Py_ssize_t dilation, int num_threads) except -1:
+    """Raise ValueError unless the shapes fit together (the buffers' dtype, 4 dimensions and
+    C-contiguity are checked by the typed memoryviews when the arguments are converted)."""
+    cdef Py_ssize_t channels = y_shape[1]
+    cdef tuple y_tuple = (y_shape[0], y_shape[1], y_shape[2], y_shape[3])
+    if channels < 1:
+        raise ValueError(f"y must have at least one channel, got shape {y_tuple}")
+    if (kernel_shape[0] != channels or kernel_shape[1] != channels or kernel_shape[2] < 1
+            or kernel_shape[3] != kernel_shape[2]):
+        raise ValueError(f"kernel must have shape ({channels}, {channels}, m, m) with m >= 1 for "
+                         f"y of shape {y_tuple}, got {tuple(kernel_shape[d] for d in range(4))}")
+    for d in range(4):
+        if out_shape[d] != y_shape[d]:
+            raise ValueError(f"out must have the shape of y {y_tuple}, "
+                             f"got {tuple(out_shape[d] for d in range(4))}")
+    if dilation < 1:
+        raise ValueError(f"dilation must be a positive integer, got {dilation}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
     return 0
 
 
@@ -278,21 +351,43 @@ def solve_causal_float32(const float[:, :, :, ::1] y, const float[:, :, :, ::1] 
     Args:
       y: (B, C, H, W) right-hand side, bias already subtracted
       kernel: (C, C, m, m) causal kernel, corner tap lower-triangular with non-zero diagonal
+        (entries above the corner's diagonal are not read)
       out: (B, C, H, W) written in place
-      dilation: spacing of the taps
-      num_threads: OpenMP threads to use at most
+      dilation: spacing of the taps, >= 1
+      num_threads: OpenMP threads to use at most, >= 1
+
+    Returns:
+      the name of the schedule that ran, one of ``SCHEDULES``
+
+    Raises:
+      ValueError: wrong dtype, not 4-D, not C-contiguous, or shapes that do not fit together
+      ZeroDivisionError: a zero on the corner tap's diagonal (``out`` is then left unwritten)
     """
+    _check(y.shape, kernel.shape, out.shape, dilation, num_threads)
+    if y.shape[0] == 0 or y.shape[2] == 0 or y.shape[3] == 0:
+        return SCHEDULES[0]
     with nogil:
-        _solve(y, kernel, out, dilation, num_threads)
+        schedule = _solve(y, kernel, out, dilation, num_threads)
+    return SCHEDULES[schedule]
 
 
 def solve_causal_float64(const double[:, :, :, ::1] y, const double[:, :, :, ::1] kernel,
                          double[:, :, :, ::1] out, Py_ssize_t dilation, int num_threads):
     """Float64 version of :func:`solve_causal_float32`."""
+    _check(y.shape, kernel.shape, out.shape, dilation, num_threads)
+    if y.shape[0] == 0 or y.shape[2] == 0 or y.shape[3] == 0:
+        return SCHEDULES[0]
     with nogil:
-        _solve(y, kernel, out, dilation, num_threads)
+        schedule = _solve(y, kernel, out, dilation, num_threads)
+    return SCHEDULES[schedule]
 
 
 def has_openmp():
     """True if the extension was built with OpenMP."""
     return bool(NFE_HAVE_OPENMP)
+
+
+def _set_test_thread_delay(int microseconds):
+    """Test hook: make thread 0 of the wavefront schedule sleep before every anti-diagonal."""
+    global nfe_test_delay_us
+    nfe_test_delay_us = max(microseconds, 0)

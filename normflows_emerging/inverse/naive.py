@@ -2,6 +2,8 @@
 
 import torch
 
+from .checks import check_corner_diagonal
+
 
 def solve_naive(y, kernel, dilation=1):
     """Solve ``causal_conv(x, kernel) = y`` one output element at a time.
@@ -11,10 +13,14 @@ def solve_naive(y, kernel, dilation=1):
       kernel: (C, C, m, m) causal kernel whose corner tap is lower-triangular
       dilation: spacing of the taps
 
+    Raises:
+      torch.linalg.LinAlgError: a zero on the corner tap's diagonal
+
     Returns:
       x of shape (B, C, H, W); built from separate tensors (no in-place writes), so autograd can
       differentiate through it, which the tests use as the unrolled reference gradient
     """
+    check_corner_diagonal(kernel)
     _, channels, height, width = y.shape
     size = kernel.shape[-1]
     corner = size - 1

@@ -2,6 +2,8 @@
 
 import torch
 
+from .checks import check_corner_diagonal
+
 
 def solve_wavefront(y, kernel, dilation=1):
     """Solve ``causal_conv(x, kernel) = y`` in ``H + W - 1`` batched steps.
@@ -15,9 +17,13 @@ def solve_wavefront(y, kernel, dilation=1):
       kernel: (C, C, m, m) causal kernel whose corner tap is lower-triangular
       dilation: spacing of the taps
 
+    Raises:
+      torch.linalg.LinAlgError: a zero on the corner tap's diagonal
+
     Returns:
       x of shape (B, C, H, W)
     """
+    check_corner_diagonal(kernel)
     batch, channels, height, width = y.shape
     size = kernel.shape[-1]
     pad = dilation * (size - 1)
