@@ -70,18 +70,22 @@ cdef extern from "kernels.h" nogil:
     int nfe_team_size()
     void nfe_barrier()
     int nfe_test_delay_us
+    void nfe_note_parallel_start()
+    int nfe_openmp_unusable
+    int nfe_register_fork_handler()
     void nfe_test_delay(int thread)
 
 
 cdef enum:
-    # Work sizes in multiply-adds (about C*C*m*m per pixel and image), measured with
-    # benchmarks/inverse.py on a loaded 2-core machine: below MIN_PARALLEL_WORK a whole solve takes
-    # well under a millisecond and waking a second thread (a scheduler time slice when the machine
-    # is busy) costs more than it saves, so it runs serially with no OpenMP region at all.
-    MIN_PARALLEL_WORK = 4000000
-    # The wavefront schedule waits at a barrier after every anti-diagonal: only worth it when one
-    # diagonal carries this much work.
-    MIN_DIAGONAL_WORK = 1000000
+    # Work sizes in multiply-adds (about C*C*m*m per pixel and image). On a busy machine every
+    # OpenMP region and barrier may cost a scheduler time slice (measured 30-50 ms on a loaded
+    # 2-core machine, interleaved with serial runs, see the note of issue 13): 2 threads lost up
+    # to 300x below 4e6 multiply-adds and first won (0.6x) from about 7.5e7. So below
+    # MIN_PARALLEL_WORK the solve runs serially with no OpenMP region at all,
+    MIN_PARALLEL_WORK = 50000000
+    # and the wavefront schedule, one barrier per anti-diagonal, needs this much work on its
+    # longest diagonal (it lost 5-13x at 2.6e6-9.4e6).
+    MIN_DIAGONAL_WORK = 20000000
     # Images solved together by the batch kernel (kernels.h).
     LANES = NFE_LANES
 
@@ -90,6 +94,9 @@ cdef enum:
     SERIAL = 0
     OVER_UNITS = 1
     OVER_DIAGONALS = 2
+
+if nfe_register_fork_handler() != 0:
+    raise ImportError("could not register the fork handler of the compiled solve")
 
 SCHEDULES = ("image/serial", "image/over-images", "image/over-diagonals",
              "batch/serial", "batch/over-blocks", "batch/over-diagonals")
@@ -173,9 +180,12 @@ cdef inline Py_ssize_t _tap_offset(Py_ssize_t steps, Py_ssize_t dilation,
 
 cdef int _solve(
     const real[:, :, :, ::1] y, const real[:, :, :, ::1] kernel, real[:, :, :, ::1] x,
-    Py_ssize_t dilation, int num_threads,
+    Py_ssize_t dilation, int num_threads, int forced,
 ) except -1 nogil:
-    """Solve into ``x``; the shapes were checked by the caller. Returns the index in SCHEDULES."""
+    """Solve into ``x``; the shapes were checked by the caller. Returns the index in SCHEDULES.
+
+    ``forced`` is SERIAL, OVER_UNITS or OVER_DIAGONALS to override ``_schedule``, or -1.
+    """
     cdef Py_ssize_t batch = y.shape[0], channels = y.shape[1]
     cdef Py_ssize_t height = y.shape[2], width = y.shape[3], size = kernel.shape[2]
     cdef Py_ssize_t plane = height * width, image = channels * plane
@@ -183,8 +193,10 @@ cdef int _solve(
     cdef bint lanes = batch >= LANES
     cdef Py_ssize_t units = (batch + LANES - 1) // LANES if lanes else batch
     cdef Py_ssize_t block_size = plane * channels * LANES
-    cdef int schedule = _schedule(units, LANES if lanes else 1, height, width,
-                                  channels * channels * size * size, num_threads)
+    cdef int schedule = forced if forced >= 0 else _schedule(
+        units, LANES if lanes else 1, height, width, channels * channels * size * size, num_threads)
+    if nfe_openmp_unusable:  # forked after a parallel region (kernels.h)
+        schedule = SERIAL
     cdef int threads = num_threads if schedule != SERIAL else 1
     cdef Py_ssize_t a, d, o, c, t, u, i, j
     # Private to each thread of the parallel regions (initialised: Cython makes them firstprivate).
@@ -209,6 +221,9 @@ cdef int _solve(
         free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj); free(buffer)
         with gil:
             raise MemoryError("not enough memory for the compiled solve's buffers")
+
+    if schedule != SERIAL:
+        nfe_note_parallel_start()
 
     # Weights arranged once, masked taps dropped, in the order the chosen kernel reads them: the
     # batch kernel runs over input channels for one output, the image kernel over outputs.
@@ -344,8 +359,21 @@ cdef int _check(const Py_ssize_t* y_shape, const Py_ssize_t* kernel_shape,
     return 0
 
 
+cdef int _forced_schedule(str schedule, Py_ssize_t batch) except -2:
+    """-1 for ``schedule=None``, else the code of a name in SCHEDULES that fits ``batch``."""
+    if schedule is None:
+        return -1
+    kernel_name = "batch" if batch >= LANES else "image"
+    names = [name for name in SCHEDULES if name.startswith(kernel_name + "/")]
+    if schedule not in names:
+        raise ValueError(f"schedule must be None or one of {names} for a batch of {batch}, "
+                         f"got {schedule!r}")
+    return names.index(schedule)
+
+
 def solve_causal_float32(const float[:, :, :, ::1] y, const float[:, :, :, ::1] kernel,
-                         float[:, :, :, ::1] out, Py_ssize_t dilation, int num_threads):
+                         float[:, :, :, ::1] out, Py_ssize_t dilation, int num_threads,
+                         str schedule=None):
     """Solve ``causal_conv(out, kernel) = y`` for ``out`` (float32, C-contiguous NCHW).
 
     Args:
@@ -355,31 +383,38 @@ def solve_causal_float32(const float[:, :, :, ::1] y, const float[:, :, :, ::1] 
       out: (B, C, H, W) written in place
       dilation: spacing of the taps, >= 1
       num_threads: OpenMP threads to use at most, >= 1
+      schedule: None to choose by work size, or a name from ``SCHEDULES`` to force (tests):
+        "image/..." for batches below LANES images, "batch/..." from LANES up. In a process
+        forked after a parallel solve every solve runs serially (OpenMP hangs there otherwise).
 
     Returns:
       the name of the schedule that ran, one of ``SCHEDULES``
 
     Raises:
-      ValueError: wrong dtype, not 4-D, not C-contiguous, or shapes that do not fit together
+      ValueError: wrong dtype, not 4-D, not C-contiguous, shapes that do not fit together, a
+        dilation or thread count below 1, or an unknown schedule
       ZeroDivisionError: a zero on the corner tap's diagonal (``out`` is then left unwritten)
     """
     _check(y.shape, kernel.shape, out.shape, dilation, num_threads)
+    cdef int forced = _forced_schedule(schedule, y.shape[0])
     if y.shape[0] == 0 or y.shape[2] == 0 or y.shape[3] == 0:
         return SCHEDULES[0]
     with nogil:
-        schedule = _solve(y, kernel, out, dilation, num_threads)
-    return SCHEDULES[schedule]
+        code = _solve(y, kernel, out, dilation, num_threads, forced)
+    return SCHEDULES[code]
 
 
 def solve_causal_float64(const double[:, :, :, ::1] y, const double[:, :, :, ::1] kernel,
-                         double[:, :, :, ::1] out, Py_ssize_t dilation, int num_threads):
+                         double[:, :, :, ::1] out, Py_ssize_t dilation, int num_threads,
+                         str schedule=None):
     """Float64 version of :func:`solve_causal_float32`."""
     _check(y.shape, kernel.shape, out.shape, dilation, num_threads)
+    cdef int forced = _forced_schedule(schedule, y.shape[0])
     if y.shape[0] == 0 or y.shape[2] == 0 or y.shape[3] == 0:
         return SCHEDULES[0]
     with nogil:
-        schedule = _solve(y, kernel, out, dilation, num_threads)
-    return SCHEDULES[schedule]
+        code = _solve(y, kernel, out, dilation, num_threads, forced)
+    return SCHEDULES[code]
 
 
 def has_openmp():

@@ -156,6 +156,25 @@ static inline int nfe_team_size(void) { return 1; }
 static inline void nfe_barrier(void) {}
 #endif
 
+/* libgomp's thread pool does not survive fork(): a child forked after this process ran a parallel
+ * region hangs in its next one (reproduced with a DataLoader-style fork). So the solve notes when
+ * it starts a region, and a child forked after that runs every solve serially. */
+static int nfe_openmp_started = 0;
+static int nfe_openmp_unusable = 0;
+static inline void nfe_note_parallel_start(void) { nfe_openmp_started = 1; }
+#if defined(_OPENMP) && !defined(_WIN32)
+#include <pthread.h>
+static void nfe_after_fork_in_child(void) {
+    if (nfe_openmp_started)
+        nfe_openmp_unusable = 1;
+}
+static int nfe_register_fork_handler(void) {
+    return pthread_atfork(NULL, NULL, nfe_after_fork_in_child);
+}
+#else
+static int nfe_register_fork_handler(void) { return 0; }
+#endif
+
 /* Test hook: when positive, thread 0 of the wavefront schedule sleeps this many microseconds
  * before each anti-diagonal, putting the threads out of step (tests use it to check the barrier). */
 #include <unistd.h>
