@@ -47,11 +47,12 @@ def solve_compiled(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> 
     solver = _SOLVERS.get(y.dtype)
     if solver is None:
         raise TypeError(f"the compiled inverse takes float32 or float64, got {y.dtype}")
-    y = y.detach().contiguous()
+    # .numpy() refuses tensors that require grad; detach only then (it costs a tensor per call).
+    y = (y.detach() if y.requires_grad else y).contiguous()
+    kernel = (kernel.detach() if kernel.requires_grad else kernel).contiguous()
     x = torch.empty_like(y)
     try:
-        solver(y.numpy(), kernel.detach().contiguous().numpy(), x.numpy(), dilation,
-               torch.get_num_threads())
+        solver(y.numpy(), kernel.numpy(), x.numpy(), dilation, torch.get_num_threads())
     except ZeroDivisionError as error:  # the extension cannot import torch's error type
         raise torch.linalg.LinAlgError(str(error)) from None
     return x
