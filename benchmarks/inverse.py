@@ -13,12 +13,13 @@ Times are medians in ms with their interquartile range (IQR).
 """
 
 import argparse
+import functools
 import os
 
 import torch
+from timing import print_table, write_json
 from torch.utils import benchmark
 
-from timing import print_table, write_json
 from normflows_emerging import SquareAutoregressiveConv2d, inverse_backend
 from normflows_emerging.inverse import solve_autoregressive
 
@@ -64,20 +65,21 @@ def main():
             rhs, kernel = y - layer.bias[:, None, None], layer.causal_kernel()
             for threads in (1, 2):
                 contenders = {
-                    "conv": lambda: layer.inverse(x),
-                    "compiled": lambda: layer(y, backend="compiled"),
-                    "solve": lambda: solve_autoregressive(rhs, kernel, 1, "compiled"),
+                    "conv": functools.partial(layer.inverse, x),
+                    "compiled": functools.partial(layer, y, backend="compiled"),
+                    "solve": functools.partial(solve_autoregressive, rhs, kernel, 1, "compiled"),
                 }
                 if threads == 1:
-                    contenders["torch"] = lambda: layer(y, backend="torch")
+                    contenders["torch"] = functools.partial(layer, y, backend="torch")
                 times = timed(contenders, threads, args.rounds, args.min_time)
                 row = {"C": channels, "HxW": f"{side}x{side}", "m": size, "batch": batch,
                        "threads": threads}
                 for name, (median, iqr) in times.items():
                     row[f"{name}_ms"], row[f"{name}_iqr"] = median, iqr
                 if threads == 1 and (channels, side, size, batch) == NAIVE_CASE:
-                    naive = benchmark.Timer("fn()", globals={"fn": lambda: layer(y, backend="naive")},
-                                            num_threads=1).timeit(1)
+                    naive = benchmark.Timer(
+                        "fn()", globals={"fn": functools.partial(layer, y, backend="naive")},
+                        num_threads=1).timeit(1)
                     row["naive_ms"] = 1e3 * naive.median
                     row["naive/compiled"] = row["naive_ms"] / row["compiled_ms"]
                 for name in ("compiled", "solve", "torch"):

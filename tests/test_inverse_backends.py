@@ -2,14 +2,19 @@ import warnings
 
 import pytest
 import torch
+from brute_force import perturb_
+from solve_cases import random_causal_kernel
 
 import normflows_emerging.inverse.compiled
-from brute_force import perturb_
-from normflows_emerging import SquareAutoregressiveConv2d, _inverse, inverse_backend, use_backend
+from normflows_emerging import (
+    SquareAutoregressiveConv2d,
+    _inverse,
+    inverse_backend,
+    use_backend,
+)
 from normflows_emerging.inverse import solve_autoregressive
 from normflows_emerging.inverse.naive import solve_naive
 from normflows_emerging.inverse.wavefront import solve_wavefront
-from solve_cases import random_causal_kernel
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
@@ -139,9 +144,8 @@ def test_use_backend_selects_and_restores():
         assert inverse_backend() == "naive"
     assert inverse_backend() == "compiled"
     assert inverse_backend("cuda") == "torch"
-    with pytest.raises(ValueError, match="expected one of"):
-        with use_backend("magic"):
-            pass
+    with pytest.raises(ValueError, match="expected one of"), use_backend("magic"):
+        pass
 
 
 def test_missing_extension_falls_back_to_torch_with_a_warning(monkeypatch):

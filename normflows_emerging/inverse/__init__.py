@@ -15,6 +15,8 @@ reads only the corner tap's lower triangle and diagonal; entries above the diago
 get zero gradient.
 """
 
+from __future__ import annotations
+
 import contextlib
 import contextvars
 import warnings
@@ -27,8 +29,13 @@ from .compiled import compiled_available, solve_compiled
 from .naive import solve_naive
 from .wavefront import solve_wavefront
 
-__all__ = ["BACKENDS", "inverse_backend", "solve_autoregressive", "use_backend",
-           "compiled_available"]
+__all__ = [
+    "BACKENDS",
+    "compiled_available",
+    "inverse_backend",
+    "solve_autoregressive",
+    "use_backend",
+]
 
 _SOLVERS = {"compiled": solve_compiled, "torch": solve_wavefront, "naive": solve_naive}
 BACKENDS = tuple(_SOLVERS)
