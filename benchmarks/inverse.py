@@ -7,7 +7,8 @@ contender in turn, merged by torch.utils.benchmark): the layer's density pass (`
 convolution), its sampling pass (``forward``) with the compiled and torch solves, and the compiled
 solve alone (``solve_autoregressive`` on a prepared right-hand side: the layer's own work is the
 difference). Headline with 1 thread, then the convolution and the compiled solve with 2 threads.
-Times are medians in ms with their interquartile range (IQR).
+Times are medians in ms with their interquartile range (IQR); ratios to the convolution are
+medians over rounds of the ratio within a round.
 
     python benchmarks/inverse.py [--out benchmarks/results/inverse.json] [--quick]
 """
@@ -31,23 +32,37 @@ NAIVE_CASE = (48, 4, 2, 1)
 
 
 def timed(contenders, threads, rounds, min_run_time):
-    """Median and IQR in ms of each callable in ``contenders``, measured in interleaved rounds."""
-    measurements = []
+    """Time each callable in ``contenders`` in interleaved rounds.
+
+    Returns:
+      {name: (median ms, IQR ms, ratio)} where median and IQR are over all rounds merged and
+      ratio is the median over rounds of the name's time / the first contender's time in the
+      same round (robust to load that changes between rounds)
+    """
+    per_round = []
     for _ in range(rounds):
+        per_round.append({})
         for name, fn in contenders.items():
             timer = benchmark.Timer("fn()", globals={"fn": fn}, description=name,
                                     num_threads=threads)
-            measurements.append(timer.blocked_autorange(min_run_time=min_run_time))
-    merged = {m.description: m for m in benchmark.Measurement.merge(measurements)}
-    return {name: (1e3 * merged[name].median, 1e3 * merged[name].iqr) for name in contenders}
+            per_round[-1][name] = timer.blocked_autorange(min_run_time=min_run_time)
+    merged = benchmark.Measurement.merge([m for r in per_round for m in r.values()])
+    merged = {m.description: m for m in merged}
+    baseline = next(iter(contenders))
+    result = {}
+    for name in contenders:
+        ratios = torch.tensor([r[name].median / r[baseline].median for r in per_round])
+        result[name] = (1e3 * merged[name].median, 1e3 * merged[name].iqr,
+                        ratios.median().item())
+    return result
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       "inverse.json"))
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row")
-    parser.add_argument("--min-time", type=float, default=0.05,
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per row")
+    parser.add_argument("--min-time", type=float, default=0.02,
                         help="seconds per contender and round")
     parser.add_argument("--quick", action="store_true", help="batch-1 and 16 rows, m=2 only")
     args = parser.parse_args()
@@ -74,23 +89,22 @@ def main():
                 times = timed(contenders, threads, args.rounds, args.min_time)
                 row = {"C": channels, "HxW": f"{side}x{side}", "m": size, "batch": batch,
                        "threads": threads}
-                for name, (median, iqr) in times.items():
+                for name, (median, iqr, ratio) in times.items():
                     row[f"{name}_ms"], row[f"{name}_iqr"] = median, iqr
+                    if name != "conv":
+                        row[f"{name}/conv"] = ratio
                 if threads == 1 and (channels, side, size, batch) == NAIVE_CASE:
                     naive = benchmark.Timer(
                         "fn()", globals={"fn": functools.partial(layer, y, backend="naive")},
                         num_threads=1).timeit(1)
                     row["naive_ms"] = 1e3 * naive.median
                     row["naive/compiled"] = row["naive_ms"] / row["compiled_ms"]
-                for name in ("compiled", "solve", "torch"):
-                    if f"{name}_ms" in row:
-                        row[f"{name}/conv"] = row[f"{name}_ms"] / row["conv_ms"]
                 rows.append(row)
     columns = ["C", "HxW", "m", "batch", "threads", "conv_ms", "conv_iqr", "compiled_ms",
                "compiled_iqr", "solve_ms", "torch_ms", "naive_ms", "compiled/conv", "solve/conv",
                "torch/conv", "naive/compiled"]
     print(f"torch {torch.__version__}, default CPU backend: {inverse_backend()}; medians and IQR "
-          f"in ms over {args.rounds} interleaved rounds")
+          f"in ms over {args.rounds} interleaved rounds; ratios: median over rounds")
     for threads in (1, 2):
         print(f"\n{threads} thread(s)")
         print_table([r for r in rows if r["threads"] == threads],
