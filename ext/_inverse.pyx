@@ -16,8 +16,9 @@ m*m-1 other taps, then one C x C forward substitution with the corner tap.
 * Batches of at least LANES images: the batch is copied into a (pixel, channel, batch) buffer
   padded to a multiple of LANES, and each pixel is solved for LANES images at once, so every
   multiply-add runs over contiguous images (SIMD) with the partial sums held in registers.
-* Smaller batches: one image at a time, straight on the NCHW tensors, each neighbour's value
-  multiplied into all C outputs at once (an axpy over contiguous output channels).
+* Smaller batches: one image at a time, straight on the NCHW tensors; the C outputs of a pixel are
+  held in vectors of LANES partial sums kept in registers while each neighbour's value is
+  multiplied into them (weights padded with zeros to whole vectors).
 
 Parallelism (OpenMP), see ``_schedule``: none for small solves (no OpenMP region at all); else over
 independent units of work (LANES-image blocks, or images) when there are at least as many as
@@ -31,6 +32,7 @@ schedule that ran (``SCHEDULES``), which the tests assert.
 
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 from posix.stdlib cimport posix_memalign
 
 ctypedef fused real:
@@ -50,12 +52,12 @@ cdef extern from *:
 cdef extern from "kernels.h" nogil:
     enum: NFE_LANES
     void nfe_solve_pixel_image_f32(const float* y, float* x, Py_ssize_t channels,
-                                   Py_ssize_t plane, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
+                                   Py_ssize_t padded, Py_ssize_t plane, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
                                    const float* taps, const Py_ssize_t* tap_di,
                                    const Py_ssize_t* tap_dj, Py_ssize_t num_taps,
                                    const float* lower, const float* inv_diag, float* acc)
     void nfe_solve_pixel_image_f64(const double* y, double* x, Py_ssize_t channels,
-                                   Py_ssize_t plane, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
+                                   Py_ssize_t padded, Py_ssize_t plane, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
                                    const double* taps, const Py_ssize_t* tap_di,
                                    const Py_ssize_t* tap_dj, Py_ssize_t num_taps,
                                    const double* lower, const double* inv_diag, double* acc)
@@ -116,18 +118,19 @@ cdef inline int _schedule(Py_ssize_t units, Py_ssize_t unit_images, Py_ssize_t h
 
 
 cdef inline void _solve_pixel(
-    const real* y, real* x, Py_ssize_t channels, Py_ssize_t plane, Py_ssize_t width,
+    const real* y, real* x, Py_ssize_t channels, Py_ssize_t padded, Py_ssize_t plane,
+    Py_ssize_t width,
     Py_ssize_t i, Py_ssize_t j, const real* taps, const Py_ssize_t* tap_di,
     const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const real* lower, const real* inv_diag,
     real* acc,
 ) noexcept nogil:
     """Solve pixel (i, j) of one NCHW image (see kernels.h)."""
     if real is float:
-        nfe_solve_pixel_image_f32(y, x, channels, plane, width, i, j, taps, tap_di, tap_dj,
-                                  num_taps, lower, inv_diag, acc)
+        nfe_solve_pixel_image_f32(y, x, channels, padded, plane, width, i, j, taps, tap_di,
+                                  tap_dj, num_taps, lower, inv_diag, acc)
     else:
-        nfe_solve_pixel_image_f64(y, x, channels, plane, width, i, j, taps, tap_di, tap_dj,
-                                  num_taps, lower, inv_diag, acc)
+        nfe_solve_pixel_image_f64(y, x, channels, padded, plane, width, i, j, taps, tap_di,
+                                  tap_dj, num_taps, lower, inv_diag, acc)
 
 
 cdef inline void _solve_pixel_lanes(
@@ -203,20 +206,23 @@ cdef int _solve(
     cdef Py_ssize_t idx = 0, start = 0, stop = 0, first = 0, count = 0, diagonal = 0, work = 0
     cdef int thread = 0, team = 1
     cdef real diagonal_entry
+    # The image kernel's output channels, padded to whole vectors of LANES values.
+    cdef Py_ssize_t padded = (channels + LANES - 1) // LANES * LANES
+    cdef Py_ssize_t taps_size = max(num_taps, 1) * channels * (channels if lanes else padded)
     cdef void* memory = NULL
     cdef real* buffer = NULL  # LANES-image blocks (batch kernel) or per-thread scratch (image kernel)
-    cdef real* taps = <real*> malloc(max(num_taps, 1) * channels * channels * sizeof(real))
+    cdef real* taps = NULL
+    if posix_memalign(&memory, 64, taps_size * sizeof(real)) == 0:
+        taps = <real*> memory
     cdef real* lower = <real*> malloc(channels * channels * sizeof(real))
     cdef real* inv_diag = <real*> malloc(channels * sizeof(real))
     cdef Py_ssize_t* tap_di = <Py_ssize_t*> malloc(max(num_taps, 1) * sizeof(Py_ssize_t))
     cdef Py_ssize_t* tap_dj = <Py_ssize_t*> malloc(max(num_taps, 1) * sizeof(Py_ssize_t))
     cdef const real* y0 = &y[0, 0, 0, 0]
     cdef real* x0 = &x[0, 0, 0, 0]
-    if lanes:
-        if posix_memalign(&memory, 64, units * block_size * sizeof(real)) == 0:
-            buffer = <real*> memory
-    else:
-        buffer = <real*> malloc(threads * channels * sizeof(real))
+    if posix_memalign(&memory, 64, (units * block_size if lanes else threads * padded)
+                      * sizeof(real)) == 0:
+        buffer = <real*> memory
     if not (taps and lower and inv_diag and tap_di and tap_dj and buffer):
         free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj); free(buffer)
         with gil:
@@ -226,7 +232,8 @@ cdef int _solve(
         nfe_note_parallel_start()
 
     # Weights arranged once, masked taps dropped, in the order the chosen kernel reads them: the
-    # batch kernel runs over input channels for one output, the image kernel over outputs.
+    # batch kernel runs over input channels for one output, the image kernel over (padded) outputs.
+    memset(taps, 0, taps_size * sizeof(real))
     t = 0
     for a in range(size):
         for d in range(size):
@@ -257,7 +264,7 @@ cdef int _solve(
                     if lanes:
                         taps[(o * num_taps + t) * channels + c] = kernel[o, c, a, d]
                     else:
-                        taps[(t * channels + c) * channels + o] = kernel[o, c, a, d]
+                        taps[(t * channels + c) * padded + o] = kernel[o, c, a, d]
                     t += 1
 
     if lanes:
@@ -304,9 +311,9 @@ cdef int _solve(
         for u in prange(batch, schedule="static", num_threads=threads):
             for i in range(height):
                 for j in range(width):
-                    _solve_pixel(y0 + u * image, x0 + u * image, channels, plane, width, i, j,
-                                 taps, tap_di, tap_dj, num_taps, lower, inv_diag,
-                                 buffer + threadid() * channels)
+                    _solve_pixel(y0 + u * image, x0 + u * image, channels, padded, plane, width,
+                                 i, j, taps, tap_di, tap_dj, num_taps, lower, inv_diag,
+                                 buffer + threadid() * padded)
     elif schedule == OVER_DIAGONALS:
         with parallel(num_threads=threads):
             thread = threadid()
@@ -321,16 +328,16 @@ cdef int _solve(
                 for idx in range(start, stop):
                     i = first + idx % count
                     _solve_pixel(y0 + (idx // count) * image, x0 + (idx // count) * image,
-                                 channels, plane, width, i, diagonal - i, taps, tap_di, tap_dj,
-                                 num_taps, lower, inv_diag, buffer + thread * channels)
+                                 channels, padded, plane, width, i, diagonal - i, taps, tap_di,
+                                 tap_dj, num_taps, lower, inv_diag, buffer + thread * padded)
                 # The next diagonal reads pixels that other threads solved on this one.
                 nfe_barrier()
     else:
         for u in range(batch):
             for i in range(height):
                 for j in range(width):
-                    _solve_pixel(y0 + u * image, x0 + u * image, channels, plane, width, i, j,
-                                 taps, tap_di, tap_dj, num_taps, lower, inv_diag, buffer)
+                    _solve_pixel(y0 + u * image, x0 + u * image, channels, padded, plane, width,
+                                 i, j, taps, tap_di, tap_dj, num_taps, lower, inv_diag, buffer)
 
     free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj); free(buffer)
     return schedule + (3 if lanes else 0)

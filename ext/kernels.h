@@ -1,7 +1,8 @@
 /* Per-pixel kernels of the compiled solve (called from _inverse.pyx).
  *
- * Image kernel: one pixel of one NCHW image; each solved neighbour value is multiplied into all C
- * outputs at once (an axpy over contiguous output channels).
+ * Image kernel: one pixel of one NCHW image; the output channels are held in vectors of
+ * NFE_LANES partial sums that stay in registers while every solved neighbour value is multiplied
+ * into them (weights padded to whole vectors), then the corner tap's triangle.
  *
  * Batch kernel: one pixel of LANES images. A block holds LANES images as (pixel, channel, LANES):
  * the LANES values of one channel at one pixel are one GCC vector, so each multiply-add updates
@@ -27,30 +28,42 @@ typedef float nfe_vec_f32 __attribute__((vector_size(NFE_LANES * sizeof(float)))
 typedef double nfe_vec_f64 __attribute__((vector_size(NFE_LANES * sizeof(double))));
 
 /* Solve pixel (i, j) of one image: x[c * plane + p] from y[c * plane + p], p = i * width + j.
- * taps: (taps, C_in, C_out) non-corner taps; tap_di/tap_dj: their (non-positive) offsets;
+ * taps: (taps, C_in, padded) non-corner taps, output channels padded with zeros to `padded`, a
+ * multiple of NFE_LANES, rows aligned like VEC; tap_di/tap_dj: their (non-positive) offsets;
  * lower: (C_in, C_out) corner tap, used below the diagonal; inv_diag: 1 / corner diagonal;
- * acc: scratch of C values. */
-#define NFE_DEFINE_SOLVE_PIXEL_IMAGE(NAME, REAL)                                                \
+ * acc: scratch of `padded` values aligned like VEC. The output channels go NFE_LANES at a time,
+ * two vectors at once, whose partial sums stay in registers over all taps and input channels. */
+#define NFE_DEFINE_SOLVE_PIXEL_IMAGE(NAME, REAL, VEC)                                           \
     NFE_TARGET_CLONES static void NAME(const REAL *y, REAL *x, ptrdiff_t channels,              \
-                                       ptrdiff_t plane, ptrdiff_t width, ptrdiff_t i,           \
-                                       ptrdiff_t j, const REAL *taps, const ptrdiff_t *tap_di,  \
-                                       const ptrdiff_t *tap_dj, ptrdiff_t num_taps,             \
-                                       const REAL *lower, const REAL *inv_diag, REAL *acc)      \
+                                       ptrdiff_t padded, ptrdiff_t plane, ptrdiff_t width,      \
+                                       ptrdiff_t i, ptrdiff_t j, const REAL *taps,              \
+                                       const ptrdiff_t *tap_di, const ptrdiff_t *tap_dj,        \
+                                       ptrdiff_t num_taps, const REAL *lower,                   \
+                                       const REAL *inv_diag, REAL *acc)                         \
     {                                                                                           \
-        ptrdiff_t p = i * width + j;                                                            \
+        ptrdiff_t p = i * width + j, vectors = padded / NFE_LANES;                              \
         for (ptrdiff_t o = 0; o < channels; o++)                                                \
             acc[o] = y[o * plane + p];                                                          \
-        for (ptrdiff_t t = 0; t < num_taps; t++) {                                              \
-            ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                                   \
-            if (ii < 0 || jj < 0)                                                               \
-                continue;                                                                       \
-            ptrdiff_t q = ii * width + jj;                                                      \
-            for (ptrdiff_t c = 0; c < channels; c++) {                                          \
-                REAL value = x[c * plane + q];                                                  \
-                const REAL *w = taps + (t * channels + c) * channels;                           \
-                for (ptrdiff_t o = 0; o < channels; o++)                                        \
-                    acc[o] -= w[o] * value;                                                     \
+        for (ptrdiff_t o = channels; o < padded; o++)                                           \
+            acc[o] = 0;                                                                         \
+        VEC *acc_vectors = (VEC *)acc;                                                          \
+        for (ptrdiff_t v = 0; v < vectors; v += 2) {                                            \
+            ptrdiff_t pair = v + 1 < vectors;                                                   \
+            VEC a0 = acc_vectors[v], a1 = acc_vectors[v + pair];                                \
+            for (ptrdiff_t t = 0; t < num_taps; t++) {                                          \
+                ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                               \
+                if (ii < 0 || jj < 0)                                                           \
+                    continue;                                                                   \
+                const REAL *there = x + ii * width + jj;                                        \
+                const VEC *w = (const VEC *)(taps + t * channels * padded) + v;                 \
+                for (ptrdiff_t c = 0; c < channels; c++) {                                      \
+                    REAL value = there[c * plane];                                              \
+                    a0 -= value * w[c * vectors];                                               \
+                    a1 -= value * w[c * vectors + pair];                                        \
+                }                                                                               \
             }                                                                                   \
+            acc_vectors[v + pair] = a1; /* first, so that a0 wins when there is no pair */     \
+            acc_vectors[v] = a0;                                                                \
         }                                                                                       \
         for (ptrdiff_t c = 0; c < channels; c++) {                                              \
             REAL value = acc[c] * inv_diag[c];                                                  \
@@ -61,8 +74,8 @@ typedef double nfe_vec_f64 __attribute__((vector_size(NFE_LANES * sizeof(double)
         }                                                                                       \
     }
 
-NFE_DEFINE_SOLVE_PIXEL_IMAGE(nfe_solve_pixel_image_f32, float)
-NFE_DEFINE_SOLVE_PIXEL_IMAGE(nfe_solve_pixel_image_f64, double)
+NFE_DEFINE_SOLVE_PIXEL_IMAGE(nfe_solve_pixel_image_f32, float, nfe_vec_f32)
+NFE_DEFINE_SOLVE_PIXEL_IMAGE(nfe_solve_pixel_image_f64, double, nfe_vec_f64)
 
 /* Solve pixel (i, j) of a block in place: the block holds the right-hand side at pixels not yet
  * solved and the solution at pixels already solved (all earlier in raster order).

@@ -35,6 +35,20 @@ def test_backends_agree(batch, channels, height, width, size, dilation, dtype, t
         torch.testing.assert_close(x, naive, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("channels", [8, 9, 12, 17, 24])
+@pytest.mark.parametrize("batch,size", [(1, 2), (2, 3), (9, 2), (9, 3)])
+def test_compiled_matches_wavefront_over_whole_and_partial_vectors(batch, size, channels, dtype,
+                                                                    tol):
+    """Channel counts around the kernels' vector widths: the image kernel holds 8 output channels
+    per vector, two vectors at a time (17: a pair and a single); the batch kernel goes 4 output
+    channels at a time (9, 17: groups and a remainder)."""
+    kernel = random_causal_kernel(channels, size, dtype)
+    y = torch.randn(batch, channels, 5, 6, dtype=dtype)
+    torch.testing.assert_close(solve_autoregressive(y, kernel, 1, "compiled"),
+                               solve_wavefront(y, kernel), atol=tol, rtol=tol)
+
+
 ENTRY_POINTS = {torch.float32: _inverse.solve_causal_float32,
                 torch.float64: _inverse.solve_causal_float64}
 
