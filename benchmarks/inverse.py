@@ -1,56 +1,118 @@
 """Density convolution vs. the solve backends of a square autoregressive convolution.
 
-Shapes of the paper's CIFAR-10 Glow (C=12 at 16x16, C=24 at 8x8, C=48 at 4x4), size-2 kernels,
-batch 1, 16 and 64, all measured side by side in one run (naive only on the smallest case).
+Rows: the shapes of the paper's CIFAR-10 Glow (C=12 at 16x16, C=24 at 8x8, C=48 at 4x4) with
+kernel sizes m=2 and m=3 (the two halves of emerging 3x3 and 5x5 convolutions) at batch 1, 16 and
+64, plus C=96 at 32x32, batch 16. Per row, in one process and interleaved (rounds of every
+contender in turn, merged by torch.utils.benchmark): the layer's density pass (``inverse``, a
+convolution), its sampling pass (``forward``) with the compiled and torch solves, and the compiled
+solve alone (``solve_autoregressive`` on a prepared right-hand side: the layer's own work is the
+difference). Headline with 1 thread, then the convolution and the compiled solve with 2 threads.
+Times are medians in ms with their interquartile range (IQR); ratios to the convolution are
+medians over rounds of the ratio within a round.
 
-    python benchmarks/inverse.py [--out benchmarks/results/inverse.json]
+    python benchmarks/inverse.py [--out benchmarks/results/inverse.json] [--quick]
 """
 
 import argparse
+import functools
 import os
 
 import torch
+from timing import print_table, write_json
+from torch.utils import benchmark
 
-from timing import measure, print_table, write_json
 from normflows_emerging import SquareAutoregressiveConv2d, inverse_backend
+from normflows_emerging.inverse import solve_autoregressive
 
-SHAPES = [(12, 16), (24, 8), (48, 4)]
-BATCHES = [1, 16, 64]
-NAIVE_CASE = (48, 4, 1)
+CASES = [(channels, side, size, batch)
+         for size in (2, 3)
+         for channels, side in ((12, 16), (24, 8), (48, 4))
+         for batch in (1, 16, 64)] + [(96, 32, 2, 16)]
+NAIVE_CASE = (48, 4, 2, 1)
+
+
+def timed(contenders, threads, rounds, min_run_time):
+    """Time each callable in ``contenders`` in interleaved rounds.
+
+    Returns:
+      {name: (median ms, IQR ms, ratio)} where median and IQR are over all rounds merged and
+      ratio is the median over rounds of the name's time / the first contender's time in the
+      same round (robust to load that changes between rounds)
+    """
+    per_round = []
+    for _ in range(rounds):
+        per_round.append({})
+        for name, fn in contenders.items():
+            timer = benchmark.Timer("fn()", globals={"fn": fn}, description=name,
+                                    num_threads=threads)
+            per_round[-1][name] = timer.blocked_autorange(min_run_time=min_run_time)
+    merged = benchmark.Measurement.merge([m for r in per_round for m in r.values()])
+    merged = {m.description: m for m in merged}
+    baseline = next(iter(contenders))
+    result = {}
+    for name in contenders:
+        ratios = torch.tensor([r[name].median / r[baseline].median for r in per_round])
+        result[name] = (1e3 * merged[name].median, 1e3 * merged[name].iqr,
+                        ratios.median().item())
+    return result
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       "inverse.json"))
-    parser.add_argument("--min-time", type=float, default=0.3,
-                        help="seconds spent timing each entry")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per row")
+    parser.add_argument("--min-time", type=float, default=0.02,
+                        help="seconds per contender and round")
+    parser.add_argument("--quick", action="store_true", help="batch-1 and 16 rows, m=2 only")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
-    for channels, side in SHAPES:
-        for batch in BATCHES:
-            layer = SquareAutoregressiveConv2d(channels, size=2)
-            x = torch.randn(batch, channels, side, side)
-            row = {"C": channels, "HxW": f"{side}x{side}", "batch": batch}
-            with torch.no_grad():
-                y, _ = layer.inverse(x)
-                row["conv_ms"] = 1e3 * measure(lambda: layer.inverse(x), args.min_time)
-                for backend in ("compiled", "torch"):
-                    row[f"{backend}_ms"] = 1e3 * measure(lambda: layer(y, backend=backend),
-                                                         args.min_time)
-                if (channels, side, batch) == NAIVE_CASE:
-                    row["naive_ms"] = 1e3 * measure(lambda: layer(y, backend="naive"), 0, 0, 3)
+    cases = [c for c in CASES if not args.quick or (c[2] == 2 and c[3] < 64)]
+    for channels, side, size, batch in cases:
+        layer = SquareAutoregressiveConv2d(channels, size=size)
+        with torch.no_grad():
+            for p in layer.parameters():  # away from the initial values
+                p.add_(torch.randn_like(p) * 0.1)
+        x = torch.randn(batch, channels, side, side)
+        with torch.no_grad():
+            y, _ = layer.inverse(x)
+            rhs, kernel = y - layer.bias[:, None, None], layer.causal_kernel()
+            for threads in (1, 2):
+                contenders = {
+                    "conv": functools.partial(layer.inverse, x),
+                    "compiled": functools.partial(layer, y, backend="compiled"),
+                    "solve": functools.partial(solve_autoregressive, rhs, kernel, 1, "compiled"),
+                }
+                if threads == 1:
+                    contenders["torch"] = functools.partial(layer, y, backend="torch")
+                times = timed(contenders, threads, args.rounds, args.min_time)
+                row = {"C": channels, "HxW": f"{side}x{side}", "m": size, "batch": batch,
+                       "threads": threads}
+                for name, (median, iqr, ratio) in times.items():
+                    row[f"{name}_ms"], row[f"{name}_iqr"] = median, iqr
+                    if name != "conv":
+                        row[f"{name}/conv"] = ratio
+                if threads == 1 and (channels, side, size, batch) == NAIVE_CASE:
+                    naive = benchmark.Timer(
+                        "fn()", globals={"fn": functools.partial(layer, y, backend="naive")},
+                        num_threads=1).timeit(1)
+                    row["naive_ms"] = 1e3 * naive.median
                     row["naive/compiled"] = row["naive_ms"] / row["compiled_ms"]
-            row["compiled/conv"] = row["compiled_ms"] / row["conv_ms"]
-            row["torch/conv"] = row["torch_ms"] / row["conv_ms"]
-            rows.append(row)
-    columns = ["C", "HxW", "batch", "conv_ms", "compiled_ms", "torch_ms", "naive_ms",
-               "compiled/conv", "torch/conv", "naive/compiled"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"default CPU backend: {inverse_backend()}")
-    print_table(rows, columns)
-    write_json(args.out, rows, benchmark="inverse", layer="SquareAutoregressiveConv2d(size=2)")
+                rows.append(row)
+    columns = ["C", "HxW", "m", "batch", "threads", "conv_ms", "conv_iqr", "compiled_ms",
+               "compiled_iqr", "solve_ms", "torch_ms", "naive_ms", "compiled/conv", "solve/conv",
+               "torch/conv", "naive/compiled"]
+    print(f"torch {torch.__version__}, default CPU backend: {inverse_backend()}; medians and IQR "
+          f"in ms over {args.rounds} interleaved rounds; ratios: median over rounds")
+    for threads in (1, 2):
+        print(f"\n{threads} thread(s)")
+        print_table([r for r in rows if r["threads"] == threads],
+                    [c for c in columns if threads == 1 or c not in ("torch_ms", "naive_ms",
+                                                                     "torch/conv",
+                                                                     "naive/compiled")])
+    write_json(args.out, rows, benchmark="inverse", layer="SquareAutoregressiveConv2d",
+               rounds=args.rounds)
 
 
 if __name__ == "__main__":

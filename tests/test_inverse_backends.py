@@ -2,19 +2,19 @@ import warnings
 
 import pytest
 import torch
-
-import normflows_emerging
 from brute_force import perturb_
-from normflows_emerging import SquareAutoregressiveConv2d, inverse_backend, use_backend
+from solve_cases import random_causal_kernel
+
+import normflows_emerging.inverse.compiled
+from normflows_emerging import (
+    SquareAutoregressiveConv2d,
+    _inverse,
+    inverse_backend,
+    use_backend,
+)
 from normflows_emerging.inverse import solve_autoregressive
 from normflows_emerging.inverse.naive import solve_naive
-
-
-def random_causal_kernel(channels, size, dtype):
-    kernel = torch.randn(channels, channels, size, size, dtype=dtype) * 0.3
-    corner = kernel[:, :, -1, -1].tril(-1) + torch.diag(torch.rand(channels, dtype=dtype) + 0.5)
-    kernel[:, :, -1, -1] = corner
-    return kernel
+from normflows_emerging.inverse.wavefront import solve_wavefront
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
@@ -35,19 +35,65 @@ def test_backends_agree(batch, channels, height, width, size, dilation, dtype, t
         torch.testing.assert_close(x, naive, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("threads,batch", [(1, 3), (2, 1), (2, 4), (1, 9), (2, 8), (2, 20)])
-def test_compiled_parallel_modes_agree_with_torch(threads, batch):
-    """Every kernel and schedule of the compiled solve: image kernel serial, over anti-diagonals
-    and over images; batch kernel serial, over anti-diagonals and over blocks of images."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("channels", [8, 9, 12, 17, 24])
+@pytest.mark.parametrize("batch,size", [(1, 2), (2, 3), (9, 2), (9, 3)])
+def test_compiled_matches_wavefront_over_whole_and_partial_vectors(batch, size, channels, dtype,
+                                                                    tol):
+    """Channel counts around the kernels' vector widths: the image kernel holds 8 output channels
+    per vector, two vectors at a time (17: a pair and a single); the batch kernel goes 4 output
+    channels at a time (9, 17: groups and a remainder)."""
+    kernel = random_causal_kernel(channels, size, dtype)
+    y = torch.randn(batch, channels, 5, 6, dtype=dtype)
+    torch.testing.assert_close(solve_autoregressive(y, kernel, 1, "compiled"),
+                               solve_wavefront(y, kernel), atol=tol, rtol=tol)
+
+
+ENTRY_POINTS = {torch.float32: _inverse.solve_causal_float32,
+                torch.float64: _inverse.solve_causal_float64}
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("batch,schedule", [
+    (3, "image/serial"), (3, "image/over-images"), (1, "image/over-diagonals"),
+    (3, "image/over-diagonals"), (9, "batch/serial"), (20, "batch/over-blocks"),
+    (9, "batch/over-diagonals"), (20, "batch/over-diagonals"),
+])
+def test_every_schedule_runs_as_named_and_solves(batch, schedule, dtype, tol):
+    """Each kernel and schedule of the compiled solve, forced and reported back, with thread 0 of
+    the wavefront schedules sleeping before every anti-diagonal, so that a missing barrier between
+    diagonals lets the other threads read pixels not yet solved (NaN here)."""
+    kernel = random_causal_kernel(6, 2, dtype)
+    y = torch.randn(batch, 6, 9, 7, dtype=dtype)
+    out = torch.full_like(y, float("nan"))
+    _inverse._set_test_thread_delay(300 if schedule.endswith("diagonals") else 0)
     try:
-        kernel = random_causal_kernel(16, 2, torch.float64)
-        y = torch.randn(batch, 16, 32, 32, dtype=torch.float64)
-        compiled = solve_autoregressive(y, kernel, backend="compiled")
+        ran = ENTRY_POINTS[dtype](y.numpy(), kernel.numpy(), out.numpy(), 1, 4, schedule)
     finally:
-        torch.set_num_threads(previous)
-    torch.testing.assert_close(compiled, solve_autoregressive(y, kernel, backend="torch"))
+        _inverse._set_test_thread_delay(0)
+    assert ran == schedule
+    torch.testing.assert_close(out, solve_wavefront(y, kernel), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("batch,channels,side,threads,expected", [
+    (1, 12, 16, 2, "image/serial"),      # paper sizes at batch 1: far too small to split
+    (4, 12, 16, 2, "image/serial"),
+    (16, 12, 16, 2, "batch/serial"),
+    (64, 48, 4, 2, "batch/serial"),
+    (4, 64, 32, 2, "image/over-images"),  # 6.7e7 multiply-adds: worth a second thread
+    (4, 64, 32, 1, "image/serial"),
+    (32, 32, 32, 2, "batch/over-blocks"),
+])
+def test_schedule_chosen_by_work_size(batch, channels, side, threads, expected):
+    kernel = random_causal_kernel(channels, 2, torch.float32)
+    y = torch.randn(batch, channels, side, side)
+    out = torch.empty_like(y)
+    assert _inverse.solve_causal_float32(y.numpy(), kernel.numpy(), out.numpy(), 1,
+                                         threads) == expected
+    serial = torch.empty_like(y)
+    _inverse.solve_causal_float32(y.numpy(), kernel.numpy(), serial.numpy(), 1, 1,
+                                  expected.split("/")[0] + "/serial")
+    torch.testing.assert_close(out, serial)
 
 
 def test_compiled_result_solves_the_convolution():
@@ -112,28 +158,33 @@ def test_use_backend_selects_and_restores():
         assert inverse_backend() == "naive"
     assert inverse_backend() == "compiled"
     assert inverse_backend("cuda") == "torch"
-    with pytest.raises(ValueError, match="expected one of"):
-        with use_backend("magic"):
-            pass
+    with pytest.raises(ValueError, match="expected one of"), use_backend("magic"):
+        pass
 
 
 def test_missing_extension_falls_back_to_torch_with_a_warning(monkeypatch):
-    monkeypatch.setattr(normflows_emerging.inverse, "compiled_available", lambda: False)
-    with pytest.warns(RuntimeWarning, match="compiled inverse"):
+    """Without the extension the compiled solve cannot run: only a working fallback passes."""
+    monkeypatch.setattr(normflows_emerging.inverse.compiled, "_inverse", None)
+    with pytest.raises(RuntimeError, match="not built"):
+        solve_autoregressive(torch.randn(1, 2, 3, 3), torch.eye(2)[:, :, None, None],
+                             backend="compiled")
+    with pytest.warns(RuntimeWarning):
         assert inverse_backend() == "torch"
-    layer = SquareAutoregressiveConv2d(2)
+    layer = perturb_(SquareAutoregressiveConv2d(2))
     y = torch.randn(1, 2, 3, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.testing.assert_close(layer(y)[0], layer(y, backend="torch")[0])
+        x = layer(y)[0]
+    torch.testing.assert_close(layer.inverse(x)[0], y)
 
 
 def test_compiled_rejects_what_it_cannot_run():
-    kernel = random_causal_kernel(2, 2, torch.float64)
+    kernel = random_causal_kernel(2, 2, torch.float32)
     with pytest.raises(TypeError, match="float32 or float64"):
         solve_autoregressive(torch.randn(1, 2, 3, 3).half(), kernel.half(), backend="compiled")
     with pytest.raises(ValueError, match="CPU tensors"):
-        solve_autoregressive(torch.randn(1, 2, 3, 3, device="meta"), kernel, backend="compiled")
+        solve_autoregressive(torch.randn(1, 2, 3, 3, device="meta"), kernel.to("meta"),
+                             backend="compiled")
 
 
 def test_compiled_accepts_non_contiguous_input():

@@ -10,8 +10,12 @@ Backends:
     default for CUDA tensors and the CPU fallback when the extension is missing.
   * ``"naive"``: element-by-element reference (tests, benchmark baseline).
 
-Pick one per call (``backend=``) or for a block of code with ``use_backend(name)``.
+Pick one per call (``backend=``) or for a block of code with ``use_backend(name)``. Every backend
+reads only the corner tap's lower triangle and diagonal; entries above the diagonal are ignored and
+get zero gradient.
 """
+
+from __future__ import annotations
 
 import contextlib
 import contextvars
@@ -20,12 +24,18 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .checks import check_solve_inputs
 from .compiled import compiled_available, solve_compiled
 from .naive import solve_naive
 from .wavefront import solve_wavefront
 
-__all__ = ["BACKENDS", "inverse_backend", "solve_autoregressive", "use_backend",
-           "compiled_available"]
+__all__ = [
+    "BACKENDS",
+    "compiled_available",
+    "inverse_backend",
+    "solve_autoregressive",
+    "use_backend",
+]
 
 _SOLVERS = {"compiled": solve_compiled, "torch": solve_wavefront, "naive": solve_naive}
 BACKENDS = tuple(_SOLVERS)
@@ -68,21 +78,38 @@ def inverse_backend(device="cpu"):
     return "torch"
 
 
-def solve_autoregressive(y, kernel, dilation=1, backend=None):
+def solve_autoregressive(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1,
+                         backend: str | None = None) -> torch.Tensor:
     """Solve ``causal_conv(x, kernel, dilation) = y`` for ``x``, differentiably.
 
     Args:
-      y: (B, C, H, W) right-hand side with the bias already subtracted
-      kernel: (C, C, m, m) causal kernel; corner tap lower-triangular, non-zero diagonal
-      dilation: spacing of the taps
+      y: (B, C, H, W) floating-point right-hand side with the bias already subtracted
+      kernel: (C, C, m, m) causal kernel of y's dtype and device, m >= 1; corner tap
+        ``kernel[:, :, m-1, m-1]`` lower-triangular with a non-zero diagonal (entries above the
+        diagonal are not read)
+      dilation: spacing of the taps, a positive int
       backend: ``"compiled"``, ``"torch"``, ``"naive"`` or None for :func:`inverse_backend`
 
     Returns:
-      x of shape (B, C, H, W). Gradients with respect to ``y`` and ``kernel`` come from an
-      implicit backward (one transposed solve and one convolution weight gradient).
+      x of shape (B, C, H, W), contiguous. Gradients with respect to ``y`` and ``kernel`` come from
+      an implicit backward (one transposed solve and one convolution weight gradient); kernel
+      entries the solve does not read get zero gradient.
+
+    Raises:
+      TypeError: non-floating ``y``, a kernel of another dtype, a non-int dilation, or a dtype
+        the backend cannot run (compiled: float32 and float64)
+      ValueError: wrong shapes, dilation < 1, tensors on different devices, an unknown backend or
+        a non-CPU tensor for the compiled backend
+      torch.linalg.LinAlgError: a zero on the corner tap's diagonal
     """
     name = backend if backend is not None else inverse_backend(y.device)
     _check_backend(name)
+    check_solve_inputs(y, kernel, dilation)
+    if y.numel() == 0:
+        return y.clone()
+    # Every non-corner tap lies at least `dilation` pixels away along some axis, so any dilation
+    # >= max(H, W) reads the same pixels (none): capping it keeps paddings and offsets small.
+    dilation = min(dilation, max(y.shape[2], y.shape[3]))
     if torch.is_grad_enabled() and (y.requires_grad or kernel.requires_grad):
         return _AutoregressiveSolve.apply(y, kernel, dilation, name)
     return _SOLVERS[name](y, kernel, dilation)
@@ -113,4 +140,6 @@ class _AutoregressiveSolve(torch.autograd.Function):
             pad = dilation * (kernel.shape[-1] - 1)
             grad_kernel = -torch.nn.grad.conv2d_weight(
                 F.pad(x, (pad, 0, pad, 0)), kernel.shape, grad_y, dilation=dilation)
+            # The solve never reads the corner tap above its diagonal: those entries get zero.
+            grad_kernel[:, :, -1, -1] = grad_kernel[:, :, -1, -1].tril()
         return grad_y, grad_kernel, None, None

@@ -2,8 +2,10 @@
 
 import torch
 
+from .checks import check_corner_diagonal
 
-def solve_naive(y, kernel, dilation=1):
+
+def solve_naive(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """Solve ``causal_conv(x, kernel) = y`` one output element at a time.
 
     Args:
@@ -14,7 +16,12 @@ def solve_naive(y, kernel, dilation=1):
     Returns:
       x of shape (B, C, H, W); built from separate tensors (no in-place writes), so autograd can
       differentiate through it, which the tests use as the unrolled reference gradient
+
+    Raises:
+      torch.linalg.LinAlgError: a zero on the corner tap's diagonal (other inputs are checked
+        by :func:`~normflows_emerging.inverse.solve_autoregressive`)
     """
+    check_corner_diagonal(kernel)
     _, channels, height, width = y.shape
     size = kernel.shape[-1]
     corner = size - 1

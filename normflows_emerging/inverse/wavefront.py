@@ -2,8 +2,10 @@
 
 import torch
 
+from .checks import check_corner_diagonal
 
-def solve_wavefront(y, kernel, dilation=1):
+
+def solve_wavefront(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """Solve ``causal_conv(x, kernel) = y`` in ``H + W - 1`` batched steps.
 
     Every tap other than the corner reads a pixel on an earlier anti-diagonal ``i + j``, so all
@@ -17,7 +19,12 @@ def solve_wavefront(y, kernel, dilation=1):
 
     Returns:
       x of shape (B, C, H, W)
+
+    Raises:
+      torch.linalg.LinAlgError: a zero on the corner tap's diagonal (other inputs are checked
+        by :func:`~normflows_emerging.inverse.solve_autoregressive`)
     """
+    check_corner_diagonal(kernel)
     batch, channels, height, width = y.shape
     size = kernel.shape[-1]
     pad = dilation * (size - 1)
