@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import measure, print_table, write_json  # noqa: E402
 
 from normflows_emerging.flows.emerging import EmergingConv2d  # noqa: E402
-from normflows_emerging.flows.periodic import PeriodicConv2d  # noqa: E402
+from normflows_emerging import PeriodicConv2d  # noqa: E402
 
 SHAPES = [(12, 16), (24, 8), (48, 4)]  # (channels, height = width)
 BATCH = 16

@@ -17,7 +17,7 @@ import torch
 from .flows.composite import Chain
 from .flows.emerging import EmergingConv2d
 from .flows.maf import MaskedAffineAutoregressiveConv2d
-from .flows.periodic import PeriodicConv2d
+from .flows.periodic_conv import PeriodicConv2d
 from .flows.qr import QR1x1
 from .flows.utils import plu_1x1_conv
 

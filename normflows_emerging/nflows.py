@@ -21,7 +21,7 @@ except ImportError as error:
     ) from error
 
 from .flows.emerging import EmergingConv2d
-from .flows.periodic import PeriodicConv2d
+from .flows.periodic_conv import PeriodicConv2d
 from .flows.qr import QR1x1
 
 
