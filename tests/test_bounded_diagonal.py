@@ -5,8 +5,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from normflows_emerging import (EmergingConv2d, MaskedAffineAutoregressiveConv2d, QR1x1,
-                                SquareAutoregressiveConv2d)
+from normflows_emerging import (
+    EmergingConv2d,
+    MaskedAffineAutoregressiveConv2d,
+    QR1x1,
+    SquareAutoregressiveConv2d,
+)
 from normflows_emerging.flows.bounded import LOG_SCALE_BOUND, bounded_log_scale
 
 
@@ -20,7 +24,7 @@ def drive_log_scales_(layer, value):
         for name, param in layer.named_parameters():
             if "log_d" in name or "log_s" in name:
                 param.fill_(value)
-            elif name.endswith("weight") or name.endswith("upper"):
+            elif name.endswith(("weight", "upper")):
                 param.zero_()
     return layer
 

@@ -4,8 +4,14 @@ import normflows as nf
 import pytest
 import torch
 
-from normflows_emerging import (Chain, EmergingConv2d, MaskedAffineAutoregressiveConv2d,
-                                PeriodicConv2d, QR1x1, SquareAutoregressiveConv2d)
+from normflows_emerging import (
+    Chain,
+    EmergingConv2d,
+    MaskedAffineAutoregressiveConv2d,
+    PeriodicConv2d,
+    QR1x1,
+    SquareAutoregressiveConv2d,
+)
 
 LAYERS = {
     "autoregressive": lambda: SquareAutoregressiveConv2d(3),

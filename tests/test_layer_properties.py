@@ -1,14 +1,19 @@
 """Property-based checks of every layer over shapes, kernel sizes and dtypes (issue 9)."""
 
 import torch
+from brute_force import dense_log_abs_det, perturb_
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brute_force import dense_log_abs_det, perturb_
-from normflows_emerging import (EmergingConv2d, MaskedAffineAutoregressiveConv2d,
-                                PeriodicConv2d, QR1x1, SquareAutoregressiveConv2d)
+from normflows_emerging import (
+    EmergingConv2d,
+    MaskedAffineAutoregressiveConv2d,
+    PeriodicConv2d,
+    QR1x1,
+    SquareAutoregressiveConv2d,
+)
 
-TOLERANCE = {torch.float32: dict(atol=2e-4, rtol=2e-4), torch.float64: {}}
+TOLERANCE = {torch.float32: {"atol": 2e-4, "rtol": 2e-4}, torch.float64: {}}
 PROPERTY_SETTINGS = settings(max_examples=12, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow])
 

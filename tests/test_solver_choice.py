@@ -4,8 +4,12 @@ import normflows as nf
 import pytest
 import torch
 
-from normflows_emerging import (EmergingConv2d, MaskedAffineAutoregressiveConv2d,
-                                SquareAutoregressiveConv2d, use_backend)
+from normflows_emerging import (
+    EmergingConv2d,
+    MaskedAffineAutoregressiveConv2d,
+    SquareAutoregressiveConv2d,
+    use_backend,
+)
 
 
 def two_level_model(solver, maf_solver="auto"):

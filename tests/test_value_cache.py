@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from brute_force import perturb_
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from brute_force import perturb_
 from normflows_emerging import PeriodicConv2d, QR1x1
 
 

@@ -1,11 +1,11 @@
 """Square autoregressive convolution: a masked k x k convolution with a triangular Jacobian."""
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from normflows.flows import Flow
+from torch import nn
 
 from ..inverse import solve_autoregressive
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
@@ -101,7 +101,7 @@ class SquareAutoregressiveConv2d(Flow):
     def _log_det(self, x):
         return (self.log_d.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
-    def inverse(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: the masked convolution.
 
         Args:
@@ -124,7 +124,7 @@ class SquareAutoregressiveConv2d(Flow):
         return y, self._log_det(x)
 
     def forward(self, z: torch.Tensor,
-                backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve the convolution by forward substitution.
 
         Args:

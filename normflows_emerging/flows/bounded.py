@@ -9,7 +9,7 @@ diagonal the layer uses.
 """
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 LOG_SCALE_BOUND = 10.0
 

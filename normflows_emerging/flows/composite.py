@@ -1,8 +1,8 @@
 """Composition of flows that keeps the log-determinant on the input's device and dtype."""
 
 import torch
-import torch.nn as nn
 from normflows.flows import Flow
+from torch import nn
 
 
 class Chain(Flow):

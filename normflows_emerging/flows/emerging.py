@@ -1,6 +1,6 @@
 """Emerging convolution: 1x1 convolution followed by two opposite square autoregressive ones."""
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
 from normflows.flows import Flow
@@ -70,7 +70,7 @@ class EmergingConv2d(Flow):
         self.causal.solver = value
         self.anticausal.solver = value
 
-    def inverse(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction.
 
         Args:
@@ -93,7 +93,7 @@ class EmergingConv2d(Flow):
         return x, log_det + ld
 
     def forward(self, z: torch.Tensor,
-                backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction.
 
         Args:

@@ -12,12 +12,12 @@ solved (several pixels at once, see ``MaskedAffineAutoregressiveConv2d.forward``
 backend reruns the full network for every element.
 """
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from normflows.flows import Flow
+from torch import nn
 
 from .solver import check_solver, chosen_backend
 from .utils import check_finite_output, check_image
@@ -143,7 +143,7 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         shift, raw = self.conv_out(h).chunk(2, dim=1)
         return shift, torch.tanh(raw)
 
-    def inverse(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction, one pass of the network.
 
         Args:
@@ -162,7 +162,7 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         return self._flip(z), -log_scale.sum(dim=(1, 2, 3))
 
     def forward(self, z: torch.Tensor,
-                backend: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve for x element by element.
 
         ``"fast"`` keeps the hidden activations of the pixels already solved. Pixel (i, j) only

@@ -6,12 +6,11 @@ sum of ``log|det K̂(u, v)|`` over the H x W frequencies and its inverse multipl
 (Hoogeboom et al. 2019, section 3.2).
 """
 
-from typing import Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from normflows.flows import Flow
+from torch import nn
 
 from .cache import ValueKeyedCache
 from .utils import check_finite_output, check_image
@@ -172,7 +171,7 @@ class PeriodicConv2d(Flow):
         """
         return self.kernel_size**2 > 16 * self.num_channels
 
-    def inverse(self, x: torch.Tensor, method: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, x: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: circular cross-correlation plus bias.
 
         Args:
@@ -205,7 +204,7 @@ class PeriodicConv2d(Flow):
             log_det = self._log_det(x)
         return z, log_det.repeat(x.shape[0])
 
-    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve the circular convolution in the Fourier domain.
 
         Args:

@@ -1,11 +1,11 @@
 """QR-parametrised invertible 1x1 convolution."""
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from normflows.flows import Flow
+from torch import nn
 
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
 from .cache import ValueKeyedCache
@@ -29,7 +29,7 @@ class QR1x1(Flow):
     ``W^-1`` are computed once and reused for as long as the parameters keep their values.
     """
 
-    def __init__(self, num_channels: int, num_reflections: Optional[int] = None):
+    def __init__(self, num_channels: int, num_reflections: int | None = None):
         """Constructor
 
         Args:
@@ -103,7 +103,7 @@ class QR1x1(Flow):
     def _log_det(self, x):
         return (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
-    def inverse(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: apply W.
 
         Args:
@@ -118,7 +118,7 @@ class QR1x1(Flow):
         check_image(x, self.num_channels, type(self).__name__, self.upper)
         return F.conv2d(x, self.weight()[:, :, None, None]), self._log_det(x)
 
-    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: apply W^-1 = R^-1 Q^T.
 
         Args:

@@ -1,6 +1,6 @@
 """Which solve a layer's sampling direction uses: per call, per block of code, or per layer."""
 
-from typing import Optional
+from __future__ import annotations
 
 from ..inverse import BACKENDS, _selected_backend
 
@@ -14,7 +14,7 @@ def check_solver(solver: str, choices) -> str:
     return solver
 
 
-def chosen_backend(solver: str, backend: Optional[str]) -> Optional[str]:
+def chosen_backend(solver: str, backend: str | None) -> str | None:
     """Backend name for one solve, most specific first.
 
     The ``backend`` argument of this call, else the one chosen with
