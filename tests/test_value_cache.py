@@ -1,11 +1,13 @@
 """Eval-mode caches follow every way of changing a parameter's values (issue 9, item 5)."""
 
+import copy
+
 import pytest
 import torch
 from brute_force import perturb_
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from normflows_emerging import PeriodicConv2d, QR1x1
+from normflows_emerging import PeriodicConv2d, QR1x1, SquareAutoregressiveConv2d
 
 
 def make_periodic():
@@ -16,10 +18,16 @@ def make_qr():
     return perturb_(QR1x1(4).double())
 
 
+def make_autoregressive():
+    return perturb_(SquareAutoregressiveConv2d(4, 2, flip=True).double(), std=0.1)
+
+
+LAYERS = {"periodic": make_periodic, "qr": make_qr, "autoregressive": make_autoregressive}
+
+
 def fresh_outputs(layer, z, x):
-    """Sampling and density outputs of a new layer that has never cached anything."""
-    reference = type(layer)(4, *([3] if isinstance(layer, PeriodicConv2d) else [])).double()
-    reference.load_state_dict(layer.state_dict())
+    """Sampling and density outputs computed from scratch (training mode never caches)."""
+    reference = copy.deepcopy(layer).train()
     with torch.no_grad():
         return reference(z), reference.inverse(x)
 
@@ -66,7 +74,7 @@ ROUTES = [by_inplace_no_grad, by_data_assignment, by_data_copy, by_load_state_di
           by_vector_to_parameters, by_ema_lerp]
 
 
-@pytest.mark.parametrize("make", [make_periodic, make_qr], ids=["periodic", "qr"])
+@pytest.mark.parametrize("make", LAYERS.values(), ids=LAYERS.keys())
 @pytest.mark.parametrize("route", ROUTES, ids=lambda route: route.__name__)
 def test_cache_follows_every_route(make, route):
     layer = make().eval()
@@ -82,7 +90,7 @@ def test_cache_follows_every_route(make, route):
     assert not torch.allclose(after[0][0], before[0][0])
 
 
-@pytest.mark.parametrize("make", [make_periodic, make_qr], ids=["periodic", "qr"])
+@pytest.mark.parametrize("make", LAYERS.values(), ids=LAYERS.keys())
 def test_cache_follows_replaced_tensors_when_addresses_are_reused(make):
     """Each new weight may reuse the freed storage of the previous one (same address)."""
     layer = make().eval()
@@ -115,3 +123,19 @@ def test_qr_cache_is_used_in_eval_mode_only(monkeypatch):
     layer.eval()
     layer(z)  # gradients recorded: nothing cached, so gradients reach the parameters
     assert len(calls) == 3
+
+
+def test_autoregressive_kernel_is_assembled_once_in_eval_mode(monkeypatch):
+    layer = make_autoregressive().eval()
+    calls = []
+    original = SquareAutoregressiveConv2d.causal_kernel
+    monkeypatch.setattr(SquareAutoregressiveConv2d, "causal_kernel",
+                        lambda self: calls.append(1) or original(self))
+    z = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(3):
+            layer(z)
+            layer.inverse(z)
+    assert len(calls) == 1
+    layer(z)  # gradients recorded: assembled again, so they reach the parameters
+    assert len(calls) == 2

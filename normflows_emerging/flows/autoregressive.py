@@ -9,6 +9,7 @@ from torch import nn
 
 from ..inverse import solve_autoregressive
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
+from .cache import ValueKeyedCache, reusable
 from .solver import AUTOREGRESSIVE_SOLVERS, check_solver, chosen_backend
 from .utils import check_finite_output, check_image
 
@@ -76,6 +77,7 @@ class SquareAutoregressiveConv2d(Flow):
         corner_diagonal = torch.zeros(num_channels, num_channels, size, size)
         corner_diagonal[:, :, -1, -1] = torch.eye(num_channels)
         self.register_buffer("corner_diagonal", corner_diagonal)
+        self._cache = ValueKeyedCache()
 
     @property
     def solver(self) -> str:
@@ -98,8 +100,21 @@ class SquareAutoregressiveConv2d(Flow):
         """
         return self.weight * self.mask + self.corner_diagonal * self.log_d.exp()[:, None, None, None]
 
-    def _log_det(self, x):
-        return (self.log_d.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+    def _kernel_and_log_d_sum(self):
+        """``causal_kernel()`` and ``log_d.sum()``; in eval mode without gradients to the
+        parameters, computed once for as long as the parameters keep their values."""
+        parameters = [self.weight, self.raw_log_d]
+        entry = {}
+        if reusable(self, parameters):
+            entry = self._cache.entry(parameters + [self.mask, self.corner_diagonal],
+                                      torch.is_inference_mode_enabled())
+        if "kernel" not in entry:
+            entry["kernel"], entry["log_d_sum"] = self.causal_kernel(), self.log_d.sum()
+        return entry["kernel"], entry["log_d_sum"]
+
+    @staticmethod
+    def _log_det(log_d_sum, x):
+        return (log_d_sum * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: the masked convolution.
@@ -114,14 +129,14 @@ class SquareAutoregressiveConv2d(Flow):
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
         """
         check_image(x, self.num_channels, type(self).__name__, self.weight)
-        kernel = self.causal_kernel()
+        kernel, log_d_sum = self._kernel_and_log_d_sum()
         pad = self.dilation * (self.size - 1)
         if self.flip:
             x_padded, kernel = F.pad(x, (0, pad, 0, pad)), kernel.flip(0, 1, 2, 3)
         else:
             x_padded = F.pad(x, (pad, 0, pad, 0))
         y = F.conv2d(x_padded, kernel, self.bias, dilation=self.dilation)
-        return y, self._log_det(x)
+        return y, self._log_det(log_d_sum, x)
 
     def forward(self, z: torch.Tensor,
                 backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,12 +159,12 @@ class SquareAutoregressiveConv2d(Flow):
         rhs = z - self.bias[:, None, None]
         if self.flip:
             rhs = rhs.flip(1, 2, 3)
-        x = solve_autoregressive(rhs, self.causal_kernel(), self.dilation,
-                                 chosen_backend(self.solver, backend))
+        kernel, log_d_sum = self._kernel_and_log_d_sum()
+        x = solve_autoregressive(rhs, kernel, self.dilation, chosen_backend(self.solver, backend))
         if self.flip:
             x = x.flip(1, 2, 3)
         check_finite_output(x, z, type(self).__name__)
-        return x, -self._log_det(z)
+        return x, -self._log_det(log_d_sum, z)
 
     def extra_repr(self):
         return (f"num_channels={self.num_channels}, size={self.size}, flip={self.flip}, "

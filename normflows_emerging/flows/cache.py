@@ -42,3 +42,10 @@ class ValueKeyedCache:
             and torch.equal(old, new)
             for old, new in zip(self._snapshot, tensors)
         )
+
+
+def reusable(module: torch.nn.Module, tensors) -> bool:
+    """Whether results computed from ``tensors`` may be cached: eval mode, no gradient to them."""
+    if module.training:
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))

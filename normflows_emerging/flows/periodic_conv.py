@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
 
-from .cache import ValueKeyedCache
+from .cache import ValueKeyedCache, reusable
 from .utils import check_finite_output, check_image
 
 _METHODS = ("auto", "spatial", "fft")
@@ -114,7 +114,7 @@ class PeriodicConv2d(Flow):
         return logabsdet.sum() + paired
 
     def _use_cache(self):
-        return not self.training and not (torch.is_grad_enabled() and self.weight.requires_grad)
+        return reusable(self, [self.weight])
 
     def _cache_entry(self, x):
         """Cache entry (a dict) for the size of ``x`` and inference mode, for the kernel's values."""

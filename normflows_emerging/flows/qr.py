@@ -8,7 +8,7 @@ from normflows.flows import Flow
 from torch import nn
 
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
-from .cache import ValueKeyedCache
+from .cache import ValueKeyedCache, reusable
 from .utils import check_finite_output, check_image
 
 
@@ -88,10 +88,10 @@ class QR1x1(Flow):
         return self._matrix("weight_inverse")
 
     def _matrix(self, name):
+        parameters = [self.reflections, self.upper, self.raw_log_s]
         entry = {}
-        frozen = not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
-        if not self.training and frozen:
-            entry = self._cache.entry(list(self.parameters()), torch.is_inference_mode_enabled())
+        if reusable(self, parameters):
+            entry = self._cache.entry(parameters, torch.is_inference_mode_enabled())
         if name not in entry:
             if name == "weight":
                 entry[name] = self.orthogonal() @ self.triangular()

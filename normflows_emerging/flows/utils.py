@@ -5,6 +5,7 @@ parameters. A mismatch is a ``TypeError`` (dtype) or ``ValueError`` (device) nam
 a silent cast: convert the layer (``layer.double()``, ``layer.to(device)``) or the input.
 """
 
+import math
 import warnings
 
 import torch
@@ -49,8 +50,8 @@ def check_image(x: torch.Tensor, num_channels: int, layer: str, like: torch.Tens
 def check_finite_output(output: torch.Tensor, given: torch.Tensor, layer: str) -> None:
     """Raise if a sampling step turned a finite input into a non-finite output.
 
-    One reduction in the common case (the sum of a finite output is finite unless it overflows;
-    only then are the elements looked at).
+    One reduction and one Python float in the common case (the sum of a finite output is finite
+    unless it overflows; only then are the elements looked at).
 
     Args:
       output: the layer's output
@@ -61,7 +62,7 @@ def check_finite_output(output: torch.Tensor, given: torch.Tensor, layer: str) -
       torch.linalg.LinAlgError: if ``output`` has inf or NaN entries while ``given`` has none
     """
     with torch.no_grad():
-        if torch.isfinite(output.sum()):
+        if math.isfinite(output.sum().item()):
             return
         if torch.isfinite(output).all() or not torch.isfinite(given).all():
             return
