@@ -116,11 +116,16 @@ class SquareAutoregressiveConv2d(Flow):
     def _log_det(log_d_sum, x):
         return (log_d_sum * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, x: torch.Tensor,
+                premix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: the masked convolution.
 
         Args:
           x: tensor of shape (batch, C, H, W), the layer's dtype and device
+          premix: optional (C, C) matrix M of a 1x1 convolution to apply to x first. It is
+            folded into the kernel (zero padding commutes with M), so ``inverse(x, M)`` equals
+            ``inverse(M x)`` with one convolution less; the returned log_det is still this
+            layer's alone.
 
         Returns:
           y of the same shape and log|det dy/dx| of shape (batch,)
@@ -135,6 +140,8 @@ class SquareAutoregressiveConv2d(Flow):
             x_padded, kernel = F.pad(x, (0, pad, 0, pad)), kernel.flip(0, 1, 2, 3)
         else:
             x_padded = F.pad(x, (pad, 0, pad, 0))
+        if premix is not None:
+            kernel = torch.einsum("oeab,ec->ocab", kernel, premix)
         y = F.conv2d(x_padded, kernel, self.bias, dilation=self.dilation)
         return y, self._log_det(log_d_sum, x)
 

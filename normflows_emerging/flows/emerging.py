@@ -83,11 +83,15 @@ class EmergingConv2d(Flow):
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
         """
         check_image(x, self.num_channels, type(self).__name__, self.causal.weight)
-        log_det = x.new_zeros(x.shape[0])
-        if self.one_by_one is not None:
-            x, ld = self.one_by_one.inverse(x)
-            log_det = log_det + ld
-        x, ld = self.causal.inverse(x)
+        if isinstance(self.one_by_one, QR1x1):  # folded into the causal kernel: one conv less
+            log_det = self.one_by_one.log_det(x)
+            x, ld = self.causal.inverse(x, premix=self.one_by_one.weight())
+        else:
+            log_det = x.new_zeros(x.shape[0])
+            if self.one_by_one is not None:
+                x, ld = self.one_by_one.inverse(x)
+                log_det = log_det + ld
+            x, ld = self.causal.inverse(x)
         log_det = log_det + ld
         x, ld = self.anticausal.inverse(x)
         return x, log_det + ld

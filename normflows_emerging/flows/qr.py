@@ -100,7 +100,8 @@ class QR1x1(Flow):
                                                             self.orthogonal().T, upper=True)
         return entry[name]
 
-    def _log_det(self, x):
+    def log_det(self, x: torch.Tensor) -> torch.Tensor:
+        """log|det| of the density pass for inputs shaped like x: H * W * sum(log_s), (batch,)."""
         return (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +117,7 @@ class QR1x1(Flow):
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
         """
         check_image(x, self.num_channels, type(self).__name__, self.upper)
-        return F.conv2d(x, self.weight()[:, :, None, None]), self._log_det(x)
+        return F.conv2d(x, self.weight()[:, :, None, None]), self.log_det(x)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: apply W^-1 = R^-1 Q^T.
@@ -134,7 +135,7 @@ class QR1x1(Flow):
         check_image(z, self.num_channels, type(self).__name__, self.upper)
         x = F.conv2d(z, self.weight_inverse()[:, :, None, None])
         check_finite_output(x, z, type(self).__name__)
-        return x, -self._log_det(z)
+        return x, -self.log_det(z)
 
     def extra_repr(self):
         return f"num_channels={self.num_channels}, num_reflections={self.num_reflections}"
