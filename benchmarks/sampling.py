@@ -110,13 +110,20 @@ def table5(args):
     return rows
 
 
+def levels_for(size, args):
+    """``args.levels``, fewer where the deepest level would be under 4x4 (periodic's k=3 needs
+    3x3 images, and a 2x2 level is no image)."""
+    return max(1, min(args.levels, (size // 4).bit_length() - 1))
+
+
 def size_curve(args):
     """Batch-1 sampling ms against image size for 1x1, emerging and periodic."""
     curve = {}
     for name in ("1x1", "emerging (compiled)", "periodic"):
         curve[name] = []
         for size in args.plot_sizes:
-            model = make_model(*CONTENDERS[name], (3, size, size), args).eval()
+            sized = argparse.Namespace(**{**vars(args), "levels": levels_for(size, args)})
+            model = make_model(*CONTENDERS[name], (3, size, size), sized).eval()
             curve[name].append(1e3 * timed(sampler(model, 1), args.min_time).median)
     figure = Figure(figsize=(5, 3.5))
     axes = figure.subplots()
@@ -124,7 +131,8 @@ def size_curve(args):
         axes.plot(args.plot_sizes, values, marker="o", label=name)
     axes.set_xlabel("image side (3 x N x N)")
     axes.set_ylabel("ms per sample, batch 1")
-    axes.set_title(f"{args.levels} levels x {args.steps} steps, {args.hidden} hidden")
+    levels = [levels_for(size, args) for size in args.plot_sizes]
+    axes.set_title(f"levels {levels} x {args.steps} steps, {args.hidden} hidden")
     axes.legend()
     figure.tight_layout()
     path = os.path.join(RESULTS, "sampling_vs_size.png")
@@ -162,7 +170,9 @@ def main():
                model={"levels": args.levels, "steps": args.steps, "hidden": args.hidden,
                       "input_shape": [3, args.size, args.size]},
                batch=args.batch, rounds=args.rounds, min_time=args.min_time,
-               sampling_ms_vs_size={"sizes": args.plot_sizes, **curve},
+               sampling_ms_vs_size={"sizes": args.plot_sizes,
+                                    "levels": [levels_for(s, args) for s in args.plot_sizes],
+                                    **curve},
                paper_ms_per_sample=PAPER_MS_PER_SAMPLE)
 
 
