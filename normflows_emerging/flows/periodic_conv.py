@@ -6,7 +6,6 @@ sum of ``log|det K̂(u, v)|`` over the H x W frequencies and its inverse multipl
 (Hoogeboom et al. 2019, section 3.2).
 """
 
-
 import torch
 import torch.nn.functional as F
 from normflows.flows import Flow
