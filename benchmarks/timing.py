@@ -1,27 +1,43 @@
-"""Timing, table and JSON helpers shared by the benchmark scripts (not a test)."""
+"""Timing, table and JSON helpers shared by the benchmark scripts (not a test).
+
+Timing is torch.utils.benchmark's (``Timer.blocked_autorange``: warm-up, blocks of calls sized to
+the timer's resolution, CUDA synchronisation, median and interquartile range over the blocks);
+only the table and JSON writers are our own.
+"""
 
 import json
 import os
 import platform
-import time
 
 import torch
+from torch.utils import benchmark
 
 
-def measure(fn, min_time=0.2, warmup=2, max_repeat=1000):
-    """Median wall-clock seconds of ``fn()`` over enough calls to fill ``min_time`` seconds."""
+def timed(fn, min_time=0.2):
+    """torch.utils.benchmark ``Measurement`` of ``fn()``: ``.median``, ``.iqr`` in seconds.
+
+    Runs with torch's current number of threads (``Timer`` alone would use one).
+    """
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_time)
+
+
+def measure(fn, min_time=0.2, warmup=1, max_repeat=None):
+    """Median seconds per call of ``fn()``.
+
+    Args:
+      fn: the call to time
+      min_time: seconds of timed calls (``blocked_autorange``'s ``min_run_time``)
+      warmup: untimed calls first
+      max_repeat: if given, time exactly this many calls instead (their mean), for calls too
+        slow to repeat
+    """
     for _ in range(warmup):
         fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_repeat and (len(times) < 3 or time.perf_counter() - start < min_time):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    if max_repeat is not None:
+        timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        return timer.timeit(max_repeat).median
+    return timed(fn, min_time).median
 
 
 def print_table(rows, columns):
@@ -33,7 +49,10 @@ def print_table(rows, columns):
 
     cells = [[fmt(row.get(col, "")) for col in columns] for row in rows]
     widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
-    line = lambda items: "| " + " | ".join(s.rjust(w) for s, w in zip(items, widths)) + " |"
+
+    def line(items):
+        return "| " + " | ".join(s.rjust(w) for s, w in zip(items, widths)) + " |"
+
     print(line(columns))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in cells:

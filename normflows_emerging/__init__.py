@@ -6,15 +6,10 @@ evaluation and sampling in :mod:`normflows_emerging.evaluation`, checkpoint writ
 state in :mod:`normflows_emerging.checkpoint`.
 """
 
-from .architectures import (
-    GlowStep,
-    bits_per_dim,
-    build_mixing,
-    build_multiscale_flow,
-    mixing_layers,
-    register_mixing,
-    replace_mixing,
-)
+from .glow import GlowStep, replace_mixing
+from .likelihood import bits_per_dim, bits_per_dim_from_nll
+from .mixing import build_mixing, mixing_layers, register_mixing
+from .multiscale import ImageMultiscaleFlow, build_glow, build_multiscale_flow
 from .flows import (
     Chain,
     EmergingConv2d,
@@ -32,11 +27,14 @@ __all__ = [
     "Chain",
     "EmergingConv2d",
     "GlowStep",
+    "ImageMultiscaleFlow",
     "MaskedAffineAutoregressiveConv2d",
     "PeriodicConv2d",
     "QR1x1",
     "SquareAutoregressiveConv2d",
     "bits_per_dim",
+    "bits_per_dim_from_nll",
+    "build_glow",
     "build_mixing",
     "build_multiscale_flow",
     "inverse_backend",

@@ -68,8 +68,9 @@ class SquareAutoregressiveFlowTest(FlowTest):
     def test_flow_test_helpers(self):
         for flip in (False, True):
             for dtype in (torch.float32, torch.float64):
-                layer = SquareAutoregressiveConv2d(4, 2, flip=flip).to(dtype)
+                layer = perturb_(SquareAutoregressiveConv2d(4, 2, flip=flip).to(dtype))
                 z = torch.randn(3, 4, 5, 6, dtype=dtype)
+                assert layer(z)[1].abs().min() > 0.1  # a fresh layer's log_det is 0
                 self.checkForwardInverse(layer, z, atol=1e-4, rtol=1e-4)
 
 

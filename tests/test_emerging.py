@@ -34,16 +34,22 @@ def test_receptive_field_is_k_by_k(kernel_size):
 class EmergingFlowTest(FlowTest):
     def test_flow_test_helpers(self):
         for one_by_one in ("qr", "plu"):
-            layer = EmergingConv2d(4, 3, one_by_one=one_by_one)
-            self.checkForwardInverse(layer, torch.randn(3, 4, 6, 5), atol=1e-4, rtol=1e-4)
+            layer = perturb_(EmergingConv2d(4, 3, one_by_one=one_by_one))  # log_det != 0
+            z = torch.randn(3, 4, 6, 5)
+            assert layer(z)[1].abs().min() > 0.1
+            self.checkForwardInverse(layer, z, atol=1e-4, rtol=1e-4)
 
 
-def test_backend_argument_reaches_both_solves():
+def test_backend_argument_reaches_both_solves(solve_spy):
     layer = perturb_(EmergingConv2d(3).double())
     z = torch.randn(2, 3, 4, 5, dtype=torch.float64)
-    results = [layer(z, backend=name)[0] for name in ("compiled", "torch", "naive")]
-    torch.testing.assert_close(results[0], results[1])
-    torch.testing.assert_close(results[0], results[2])
+    results = {}
+    for name in ("compiled", "torch", "naive"):
+        solve_spy.clear()
+        results[name] = layer(z, backend=name)[0]
+        assert solve_spy == [name, name]
+    torch.testing.assert_close(results["compiled"], results["torch"])
+    torch.testing.assert_close(results["compiled"], results["naive"])
 
 
 @pytest.mark.parametrize("kernel_size", [1, 2, 4, 3.0])
@@ -70,3 +76,22 @@ def test_cuda_round_trip_uses_torch_wavefront():
     assert inverse_backend(x.device) == "torch"
     torch.testing.assert_close(x_back, x, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(log_det + log_det_back, torch.zeros_like(log_det), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_folded_one_by_one_equals_the_three_layers_in_turn(kernel_size):
+    layer = perturb_(EmergingConv2d(3, kernel_size).double())
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    y, log_det = layer.inverse(x)
+    steps = [layer.one_by_one.inverse, layer.causal.inverse, layer.anticausal.inverse]
+    expected, expected_log_det = x, 0
+    for step in steps:
+        expected, ld = step(expected)
+        expected_log_det = expected_log_det + ld
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(log_det, expected_log_det)
+    grads = torch.autograd.grad(y.sum() + log_det.sum(), [x, *layer.parameters()])
+    expected_grads = torch.autograd.grad(expected.sum() + expected_log_det.sum(),
+                                         [x, *layer.parameters()])
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)

@@ -150,3 +150,16 @@ def test_use_backend_naive_selects_the_naive_solve(monkeypatch):
     with use_backend("naive"):
         flow(z)
     assert calls == ["_solve_fast", "_solve_naive"]
+
+
+def test_missing_extension_warning_is_not_raised_by_maf(monkeypatch):
+    """MAF never uses the autoregressive solve, so it must not warn about its fallback."""
+    import warnings
+
+    import normflows_emerging.inverse
+
+    monkeypatch.setattr(normflows_emerging.inverse, "compiled_available", lambda: False)
+    flow = MaskedAffineAutoregressiveConv2d(2, hidden_channels=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flow(torch.randn(1, 2, 3, 3))

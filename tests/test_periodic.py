@@ -7,7 +7,7 @@ import torch
 from normflows.flows.flow_test import FlowTest
 
 from brute_force import dense_log_abs_det
-from normflows_emerging.flows.periodic import PeriodicConv2d
+from normflows_emerging import PeriodicConv2d
 
 # (channels, kernel_size, height, width): C = 1 and 4, k = 1/3/5, odd/even and non-square sizes,
 # and images exactly as large as the kernel.

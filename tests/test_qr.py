@@ -34,8 +34,10 @@ def test_weight_is_householder_product_times_triangular():
 
 class QR1x1FlowTest(FlowTest):
     def test_flow_test_helpers(self):
-        layer = QR1x1(6)
-        self.checkForwardInverse(layer, torch.randn(2, 6, 4, 4), atol=1e-5, rtol=1e-5)
+        layer = perturb_(QR1x1(6))  # a fresh layer has log_det 0, which checks nothing
+        z = torch.randn(2, 6, 4, 4)
+        assert layer(z)[1].abs().min() > 0.1
+        self.checkForwardInverse(layer, z, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_arguments():

@@ -4,7 +4,7 @@ from .autoregressive import SquareAutoregressiveConv2d
 from .composite import Chain
 from .emerging import EmergingConv2d
 from .maf import MaskedAffineAutoregressiveConv2d
-from .periodic import PeriodicConv2d
+from .periodic_conv import PeriodicConv2d
 from .qr import QR1x1
 
 __all__ = [

@@ -1,12 +1,17 @@
 """Square autoregressive convolution: a masked k x k convolution with a triangular Jacobian."""
 
+from __future__ import annotations
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from normflows.flows import Flow
+from torch import nn
 
 from ..inverse import solve_autoregressive
-from .utils import check_image
+from .bounded import accept_unbounded_checkpoints, bounded_log_scale
+from .cache import ValueKeyedCache, reusable
+from .solver import AUTOREGRESSIVE_SOLVERS, check_solver, chosen_backend
+from .utils import check_finite_output, check_image
 
 
 def _check_positive_int(value, name):
@@ -17,21 +22,27 @@ def _check_positive_int(value, name):
 class SquareAutoregressiveConv2d(Flow):
     """Invertible masked square convolution (one half of an emerging convolution).
 
+    From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
+    Flows", ICML 2019, section 3.1, https://arxiv.org/abs/1901.11137
+
     With ``flip=False`` output pixel (i, j) reads the ``size x size`` window whose bottom-right
     corner is (i, j) (zero outside the image)::
 
         y[o, i, j] = b[o] + sum_{c, a, d} W[o, c, a, d] x[c, i - dil*(size-1-a), j - dil*(size-1-d)]
 
     All taps are dense except the corner tap, which is lower-triangular in (out, in) with
-    diagonal ``exp(log_d)``. In raster order with ascending channels the Jacobian is triangular,
-    so ``log|det| = H * W * sum(log_d)``. ``flip=True`` is the mirror image: the window's
-    top-left corner is (i, j), the corner tap upper-triangular, solved in reverse order.
+    diagonal ``exp(log_d)``, ``log_d = 10 tanh(raw_log_d / 10)`` (see
+    :mod:`normflows_emerging.flows.bounded`: the diagonal stays in (4.5e-5, 2.2e4), so it never
+    rounds to 0). In raster order with ascending channels the Jacobian is triangular, so
+    ``log|det| = H * W * sum(log_d)``. ``flip=True`` is the mirror image: the window's top-left
+    corner is (i, j), the corner tap upper-triangular, solved in reverse order.
 
     ``inverse`` (density direction) is one convolution; ``forward`` (sampling direction) solves it
-    by forward substitution with the backend chosen by :func:`normflows_emerging.inverse_backend`.
+    by forward substitution (see :mod:`normflows_emerging.inverse`).
     """
 
-    def __init__(self, num_channels, size=2, flip=False, dilation=1):
+    def __init__(self, num_channels: int, size: int = 2, flip: bool = False, dilation: int = 1,
+                 solver: str = "auto"):
         """Constructor
 
         Args:
@@ -39,72 +50,129 @@ class SquareAutoregressiveConv2d(Flow):
           size: side m of the square window
           flip: mirror the window (top-left corner at the output pixel)
           dilation: spacing of the taps
+          solver: backend of the sampling solve, ``"auto"`` (the default of
+            :func:`normflows_emerging.inverse_backend`), ``"compiled"``, ``"torch"`` or
+            ``"naive"``; also settable later as the ``solver`` attribute.
+            :func:`normflows_emerging.use_backend` overrides it.
+
+        Raises:
+          ValueError: for a non-positive or non-integer size, channel count or dilation, or an
+            unknown solver
         """
         super().__init__()
         _check_positive_int(num_channels, "num_channels")
         _check_positive_int(size, "size")
         _check_positive_int(dilation, "dilation")
         self.num_channels, self.size, self.flip, self.dilation = num_channels, size, flip, dilation
+        self.solver = solver
         # Parameters are stored in causal (flip=False) orientation; flip=True mirrors them.
         std = 0.1 / (num_channels * size * size) ** 0.5
         self.weight = nn.Parameter(torch.randn(num_channels, num_channels, size, size) * std)
         self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.log_d = nn.Parameter(torch.zeros(num_channels))
+        self.raw_log_d = nn.Parameter(torch.zeros(num_channels))
+        accept_unbounded_checkpoints(self, "log_d", "raw_log_d")
         mask = torch.ones(num_channels, num_channels, size, size)
         mask[:, :, -1, -1] = torch.ones(num_channels, num_channels).tril(-1)
         self.register_buffer("mask", mask)
         corner_diagonal = torch.zeros(num_channels, num_channels, size, size)
         corner_diagonal[:, :, -1, -1] = torch.eye(num_channels)
         self.register_buffer("corner_diagonal", corner_diagonal)
+        self._cache = ValueKeyedCache()
 
-    def causal_kernel(self):
+    @property
+    def solver(self) -> str:
+        """Backend of the sampling solve (see the constructor)."""
+        return self._solver
+
+    @solver.setter
+    def solver(self, value: str) -> None:
+        self._solver = check_solver(value, AUTOREGRESSIVE_SOLVERS)
+
+    @property
+    def log_d(self) -> torch.Tensor:
+        """Log of the corner tap's diagonal, shape (C,), inside (-10, 10)."""
+        return bounded_log_scale(self.raw_log_d)
+
+    def causal_kernel(self) -> torch.Tensor:
         """Kernel (C, C, m, m) in causal orientation: masked weight, ``exp(log_d)`` on the corner.
 
         With ``flip=True`` the layer convolves with this kernel reversed in all four axes.
         """
         return self.weight * self.mask + self.corner_diagonal * self.log_d.exp()[:, None, None, None]
 
-    def _log_det(self, x):
-        return (self.log_d.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+    def _kernel_and_log_d_sum(self):
+        """``causal_kernel()`` and ``log_d.sum()``; in eval mode without gradients to the
+        parameters, computed once for as long as the parameters keep their values."""
+        parameters = [self.weight, self.raw_log_d]
+        entry = {}
+        if reusable(self, parameters):
+            entry = self._cache.entry(parameters + [self.mask, self.corner_diagonal],
+                                      torch.is_inference_mode_enabled())
+        if "kernel" not in entry:
+            entry["kernel"], entry["log_d_sum"] = self.causal_kernel(), self.log_d.sum()
+        return entry["kernel"], entry["log_d_sum"]
 
-    def inverse(self, x):
+    @staticmethod
+    def _log_det(log_d_sum, x):
+        return (log_d_sum * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+
+    def inverse(self, x: torch.Tensor,
+                premix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: the masked convolution.
 
         Args:
-          x: tensor of shape (batch, C, H, W)
+          x: tensor of shape (batch, C, H, W), the layer's dtype and device
+          premix: optional (C, C) matrix M of a 1x1 convolution to apply to x first. It is
+            folded into the kernel (zero padding commutes with M), so ``inverse(x, M)`` equals
+            ``inverse(M x)`` with one convolution less; the returned log_det is still this
+            layer's alone.
 
         Returns:
           y of the same shape and log|det dy/dx| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
         """
-        check_image(x, self.num_channels, type(self).__name__)
-        kernel = self.causal_kernel()
+        check_image(x, self.num_channels, type(self).__name__, self.weight)
+        kernel, log_d_sum = self._kernel_and_log_d_sum()
         pad = self.dilation * (self.size - 1)
         if self.flip:
             x_padded, kernel = F.pad(x, (0, pad, 0, pad)), kernel.flip(0, 1, 2, 3)
         else:
             x_padded = F.pad(x, (pad, 0, pad, 0))
+        if premix is not None:
+            kernel = torch.einsum("oeab,ec->ocab", kernel, premix)
         y = F.conv2d(x_padded, kernel, self.bias, dilation=self.dilation)
-        return y, self._log_det(x)
+        return y, self._log_det(log_d_sum, x)
 
-    def forward(self, z, backend=None):
+    def forward(self, z: torch.Tensor,
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve the convolution by forward substitution.
 
         Args:
-          z: tensor of shape (batch, C, H, W)
-          backend: ``"compiled"``, ``"torch"``, ``"naive"`` or None for the default
+          z: tensor of shape (batch, C, H, W), the layer's dtype and device
+          backend: ``"compiled"``, ``"torch"``, ``"naive"`` for this call only; None: the one of
+            :func:`normflows_emerging.use_backend` if active, else the layer's ``solver``
 
         Returns:
           x of the same shape and log|det dx/dz| (= -log|det dz/dx|) of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
+            unknown backend
+          torch.linalg.LinAlgError: if the solve overflows (finite z, non-finite x)
         """
-        check_image(z, self.num_channels, type(self).__name__)
+        check_image(z, self.num_channels, type(self).__name__, self.weight)
         rhs = z - self.bias[:, None, None]
         if self.flip:
             rhs = rhs.flip(1, 2, 3)
-        x = solve_autoregressive(rhs, self.causal_kernel(), self.dilation, backend)
+        kernel, log_d_sum = self._kernel_and_log_d_sum()
+        x = solve_autoregressive(rhs, kernel, self.dilation, chosen_backend(self.solver, backend))
         if self.flip:
             x = x.flip(1, 2, 3)
-        return x, -self._log_det(z)
+        check_finite_output(x, z, type(self).__name__)
+        return x, -self._log_det(log_d_sum, z)
 
     def extra_repr(self):
         return (f"num_channels={self.num_channels}, size={self.size}, flip={self.flip}, "
-                f"dilation={self.dilation}")
+                f"dilation={self.dilation}, solver={self.solver!r}")

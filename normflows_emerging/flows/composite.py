@@ -1,7 +1,8 @@
 """Composition of flows that keeps the log-determinant on the input's device and dtype."""
 
-import torch.nn as nn
+import torch
 from normflows.flows import Flow
+from torch import nn
 
 
 class Chain(Flow):
@@ -9,10 +10,14 @@ class Chain(Flow):
 
     ``inverse`` (density direction) runs the flows in the given order, ``forward`` (sampling
     direction) runs their ``forward`` in reverse order, so ``Chain([a, b]).inverse(x)`` is
-    ``b.inverse(a.inverse(x))``. Unlike ``normflows.flows.Composite`` the accumulated log_det lives
-    on the input's device and dtype.
+    ``b.inverse(a.inverse(x))``.
 
-    Keyword arguments of ``forward`` (e.g. ``backend``) are passed to the flows that accept them.
+    Needed because ``normflows.flows.Composite`` (normflows 1.7) adds the log-dets in place into
+    ``torch.zeros(batch)``, a float32 CPU tensor: that fails for CUDA inputs and rounds float64
+    log-dets to float32. Here the sum lives on the input's device and dtype.
+
+    ``forward`` and ``inverse`` take no keyword arguments (normflows' containers pass none):
+    choose a layer's solve with its ``solver`` attribute or :func:`normflows_emerging.use_backend`.
     """
 
     def __init__(self, flows):
@@ -24,7 +29,7 @@ class Chain(Flow):
         super().__init__()
         self.flows = nn.ModuleList(flows)
 
-    def forward(self, z):
+    def forward(self, z: torch.Tensor):
         """Sampling direction.
 
         Args:
@@ -39,7 +44,7 @@ class Chain(Flow):
             log_det = log_det + ld
         return z, log_det
 
-    def inverse(self, x):
+    def inverse(self, x: torch.Tensor):
         """Density direction.
 
         Args:

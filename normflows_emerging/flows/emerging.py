@@ -1,16 +1,22 @@
 """Emerging convolution: 1x1 convolution followed by two opposite square autoregressive ones."""
 
+from __future__ import annotations
+
+import torch
 from normflows.flows import Flow
 
 from .autoregressive import SquareAutoregressiveConv2d
 from .qr import QR1x1
-from .utils import check_image, plu_1x1_conv
+from .utils import check_finite_output, check_image, plu_1x1_conv
 
 ONE_BY_ONE_CHOICES = ("qr", "plu", "none")
 
 
 class EmergingConv2d(Flow):
     """Invertible k x k convolution that emerges from two (k+1)/2 autoregressive convolutions.
+
+    From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
+    Flows", ICML 2019, section 3.1, https://arxiv.org/abs/1901.11137
 
     Density direction (``inverse``): 1x1 convolution (QR by default) -> causal autoregressive
     convolution of size m = (k+1)/2 -> the mirrored (flipped) one. Their chain has exactly a
@@ -22,7 +28,8 @@ class EmergingConv2d(Flow):
     autoregressive ones are triangular solves (see :mod:`normflows_emerging.inverse`).
     """
 
-    def __init__(self, num_channels, kernel_size=3, one_by_one="qr"):
+    def __init__(self, num_channels: int, kernel_size: int = 3, one_by_one: str = "qr",
+                 solver: str = "auto"):
         """Constructor
 
         Args:
@@ -30,6 +37,12 @@ class EmergingConv2d(Flow):
           kernel_size: odd receptive field k >= 3
           one_by_one: ``"qr"`` (:class:`QR1x1`), ``"plu"`` (normflows' LU ``Invertible1x1Conv``)
             or ``"none"``
+          solver: backend of both autoregressive solves, ``"auto"``, ``"compiled"``, ``"torch"``
+            or ``"naive"`` (see :class:`SquareAutoregressiveConv2d`); also settable later as
+            the ``solver`` attribute. :func:`normflows_emerging.use_backend` overrides it.
+
+        Raises:
+          ValueError: for an even or too small kernel size, an unknown ``one_by_one`` or solver
         """
         super().__init__()
         if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
@@ -44,46 +57,72 @@ class EmergingConv2d(Flow):
             self.one_by_one = plu_1x1_conv(num_channels)
         else:
             self.one_by_one = None
-        self.causal = SquareAutoregressiveConv2d(num_channels, size, flip=False)
-        self.anticausal = SquareAutoregressiveConv2d(num_channels, size, flip=True)
+        self.causal = SquareAutoregressiveConv2d(num_channels, size, flip=False, solver=solver)
+        self.anticausal = SquareAutoregressiveConv2d(num_channels, size, flip=True, solver=solver)
 
-    def inverse(self, x):
+    @property
+    def solver(self) -> str:
+        """Backend of both autoregressive solves (see the constructor)."""
+        return self.causal.solver
+
+    @solver.setter
+    def solver(self, value: str) -> None:
+        self.causal.solver = value
+        self.anticausal.solver = value
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction.
 
         Args:
-          x: tensor of shape (batch, C, H, W)
+          x: tensor of shape (batch, C, H, W), the layer's dtype and device
 
         Returns:
           y of the same shape and log|det dy/dx| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
         """
-        check_image(x, self.num_channels, type(self).__name__)
-        log_det = x.new_zeros(x.shape[0])
-        if self.one_by_one is not None:
-            x, ld = self.one_by_one.inverse(x)
-            log_det = log_det + ld
-        x, ld = self.causal.inverse(x)
+        check_image(x, self.num_channels, type(self).__name__, self.causal.weight)
+        if isinstance(self.one_by_one, QR1x1):  # folded into the causal kernel: one conv less
+            log_det = self.one_by_one.log_det(x)
+            x, ld = self.causal.inverse(x, premix=self.one_by_one.weight())
+        else:
+            log_det = x.new_zeros(x.shape[0])
+            if self.one_by_one is not None:
+                x, ld = self.one_by_one.inverse(x)
+                log_det = log_det + ld
+            x, ld = self.causal.inverse(x)
         log_det = log_det + ld
         x, ld = self.anticausal.inverse(x)
         return x, log_det + ld
 
-    def forward(self, z, backend=None):
+    def forward(self, z: torch.Tensor,
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction.
 
         Args:
-          z: tensor of shape (batch, C, H, W)
-          backend: solve backend for both autoregressive layers (None: the default)
+          z: tensor of shape (batch, C, H, W), the layer's dtype and device
+          backend: solve backend of both autoregressive layers for this call only (None: as in
+            :meth:`SquareAutoregressiveConv2d.forward`)
 
         Returns:
           x of the same shape and log|det dx/dz| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if a step turns finite values into inf/NaN
         """
-        check_image(z, self.num_channels, type(self).__name__)
+        check_image(z, self.num_channels, type(self).__name__, self.causal.weight)
         z, log_det = self.anticausal(z, backend=backend)
         z, ld = self.causal(z, backend=backend)
         log_det = log_det + ld
         if self.one_by_one is not None:
-            z, ld = self.one_by_one(z)
-            log_det = log_det + ld
+            x, ld = self.one_by_one(z)
+            if not isinstance(self.one_by_one, QR1x1):  # normflows' PLU layer does not check
+                check_finite_output(x, z, type(self).__name__)
+            z, log_det = x, log_det + ld
         return z, log_det
 
     def extra_repr(self):
-        return f"num_channels={self.num_channels}, kernel_size={self.kernel_size}"
+        return (f"num_channels={self.num_channels}, kernel_size={self.kernel_size}, "
+                f"solver={self.solver!r}")

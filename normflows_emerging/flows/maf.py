@@ -12,13 +12,15 @@ solved (several pixels at once, see ``MaskedAffineAutoregressiveConv2d.forward``
 backend reruns the full network for every element.
 """
 
+from __future__ import annotations
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from normflows.flows import Flow
+from torch import nn
 
-from ..inverse import inverse_backend
-from .utils import check_image
+from .solver import check_solver, chosen_backend
+from .utils import check_finite_output, check_image
 
 # Window taps of a causal 3x3 mask, as (row, column) kernel positions: the row above and the left
 # neighbour. The centre tap (1, 1) is handled separately, with a channel mask.
@@ -60,7 +62,12 @@ class _MaskedConv2d(nn.Conv2d):
 
 
 class MaskedAffineAutoregressiveConv2d(Flow):
-    """Masked autoregressive affine flow over raster x channel order (Papamakarios et al. 2017).
+    """Masked autoregressive affine flow over raster x channel order.
+
+    From Papamakarios, Pavlakou, Murray, "Masked Autoregressive Flow for Density Estimation",
+    NeurIPS 2017, https://arxiv.org/abs/1705.07057, on images as the MAF baseline of Hoogeboom,
+    van den Berg, Welling, "Emerging Convolutions for Generative Normalizing Flows", ICML 2019,
+    https://arxiv.org/abs/1901.11137
 
     Density direction (``inverse``): ``z = (x - shift) * exp(-log_scale)``, where ``shift`` and
     ``log_scale`` of element (c, i, j) are computed by a masked network from the elements of ``x``
@@ -76,13 +83,21 @@ class MaskedAffineAutoregressiveConv2d(Flow):
 
     backends = ("fast", "naive")
 
-    def __init__(self, num_channels, hidden_channels=96, reverse=False):
+    def __init__(self, num_channels: int, hidden_channels: int = 96, reverse: bool = False,
+                 solver: str = "auto"):
         """Constructor
 
         Args:
           num_channels: number of image channels C
           hidden_channels: channels of the two hidden layers
           reverse: if True, use the opposite order (reverse raster order, channels descending)
+          solver: sampling solve, ``"auto"`` (``"fast"``), ``"fast"`` or ``"naive"``; also
+            settable later as the ``solver`` attribute. Inside
+            ``normflows_emerging.use_backend(name)`` the solve is ``"naive"`` for name
+            ``"naive"`` and ``"fast"`` otherwise, whatever this says.
+
+        Raises:
+          ValueError: for non-positive channel counts or an unknown solver
         """
         super().__init__()
         if num_channels < 1 or hidden_channels < 1:
@@ -93,6 +108,7 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         self.num_channels = num_channels
         self.hidden_channels = hidden_channels
         self.reverse = reverse
+        self.solver = solver
         data_degrees = torch.arange(num_channels)
         hidden_degrees = torch.arange(hidden_channels) * num_channels // hidden_channels
         self.conv_in = _MaskedConv2d(data_degrees, hidden_degrees, 3, strict=True)
@@ -101,10 +117,19 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    @property
+    def solver(self) -> str:
+        """Sampling solve (see the constructor)."""
+        return self._solver
+
+    @solver.setter
+    def solver(self, value: str) -> None:
+        self._solver = check_solver(value, ("auto",) + self.backends)
+
     def extra_repr(self):
         return (
             f"num_channels={self.num_channels}, hidden_channels={self.hidden_channels}, "
-            f"reverse={self.reverse}"
+            f"reverse={self.reverse}, solver={self.solver!r}"
         )
 
     def _flip(self, x):
@@ -118,22 +143,26 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         shift, raw = self.conv_out(h).chunk(2, dim=1)
         return shift, torch.tanh(raw)
 
-    def inverse(self, x):
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction, one pass of the network.
 
         Args:
-          x: data, shape (batch, num_channels, height, width)
+          x: data, shape (batch, num_channels, height, width), the layer's dtype and device
 
         Returns:
           z of the same shape, and log|det dz/dx| = -sum of the log-scales, shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
         """
-        check_image(x, self.num_channels, type(self).__name__)
+        check_image(x, self.num_channels, type(self).__name__, self.conv_in.weight)
         x = self._flip(x)
         shift, log_scale = self._shift_log_scale(x)
         z = (x - shift) * torch.exp(-log_scale)
         return self._flip(z), -log_scale.sum(dim=(1, 2, 3))
 
-    def forward(self, z, backend=None):
+    def forward(self, z: torch.Tensor,
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve for x element by element.
 
         ``"fast"`` keeps the hidden activations of the pixels already solved. Pixel (i, j) only
@@ -145,24 +174,32 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         ``"naive"`` reruns the whole network once per element (the baseline).
 
         Args:
-          z: latent, shape (batch, num_channels, height, width)
-          backend: ``"fast"``, ``"naive"`` or None: ``"naive"`` inside
-            ``normflows_emerging.use_backend("naive")`` (so whole models switch to their
-            reference solves together), else ``"fast"``
+          z: latent, shape (batch, num_channels, height, width), the layer's dtype and device
+          backend: ``"fast"`` or ``"naive"`` for this call only; None: as chosen by
+            ``normflows_emerging.use_backend`` if active (``"naive"`` for ``"naive"``, so whole
+            models switch to their reference solves together, else ``"fast"``), else the
+            layer's ``solver``
 
         Returns:
           x of the same shape, and log|det dx/dz| = sum of the log-scales, shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
+            unknown backend
+          torch.linalg.LinAlgError: if the solve turns a finite z into inf/NaN values
         """
-        if backend is None:
-            backend = "naive" if inverse_backend(z.device) == "naive" else "fast"
-        if backend not in self.backends:
+        if backend is not None and backend not in self.backends:
             raise ValueError(f"unknown backend {backend!r}, choose one of {self.backends}")
-        check_image(z, self.num_channels, type(self).__name__)
+        backend = chosen_backend(self.solver, backend)
+        backend = "naive" if backend == "naive" else "fast"
+        check_image(z, self.num_channels, type(self).__name__, self.conv_in.weight)
+        given = z
         z = self._flip(z)
         if backend == "fast":
             x, log_det = self._solve_fast(z)
         else:
             x, log_det = self._solve_naive(z)
+        check_finite_output(x, given, type(self).__name__)
         return self._flip(x), log_det
 
     def _solve_naive(self, z):

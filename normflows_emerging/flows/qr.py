@@ -1,29 +1,44 @@
 """QR-parametrised invertible 1x1 convolution."""
 
+from __future__ import annotations
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from normflows.flows import Flow
+from torch import nn
 
-from .utils import check_image
+from .bounded import accept_unbounded_checkpoints, bounded_log_scale
+from .cache import ValueKeyedCache, reusable
+from .utils import check_finite_output, check_image
 
 
 class QR1x1(Flow):
     """Invertible 1x1 convolution ``W = Q R``.
 
+    From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
+    Flows", ICML 2019, section 3.3, https://arxiv.org/abs/1901.11137
+
     ``Q`` is a product of Householder reflections ``I - 2 v v^T / v^T v`` (orthogonal, so it adds
     nothing to the log-determinant) and ``R`` is upper-triangular with diagonal ``exp(log_s)``,
-    hence ``log|det| = H * W * sum(log_s)``. ``inverse`` (density direction) applies ``W``,
+    ``log_s = 10 tanh(raw_log_s / 10)`` (see :mod:`normflows_emerging.flows.bounded`: the
+    diagonal stays in (4.5e-5, 2.2e4), so it never rounds to 0), hence
+    ``log|det| = H * W * sum(log_s)``. ``inverse`` (density direction) applies ``W``,
     ``forward`` (sampling direction) applies ``W^-1 = R^-1 Q^T``.
+
+    In eval mode, while no gradient with respect to the parameters is recorded, ``W`` and
+    ``W^-1`` are computed once and reused for as long as the parameters keep their values.
     """
 
-    def __init__(self, num_channels, num_reflections=None):
+    def __init__(self, num_channels: int, num_reflections: int | None = None):
         """Constructor
 
         Args:
           num_channels: number of channels C
           num_reflections: Householder vectors in Q (default C, enough for any orthogonal
             matrix up to reflection); 0 makes Q the identity
+
+        Raises:
+          ValueError: for a non-positive channel count or a negative number of reflections
         """
         super().__init__()
         if not isinstance(num_channels, int) or num_channels < 1:
@@ -36,57 +51,91 @@ class QR1x1(Flow):
         self.num_channels, self.num_reflections = num_channels, num_reflections
         self.reflections = nn.Parameter(torch.randn(num_reflections, num_channels))
         self.upper = nn.Parameter(torch.zeros(num_channels, num_channels))
-        self.log_s = nn.Parameter(torch.zeros(num_channels))
+        self.raw_log_s = nn.Parameter(torch.zeros(num_channels))
+        accept_unbounded_checkpoints(self, "log_s", "raw_log_s")
+        self._cache = ValueKeyedCache()
 
-    def orthogonal(self):
-        """Q = H_1 H_2 ... H_n as a (C, C) matrix, multiplied pairwise in a tree."""
-        eye = torch.eye(self.num_channels, dtype=self.log_s.dtype, device=self.log_s.device)
-        v = self.reflections
-        factors = eye - 2 * v[:, :, None] * v[:, None, :] / (v * v).sum(1)[:, None, None]
-        if factors.shape[0] == 0:
+    @property
+    def log_s(self) -> torch.Tensor:
+        """Log of R's diagonal, shape (C,), inside (-10, 10)."""
+        return bounded_log_scale(self.raw_log_s)
+
+    def orthogonal(self) -> torch.Tensor:
+        """Q = H_1 H_2 ... H_n as a (C, C) matrix.
+
+        Compact WY form (Joffrain et al. 2006, "Accumulating Householder transformations,
+        revisited"): with unit vectors u_i as the columns of U, ``Q = I - U T U^T`` where
+        ``T^-1 = strictly_upper(U^T U) + I / 2``; one triangular solve instead of n products.
+        """
+        eye = torch.eye(self.num_channels, dtype=self.upper.dtype, device=self.upper.device)
+        if self.num_reflections == 0:
             return eye
-        while factors.shape[0] > 1:
-            if factors.shape[0] % 2:
-                factors = torch.cat([factors, eye[None]])
-            factors = factors[0::2] @ factors[1::2]
-        return factors[0]
+        u = self.reflections / torch.linalg.vector_norm(self.reflections, dim=1, keepdim=True)
+        t_inv = (u @ u.T).triu(1) + 0.5 * torch.eye(self.num_reflections, dtype=u.dtype,
+                                                     device=u.device)
+        return eye - u.T @ torch.linalg.solve_triangular(t_inv, u, upper=True)
 
-    def triangular(self):
+    def triangular(self) -> torch.Tensor:
         """R: (C, C) upper-triangular with diagonal exp(log_s)."""
         return self.upper.triu(1) + torch.diag(self.log_s.exp())
 
-    def weight(self):
+    def weight(self) -> torch.Tensor:
         """W = Q R, shape (C, C); ``inverse`` computes ``y[:, o] = sum_c W[o, c] x[:, c]``."""
-        return self.orthogonal() @ self.triangular()
+        return self._matrix("weight")
 
-    def _log_det(self, x):
+    def weight_inverse(self) -> torch.Tensor:
+        """W^-1 = R^-1 Q^T, shape (C, C)."""
+        return self._matrix("weight_inverse")
+
+    def _matrix(self, name):
+        parameters = [self.reflections, self.upper, self.raw_log_s]
+        entry = {}
+        if reusable(self, parameters):
+            entry = self._cache.entry(parameters, torch.is_inference_mode_enabled())
+        if name not in entry:
+            if name == "weight":
+                entry[name] = self.orthogonal() @ self.triangular()
+            else:
+                entry[name] = torch.linalg.solve_triangular(self.triangular(),
+                                                            self.orthogonal().T, upper=True)
+        return entry[name]
+
+    def log_det(self, x: torch.Tensor) -> torch.Tensor:
+        """log|det| of the density pass for inputs shaped like x: H * W * sum(log_s), (batch,)."""
         return (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
-    def inverse(self, x):
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: apply W.
 
         Args:
-          x: tensor of shape (batch, C, H, W)
+          x: tensor of shape (batch, C, H, W), the layer's dtype and device
 
         Returns:
           W x of the same shape and log|det| = H * W * sum(log_s), shape (batch,)
-        """
-        check_image(x, self.num_channels, type(self).__name__)
-        return F.conv2d(x, self.weight()[:, :, None, None]), self._log_det(x)
 
-    def forward(self, z):
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+        """
+        check_image(x, self.num_channels, type(self).__name__, self.upper)
+        return F.conv2d(x, self.weight()[:, :, None, None]), self.log_det(x)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: apply W^-1 = R^-1 Q^T.
 
         Args:
-          z: tensor of shape (batch, C, H, W)
+          z: tensor of shape (batch, C, H, W), the layer's dtype and device
 
         Returns:
           W^-1 z of the same shape and -H * W * sum(log_s), shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if applying W^-1 overflows (finite z, non-finite output)
         """
-        check_image(z, self.num_channels, type(self).__name__)
-        weight_inv = torch.linalg.solve_triangular(self.triangular(), self.orthogonal().T,
-                                                   upper=True)
-        return F.conv2d(z, weight_inv[:, :, None, None]), -self._log_det(z)
+        check_image(z, self.num_channels, type(self).__name__, self.upper)
+        x = F.conv2d(z, self.weight_inverse()[:, :, None, None])
+        check_finite_output(x, z, type(self).__name__)
+        return x, -self.log_det(z)
 
     def extra_repr(self):
         return f"num_channels={self.num_channels}, num_reflections={self.num_reflections}"

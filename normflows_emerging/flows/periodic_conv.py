@@ -7,17 +7,21 @@ sum of ``log|det K̂(u, v)|`` over the H x W frequencies and its inverse multipl
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from normflows.flows import Flow
+from torch import nn
 
-from .utils import check_image
+from .cache import ValueKeyedCache, reusable
+from .utils import check_finite_output, check_image
 
 _METHODS = ("auto", "spatial", "fft")
 
 
 class PeriodicConv2d(Flow):
     """Invertible periodic (circular) convolution with an unconstrained C x C x k x k kernel.
+
+    From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
+    Flows", ICML 2019, section 3.2, https://arxiv.org/abs/1901.11137
 
     The density direction (``inverse``) is the centred circular cross-correlation plus bias,
 
@@ -29,11 +33,12 @@ class PeriodicConv2d(Flow):
     accurate in float32 training.
 
     In eval mode, when no gradient with respect to the kernel is being recorded, the layer keeps
-    ``log|det|`` and K̂⁻¹ per input size, device and dtype; the cache is dropped when the kernel is
-    changed (in place or replaced) and when the module goes back to training.
+    ``log|det|`` and K̂⁻¹ per input size, device and dtype, for as long as the kernel keeps its
+    values (compared value by value on every call, so no way of changing it is missed); the cache
+    is dropped when the module goes back to training.
     """
 
-    def __init__(self, num_channels, kernel_size=3, bias=True):
+    def __init__(self, num_channels: int, kernel_size: int = 3, bias: bool = True):
         """Constructor
 
         Args:
@@ -43,6 +48,9 @@ class PeriodicConv2d(Flow):
 
         The kernel is initialised near the identity: centre tap a random orthogonal matrix, the
         other taps small Gaussian noise, so that no frequency matrix starts singular.
+
+        Raises:
+          ValueError: for a non-positive channel count or a kernel size that is not positive odd
         """
         super().__init__()
         if not isinstance(num_channels, int) or num_channels < 1:
@@ -57,8 +65,7 @@ class PeriodicConv2d(Flow):
         weight[:, :, centre, centre] = torch.linalg.qr(torch.randn(num_channels, num_channels))[0]
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(num_channels)) if bias else None
-        self._cache = {}
-        self._cache_stamp = None
+        self._cache = ValueKeyedCache()
 
     def extra_repr(self):
         return (
@@ -71,7 +78,7 @@ class PeriodicConv2d(Flow):
         return super().train(mode)
 
     def _check(self, x):
-        check_image(x, self.num_channels, type(self).__name__)
+        check_image(x, self.num_channels, type(self).__name__, self.weight)
         k = self.kernel_size
         if x.shape[2] < k or x.shape[3] < k:
             raise ValueError(
@@ -106,20 +113,12 @@ class PeriodicConv2d(Flow):
         return logabsdet.sum() + paired
 
     def _use_cache(self):
-        return not self.training and not (torch.is_grad_enabled() and self.weight.requires_grad)
+        return reusable(self, [self.weight])
 
     def _cache_entry(self, x):
-        """Cache entry (a dict) for the size, device and dtype of ``x`` (and inference mode).
-
-        The whole cache is dropped when the kernel was changed in place (its ``_version`` counter,
-        e.g. an optimizer step or ``load_state_dict``) or replaced (its storage).
-        """
-        stamp = (self.weight._version, self.weight.data_ptr())
-        if stamp != self._cache_stamp:
-            self._cache.clear()
-            self._cache_stamp = stamp
-        key = (x.shape[2], x.shape[3], x.device, x.dtype, torch.is_inference_mode_enabled())
-        return self._cache.setdefault(key, {})
+        """Cache entry (a dict) for the size of ``x`` and inference mode, for the kernel's values."""
+        key = (x.shape[2], x.shape[3], torch.is_inference_mode_enabled())
+        return self._cache.entry([self.weight], key)
 
     def _log_det(self, x, khat=None):
         """log|det| as a 0-d tensor in x's dtype; reuses the eval cache when allowed."""
@@ -171,17 +170,21 @@ class PeriodicConv2d(Flow):
         """
         return self.kernel_size**2 > 16 * self.num_channels
 
-    def inverse(self, x, method="auto"):
+    def inverse(self, x: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: circular cross-correlation plus bias.
 
         Args:
-          x: data, shape (batch, C, H, W) with H, W >= kernel_size
+          x: data, shape (batch, C, H, W) with H, W >= kernel_size, the layer's dtype and device
           method: "spatial" (circular padding + conv2d), "fft" (product in the Fourier domain) or
             "auto" (whichever is expected to be faster for the shape); all give the same result
 
         Returns:
           z of shape (batch, C, H, W) and log|det dz/dx| of shape (batch,) (the same for every
           sample, -inf if the kernel is singular)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
+            unknown method
         """
         self._check(x)
         if method not in _METHODS:
@@ -192,30 +195,31 @@ class PeriodicConv2d(Flow):
             khat = self.spectrum(x.shape[2], x.shape[3])
             z = self._apply_spectrum(khat.to(torch.promote_types(x.dtype, torch.complex64)), x)
             if self.bias is not None:
-                z = z + self.bias.to(x.dtype).view(1, -1, 1, 1)
+                z = z + self.bias.view(1, -1, 1, 1)
             log_det = self._log_det(x, khat)
         else:
             p = self.kernel_size // 2
-            z = F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), self.weight.to(x.dtype),
-                         None if self.bias is None else self.bias.to(x.dtype))
+            z = F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), self.weight, self.bias)
             log_det = self._log_det(x)
         return z, log_det.repeat(x.shape[0])
 
-    def forward(self, z):
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve the circular convolution in the Fourier domain.
 
         Args:
-          z: latent, shape (batch, C, H, W) with H, W >= kernel_size
+          z: latent, shape (batch, C, H, W) with H, W >= kernel_size, the layer's dtype and device
 
         Returns:
           x of shape (batch, C, H, W) and log|det dx/dz| = -log|det dz/dx| of shape (batch,)
 
         Raises:
-          torch.linalg.LinAlgError: if a frequency matrix K̂(u, v) is singular to double precision
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if a frequency matrix K̂(u, v) is singular to double precision,
+            or the solve turns a finite z into inf/NaN values
         """
         self._check(z)
         khat_inv, log_det = self._inverse_spectrum(z)
-        if self.bias is not None:
-            z = z - self.bias.to(z.dtype).view(1, -1, 1, 1)
-        x = self._apply_spectrum(khat_inv, z)
+        shifted = z if self.bias is None else z - self.bias.view(1, -1, 1, 1)
+        x = self._apply_spectrum(khat_inv, shifted)
+        check_finite_output(x, z, type(self).__name__)
         return x, -log_det.repeat(z.shape[0])
