@@ -7,7 +7,8 @@ import matplotlib.image
 import pytest
 import torch
 
-from normflows_emerging import evaluation, train as training
+from normflows_emerging import batches, evaluation, train as training
+from normflows_emerging.config import TrainConfig, build_model
 from normflows_emerging.cli import main
 
 TINY = ["--dataset", "digits", "--levels", "2", "--flows-per-level", "1",
@@ -98,7 +99,7 @@ def test_non_finite_loss_skips_the_step(tmp_path, capsys, monkeypatch):
         # Call 1 initialises ActNorm, call 2 is step 1, call 3 step 2.
         return torch.full_like(x, float("nan")) if len(calls) == 3 else x
 
-    monkeypatch.setattr(training, "dequantize", nan_on_second_step)
+    monkeypatch.setattr(batches, "dequantize", nan_on_second_step)
     out = tmp_path / "run"
     assert run_train(out, "--steps", "3", "--eval-every", "10") == 0  # one evaluation, at the end
     assert "step 2: non-finite loss or gradient, step skipped" in capsys.readouterr().err
@@ -110,18 +111,17 @@ def test_non_finite_loss_skips_the_step(tmp_path, capsys, monkeypatch):
 
 
 def test_train_step_leaves_parameters_alone_on_nan():
-    model = training.build_model(training.TrainConfig(levels=1, flows_per_level=1,
-                                                      hidden_channels=4), (1, 4, 4))
+    model = build_model(TrainConfig(levels=1, flows_per_level=1, hidden_channels=4), (1, 4, 4))
     x = torch.rand(8, 1, 4, 4)
     with torch.no_grad():
         model(x, None)
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in model.parameters()]
-    assert training.train_step(model, optimizer, torch.full_like(x, float("nan")), None, 17,
-                               1e-3) is None
+    assert training.train_step(model, optimizer, torch.full_like(x, float("nan")), None,
+                               17) is None
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert not optimizer.state
-    nll, bpd = training.train_step(model, optimizer, x, None, 17, 1e-3)
+    nll, bpd = training.train_step(model, optimizer, x, None, 17)
     assert bpd == pytest.approx(nll / (16 * 0.6931471805599453) + 4.087462841250339)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
