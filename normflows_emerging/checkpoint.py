@@ -19,6 +19,7 @@ import dataclasses
 import os
 import random
 import secrets
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -158,14 +159,23 @@ def read_checkpoint(path) -> dict:
 
     Raises:
       FileNotFoundError: if there is no such file
-      CheckpointError: if the file is truncated or corrupted, is not such a checkpoint, has
+      CheckpointError: if the file is truncated or corrupted (every byte is checked against the
+        archive's CRCs), is not such a checkpoint, has
         another format version, or holds an invalid config (the message names the file)
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
+        # torch.load does not check the zip archive's CRCs: flipped bytes in a tensor would
+        # load as silently wrong weights.
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise CheckpointError(f"{path} is corrupted: its entry {damaged} fails the CRC check")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 -- torch.load raises many types for damaged files
         raise CheckpointError(f"{path} cannot be read as a checkpoint (truncated, corrupted or "
                               f"not written by this package): {_first_line(err)}") from None

@@ -265,10 +265,7 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
             seconds = time.perf_counter() - start
             if rank == 0:
                 eval_start = time.perf_counter()
-                save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, step, config,
-                                rng_state(order, step),
-                                {"input_shape": input_shape, "num_bins": num_bins,
-                                 "elapsed": seconds, "skipped": skipped})
+                rng = rng_state(order, step)  # before the evaluation draws from it
                 errors = inverse_error(model, probe)
                 last = {
                     "step": step,
@@ -280,8 +277,13 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
                     "seconds": round(seconds, 3),
                     "skipped": skipped,
                 }
+                # The checkpoint comes last: a crash before it resumes from the previous one,
+                # which drops this metrics line and redoes the samples.
                 append_metrics(out, last)
                 save_samples(model, out / SAMPLES, seed=config.seed, device=device)
+                save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, step, config, rng,
+                                {"input_shape": input_shape, "num_bins": num_bins,
+                                 "elapsed": seconds, "skipped": skipped})
                 warned = warned or warn_if_not_invertible(errors, f"at step {step}")
                 bar.write(f"step {step}: test bits/dim {last['test_bpd']:.4f}, round-trip "
                           f"error {last['inverse_error']:.2g}")
