@@ -17,7 +17,7 @@ PROBE_IMAGES = 64
 
 
 def evaluate_checkpoint(path, dataset=None, split="test", device="cpu", data_root=None,
-                        num_samples=16, timing_seconds=1.0) -> dict:
+                        num_samples=16, timing_repeats=7) -> dict:
     """Bits/dim over a whole split, sampling speed and round-trip error of a checkpoint.
 
     Args:
@@ -28,7 +28,7 @@ def evaluate_checkpoint(path, dataset=None, split="test", device="cpu", data_roo
       device: device to evaluate on
       data_root: folder of the dataset files (None: the checkpoint's)
       num_samples: batch size of the sampling-speed measurement
-      timing_seconds: least time spent on timed sampling runs
+      timing_repeats: number of timed sampling draws
 
     Returns:
       dict with ``<split>_bpd``, ``sample_ms_per_image`` (median over the timed runs) and
@@ -58,7 +58,7 @@ def evaluate_checkpoint(path, dataset=None, split="test", device="cpu", data_roo
     errors = inverse_error(model, probe_batch(data, PROBE_IMAGES, config.seed).to(device))
     warn_if_not_invertible(errors, f"({path})")
     timing = sample_timing(model, num_samples, device, seed=config.seed,
-                           min_seconds=timing_seconds)
+                           repeats=timing_repeats)
     return {
         f"{split}_bpd": evaluate_bpd(model, data, config.eval_batch_size, device, config.seed,
                                      config.num_classes is not None),

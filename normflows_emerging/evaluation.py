@@ -31,7 +31,8 @@ SAMPLE_TEMPERATURES = (1.0, 0.7)
 def dequantize(images, num_bins, noise=None):
     """Uniform dequantisation ``(k + u) / num_bins`` of integer images, u ~ U[0, 1).
 
-    Computed in float64, so that 16-bit levels (``num_bins`` up to 65536) keep their noise.
+    For a power of two ``num_bins`` (8- or 16-bit data) the result is the correctly rounded
+    float32 value: ``k + u`` is rounded once and the division by ``num_bins`` is exact.
 
     Args:
       images: integer tensor (uint8, int32, ...) with values in 0 .. num_bins - 1
@@ -43,9 +44,8 @@ def dequantize(images, num_bins, noise=None):
     """
     if noise is None:
         noise = torch.rand(images.shape)
-    x = ((images.double() + noise.double()) / num_bins).float()
     # Clamp below 1: float32 rounding can turn (num_bins - 1 + u) / num_bins into exactly 1.
-    return x.clamp(max=1 - 2**-24)
+    return ((images.float() + noise) / num_bins).clamp(max=1 - 2**-24)
 
 
 @torch.no_grad()
@@ -155,13 +155,12 @@ def save_samples(model, path, num_samples=16, seed=0, device="cpu"):
 
 @torch.no_grad()
 def sample_timing(model, num_samples=16, device="cpu", backend=None, seed=0,
-                  min_seconds=1.0) -> benchmark.Measurement:
+                  repeats=7) -> benchmark.Measurement:
     """Time drawing a batch of samples with ``torch.utils.benchmark`` (wall clock).
 
-    One untimed draw warms up (caches, compiled code); then ``Timer.blocked_autorange`` repeats
-    the draw for at least ``min_seconds`` with the current number of threads (CUDA is
-    synchronised), so the result carries a median and a spread over many runs rather than one
-    noisy reading.
+    One untimed draw warms up (caches, compiled code); then ``repeats`` draws are timed one by
+    one with the current number of threads (CUDA is synchronised), so the result carries a
+    median and a spread over several runs rather than one noisy reading.
 
     Args:
       model: model, see the module docstring
@@ -169,7 +168,7 @@ def sample_timing(model, num_samples=16, device="cpu", backend=None, seed=0,
       device: device of the model
       backend: solve backend of autoregressive convolutions (``use_backend``), None: default
       seed: seed of the samples
-      min_seconds: least total time spent on the timed draws
+      repeats: number of timed draws (at least 1)
 
     Returns:
       ``torch.utils.benchmark.Measurement`` of one draw of ``num_samples`` images (seconds):
@@ -183,17 +182,18 @@ def sample_timing(model, num_samples=16, device="cpu", backend=None, seed=0,
         label="sampling", description=f"{num_samples} samples")
     with use_backend(backend) if backend else contextlib.nullcontext():
         sample(model, num_samples, 1.0, seed, device)
-        return timer.blocked_autorange(min_run_time=min_seconds)
+        (measurement,) = benchmark.Measurement.merge([timer.timeit(1) for _ in range(repeats)])
+    return measurement
 
 
 def sample_ms_per_image(model, num_samples=16, device="cpu", backend=None, seed=0,
-                        min_seconds=1.0) -> float:
+                        repeats=7) -> float:
     """Median wall-clock milliseconds per image of drawing a batch (see :func:`sample_timing`).
 
     Returns:
       float
     """
-    measurement = sample_timing(model, num_samples, device, backend, seed, min_seconds)
+    measurement = sample_timing(model, num_samples, device, backend, seed, repeats)
     return 1000 * measurement.median / num_samples
 
 
