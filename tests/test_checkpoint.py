@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from normflows_emerging.checkpoint import FORMAT_VERSION, load_checkpoint, read_checkpoint
+from normflows_emerging.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    read_checkpoint,
+)
 from normflows_emerging.cli import main
 from normflows_emerging.errors import CheckpointError
 
@@ -67,7 +71,8 @@ def killed_run(tmp_path, out, mode, n):
     script.write_text(KILLER)
     done = subprocess.run([sys.executable, str(script), mode, str(n), *RUN, "--steps",
                            str(STEPS), "--out", str(out)],
-                          env=environment(), capture_output=True, text=True, timeout=300)
+                          env=environment(), capture_output=True, text=True, timeout=300,
+                          check=False)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
 
 
@@ -174,8 +179,8 @@ def damaged(path, how):
     ("corrupted", "is corrupted: its entry"),
     ("not a checkpoint", "cannot be read as a checkpoint"),
     ("plain dict", "is not a checkpoint written by normflows_emerging"),
-    ("newer format", f"format version {FORMAT_VERSION + 1}, newer than the version "
-                     f"{FORMAT_VERSION}"),
+    ("newer format", (f"format version {FORMAT_VERSION + 1}, newer than the version "
+                      f"{FORMAT_VERSION}")),
     ("other architecture", "does not fit the model built from its settings"),
 ])
 def test_bad_checkpoint_is_one_line_naming_the_file(how, problem, reference, tmp_path, capsys):

@@ -10,9 +10,12 @@ import torch
 
 from normflows_emerging import EmergingConv2d, build_multiscale_flow, diagnostics
 from normflows_emerging.cli import main
-from normflows_emerging.diagnostics import (INVERSE_ERROR_THRESHOLD,
-                                            NumericalInvertibilityWarning, inverse_error,
-                                            warn_if_not_invertible)
+from normflows_emerging.diagnostics import (
+    INVERSE_ERROR_THRESHOLD,
+    NumericalInvertibilityWarning,
+    inverse_error,
+    warn_if_not_invertible,
+)
 
 
 def emerging(weight_std, log_d, channels=4, seed=0):
