@@ -28,7 +28,7 @@ STEPS = 5
 
 # Runs the command line in a subprocess that SIGKILLs itself at a chosen moment:
 #   write N: half-way through writing the N-th checkpoint (after flushing the half to disk)
-#   step N:  just before training step N
+#   evaluate N: during the N-th evaluation (after training step N, before its outputs)
 KILLER = """
 import io, os, signal, sys
 import torch
@@ -36,7 +36,7 @@ import normflows_emerging.train as train
 from normflows_emerging.cli import main
 
 mode, n = sys.argv[1], int(sys.argv[2])
-real_save, real_step, saves, steps = torch.save, train.train_step, [], []
+real_save, real_evaluate, saves, evaluations = torch.save, train.evaluate_bpd, [], []
 
 def save(obj, f):
     saves.append(None)
@@ -49,14 +49,14 @@ def save(obj, f):
         os.kill(os.getpid(), signal.SIGKILL)
     real_save(obj, f)
 
-def step(*args):
-    steps.append(None)
-    if mode == "step" and len(steps) == n:
+def evaluate(*args):
+    evaluations.append(None)
+    if mode == "evaluate" and len(evaluations) == n:
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_step(*args)
+    return real_evaluate(*args)
 
 torch.save = save
-train.train_step = step
+train.evaluate_bpd = evaluate
 main(sys.argv[3:])
 """
 
@@ -145,9 +145,9 @@ def test_kill_at_a_random_moment_leaves_a_loadable_checkpoint_and_resume_is_exac
     assert_same_run(reference, out)
 
 
-def test_resume_after_a_kill_between_steps_is_exact(tmp_path, reference):
+def test_kill_during_an_evaluation_loses_no_metrics_line(tmp_path, reference):
     out = tmp_path / "run"
-    killed_run(tmp_path, out, "step", 4)  # before step 4: checkpoint of step 3
+    killed_run(tmp_path, out, "evaluate", 4)  # step 4 trained, its evaluation cut short
     assert read_checkpoint(out / "checkpoint.pt")["step"] == 3
     assert main([*RUN, "--steps", str(STEPS), "--out", str(out), "--resume"]) == 0
     assert_same_run(reference, out)
