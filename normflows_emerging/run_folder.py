@@ -43,8 +43,9 @@ def prepare_run_folder(out, resume=False, overwrite=False, remove=True) -> None:
     if remove:
         for name in found if overwrite else ():
             (out / name).unlink()
-        for stray in out.glob(".*.tmp") if out.is_dir() else ():  # left by a killed write
-            stray.unlink()
+        for name in RUN_FILES:  # temporary files of atomic_write left by a killed write
+            for stray in out.glob(f".{name}.*.tmp") if out.is_dir() else ():
+                stray.unlink()
 
 
 def append_metrics(out, record) -> None:
