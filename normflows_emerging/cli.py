@@ -183,8 +183,12 @@ def build_parser():
 
     tr = commands.add_parser("train", help="train a model",
                              description="Train a multiscale (Glow-style) flow. Writes "
-                                         "OUT/checkpoint.pt, OUT/metrics.jsonl, OUT/samples.png "
-                                         "and prints the last evaluation as a JSON line.")
+                                         "OUT/checkpoint.pt, OUT/metrics.jsonl (test bits/dim "
+                                         "and round-trip error at every evaluation), "
+                                         "OUT/samples.png and prints the last evaluation as a "
+                                         "JSON line. A folder that already holds a run needs "
+                                         "--resume or --overwrite. Killed at any moment, the run "
+                                         "resumes exactly from its last checkpoint.")
     add_config_arguments(tr)
     tr.add_argument("--out", required=True, help="output folder")
     existing = tr.add_mutually_exclusive_group()

@@ -27,6 +27,20 @@ class NumericalInvertibilityWarning(UserWarning):
     """A model's round trip data -> latents -> data loses more than the threshold."""
 
 
+def is_checkable(model) -> bool:
+    """Whether :func:`inverse_error` can check a model (a normflows model with ``flows``)."""
+    return _is_multiscale(model) or _is_normalizing_flow(model)
+
+
+def _is_multiscale(model):
+    return all(hasattr(model, name) for name in ("q0", "flows", "merges", "transform"))
+
+
+def _is_normalizing_flow(model):
+    return all(hasattr(model, name) for name in ("q0", "flows", "inverse_and_log_det",
+                                                 "forward_and_log_det"))
+
+
 @torch.no_grad()
 def inverse_error(model, x) -> dict:
     """Round-trip errors of a normflows model on a probe batch, per flow and for the whole model.
@@ -45,8 +59,11 @@ def inverse_error(model, x) -> dict:
       ``model.named_modules()``, to its error) and ``worst_flow`` (name of the largest)
 
     Raises:
-      TypeError: if the model is neither of the two normflows models
+      TypeError: if the model is neither of the two normflows models (see :func:`is_checkable`)
     """
+    if not is_checkable(model):
+        raise TypeError(f"expected a normflows MultiscaleFlow or NormalizingFlow, got "
+                        f"{type(model).__name__}")
     with eval_mode(model):
         flow_errors = _per_flow_errors(model, x)
         z, _ = model.inverse_and_log_det(x)
@@ -65,7 +82,7 @@ def _per_flow_errors(model, x):
         errors[names[id(flow)]] = _max_abs(back - h)
         return out
 
-    if hasattr(model, "merges") and hasattr(model, "q0"):  # normflows.MultiscaleFlow
+    if _is_multiscale(model):
         if model.transform is not None:
             x = check(model.transform, x)
         for i in range(len(model.q0) - 1, -1, -1):
@@ -73,12 +90,9 @@ def _per_flow_errors(model, x):
                 x = check(flow, x)
             if i > 0:
                 (x, _), _ = model.merges[i - 1].inverse(x)
-    elif hasattr(model, "flows"):  # normflows.NormalizingFlow
+    elif _is_normalizing_flow(model):
         for flow in reversed(model.flows):
             x = check(flow, x)
-    else:
-        raise TypeError(f"expected a normflows MultiscaleFlow or NormalizingFlow, got "
-                        f"{type(model).__name__}")
     return errors
 
 

@@ -38,7 +38,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig, build_model, check_resumable, load_datasets
-from .diagnostics import inverse_error, warn_if_not_invertible
+from .diagnostics import inverse_error, is_checkable, warn_if_not_invertible
 from .errors import IncompatibleResumeError
 from .evaluation import evaluate_bpd, probe_batch, save_samples
 from .progress import Progress
@@ -160,7 +160,8 @@ def fit(model, train_set, test_set, config, out, device="cpu", resume=False, pro
     Writes into ``out``: ``checkpoint.pt`` (see :mod:`~normflows_emerging.checkpoint`),
     ``metrics.jsonl`` (one JSON object per evaluation: step, train_bpd (mean since the previous
     evaluation), test_bpd, inverse_error (largest round-trip error on test images, data units)
-    and inverse_error_worst_flow, seconds of training so far, skipped steps so far) and
+    and inverse_error_worst_flow, both None for models other than normflows ones, seconds of
+    training so far, skipped steps so far) and
     ``samples.png``. A round-trip error above
     :data:`~normflows_emerging.diagnostics.INVERSE_ERROR_THRESHOLD` warns once per run
     (``NumericalInvertibilityWarning``). Under ``torchrun`` the model is wrapped in
@@ -266,7 +267,8 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
             if rank == 0:
                 eval_start = time.perf_counter()
                 rng = rng_state(order, step)  # before the evaluation draws from it
-                errors = inverse_error(model, probe)
+                errors = (inverse_error(model, probe) if is_checkable(model)
+                          else {"model": None, "worst_flow": None})
                 last = {
                     "step": step,
                     "train_bpd": statistics.fmean(train_bpds) if train_bpds else None,
@@ -284,9 +286,11 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
                 save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, step, config, rng,
                                 {"input_shape": input_shape, "num_bins": num_bins,
                                  "elapsed": seconds, "skipped": skipped})
-                warned = warned or warn_if_not_invertible(errors, f"at step {step}")
+                if errors["model"] is not None:
+                    warned = warned or warn_if_not_invertible(errors, f"at step {step}")
+                error = "n/a" if errors["model"] is None else f"{errors['model']:.2g}"
                 bar.write(f"step {step}: test bits/dim {last['test_bpd']:.4f}, round-trip "
-                          f"error {last['inverse_error']:.2g}")
+                          f"error {error}")
                 start += time.perf_counter() - eval_start  # count training time only
             train_bpds = []
     bar.close()

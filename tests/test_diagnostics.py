@@ -10,12 +10,14 @@ import torch
 
 from normflows_emerging import EmergingConv2d, build_multiscale_flow, diagnostics
 from normflows_emerging.cli import main
+from normflows_emerging.config import TrainConfig, build_model, load_datasets
 from normflows_emerging.diagnostics import (
     INVERSE_ERROR_THRESHOLD,
     NumericalInvertibilityWarning,
     inverse_error,
     warn_if_not_invertible,
 )
+from normflows_emerging.train import fit
 
 
 def emerging(weight_std, log_d, channels=4, seed=0):
@@ -123,3 +125,28 @@ def test_float64_sampling_is_the_documented_remedy():
     single = inverse_error(single_flow_model(layer), x.float())["model"]
     double = inverse_error(copy.deepcopy(single_flow_model(layer)).double(), x)["model"]
     assert double < single * 1e-6
+
+
+class OtherModel(torch.nn.Module):
+    """A model with the training interface but no normflows ``flows`` (like an nflows Flow)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, y=None):
+        return self.inner(x, y)
+
+    def sample(self, num_samples, y=None, temperature=None):
+        return self.inner.sample(num_samples, y, temperature)
+
+
+def test_training_a_model_that_cannot_be_checked_records_none(tmp_path):
+    config = TrainConfig(levels=1, flows_per_level=1, hidden_channels=4, batch_size=16, steps=2,
+                         eval_every=1, eval_batch_size=512)
+    train_set, test_set = load_datasets(config)
+    model = OtherModel(build_model(config, tuple(train_set[0][0].shape)))
+    assert not diagnostics.is_checkable(model)
+    last = fit(model, train_set, test_set, config, tmp_path / "run", progress=False)
+    assert last["step"] == 2 and last["inverse_error"] is None
+    assert last["inverse_error_worst_flow"] is None
