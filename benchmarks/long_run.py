@@ -35,8 +35,8 @@ MIXINGS = ("qr", "emerging", "periodic", "1x1")
 
 def long_run(mixing, steps, out, probe_images=256):
     """Train one mixing for ``steps`` steps and check the result (see the module docstring)."""
-    config = TrainConfig(dataset="digits", mixing=mixing, levels=2, flows_per_level=4,
-                         hidden_channels=32, batch_size=32, steps=steps, lr=1e-3, warmup=100,
+    config = TrainConfig(dataset="digits", mixing=mixing, levels=1, flows_per_level=2,
+                         hidden_channels=16, batch_size=32, steps=steps, lr=1e-3, warmup=100,
                          eval_every=max(1, steps // 10), eval_batch_size=512)
     last = train(config, out, progress=False, overwrite=True)
     model, _ = load_checkpoint(Path(out) / CHECKPOINT)
