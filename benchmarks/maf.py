@@ -49,7 +49,7 @@ def layer_rows():
 
 def model_rows(batch=16):
     try:
-        from normflows_emerging.architectures import build_multiscale_flow
+        from normflows_emerging.multiscale import build_multiscale_flow
     except ImportError as error:
         print(f"skipping the model comparison: {error}")
         return []

@@ -27,13 +27,22 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from normflows_emerging import evaluation, train as training
+from normflows_emerging import evaluation
+from normflows_emerging import train as training
 from normflows_emerging.architectures import mixing_layers
-from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
+from normflows_emerging.checkpoint import CHECKPOINT, load_checkpoint
+from normflows_emerging.cli import (
+    add_config_arguments,
+    add_device_argument,
+    config_from_args,
+)
+from normflows_emerging.commands import evaluate_checkpoint
+from normflows_emerging.config import TrainConfig
+from normflows_emerging.run_folder import METRICS
 
-DEFAULTS = training.TrainConfig(dataset="digits", levels=1, flows_per_level=4,
-                                hidden_channels=32, batch_size=64, steps=800, warmup=50,
-                                eval_every=100)
+DEFAULTS = TrainConfig(dataset="digits", levels=1, flows_per_level=4,
+                       hidden_channels=32, batch_size=64, steps=800, warmup=50,
+                       eval_every=100)
 MIXINGS = ("1x1", "plu", "qr", "emerging", "periodic")
 
 
@@ -61,9 +70,9 @@ def compare_mixings(config, mixings, seeds, out, device="cpu", naive_timing=Fals
             run_config = dataclasses.replace(config, mixing=mixing, seed=seed)
             run_dir = Path(out) / f"{mixing}-seed{seed}"
             last = training.train(run_config, run_dir, device, progress=progress)
-            result = training.evaluate_checkpoint(run_dir / training.CHECKPOINT, device=device)
+            result = evaluate_checkpoint(run_dir / CHECKPOINT, device=device)
             if naive_timing:
-                model, _ = training.load_checkpoint(run_dir / training.CHECKPOINT, device)
+                model, _ = load_checkpoint(run_dir / CHECKPOINT, device)
                 result["naive_sample_ms_per_image"] = evaluation.sample_ms_per_image(
                     model, device=device, backend="naive", seed=seed)
             result["train_seconds"] = last["seconds"]
@@ -138,7 +147,7 @@ def plot_curves(out, mixings, seed):
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for mixing in mixings:
-        lines = (Path(out) / f"{mixing}-seed{seed}" / training.METRICS).read_text().splitlines()
+        lines = (Path(out) / f"{mixing}-seed{seed}" / METRICS).read_text().splitlines()
         metrics = [json.loads(line) for line in lines]
         ax.plot([m["step"] for m in metrics], [m["test_bpd"] for m in metrics], "o-", label=mixing)
     ax.set_xlabel("step")

@@ -21,13 +21,21 @@ import argparse
 import json
 from pathlib import Path
 
-from normflows_emerging import evaluation, train as training
-from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
+from normflows_emerging import evaluation
+from normflows_emerging import train as training
+from normflows_emerging.checkpoint import CHECKPOINT, load_checkpoint
+from normflows_emerging.cli import (
+    add_config_arguments,
+    add_device_argument,
+    config_from_args,
+)
+from normflows_emerging.commands import evaluate_checkpoint
+from normflows_emerging.config import TrainConfig
 from normflows_emerging.inverse import BACKENDS, compiled_available
 
-DEFAULTS = training.TrainConfig(dataset="hubble", image_size=16, mixing="emerging", levels=2,
-                                flows_per_level=4, hidden_channels=32, batch_size=32, steps=500,
-                                warmup=50, eval_every=100)
+DEFAULTS = TrainConfig(dataset="hubble", image_size=16, mixing="emerging", levels=2,
+                       flows_per_level=4, hidden_channels=32, batch_size=32, steps=500,
+                       warmup=50, eval_every=100)
 
 
 def main(argv=None):
@@ -44,9 +52,9 @@ def main(argv=None):
     config = config_from_args(args, parser, DEFAULTS)
 
     training.train(config, args.out, args.device, args.resume, progress=not args.no_progress)
-    checkpoint = Path(args.out) / training.CHECKPOINT
-    result = training.evaluate_checkpoint(checkpoint, device=args.device)
-    model, _ = training.load_checkpoint(checkpoint, args.device)
+    checkpoint = Path(args.out) / CHECKPOINT
+    result = evaluate_checkpoint(checkpoint, device=args.device)
+    model, _ = load_checkpoint(checkpoint, args.device)
     for backend in BACKENDS:
         if backend == "compiled" and (args.device == "cuda" or not compiled_available()):
             continue  # the compiled solve runs on CPU tensors only

@@ -25,14 +25,17 @@ import normflows as nf
 import torch
 
 from normflows_emerging import train as training
+from normflows_emerging.checkpoint import CHECKPOINT
 from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
+from normflows_emerging.commands import evaluate_checkpoint
+from normflows_emerging.config import TrainConfig, load_datasets
 from normflows_emerging.glow import replace_mixing
 from normflows_emerging.mixing import mixing_layers
 from normflows_emerging.multiscale import build_glow
 
-DEFAULTS = training.TrainConfig(dataset="hubble", image_size=16, mixing="plu", levels=2,
-                                flows_per_level=4, hidden_channels=32, batch_size=32, steps=500,
-                                warmup=50, eval_every=100)
+DEFAULTS = TrainConfig(dataset="hubble", image_size=16, mixing="plu", levels=2,
+                       flows_per_level=4, hidden_channels=32, batch_size=32, steps=500,
+                       warmup=50, eval_every=100)
 
 
 def normflows_glow(input_shape, levels, flows_per_level, hidden_channels):
@@ -68,7 +71,7 @@ def main(argv=None):
     config = config_from_args(args, parser, DEFAULTS)
     config = dataclasses.replace(config, mixing=args.swap_mixing or DEFAULTS.mixing)
 
-    train_set, test_set = training.load_datasets(config)
+    train_set, test_set = load_datasets(config)
     torch.manual_seed(config.seed)
     model = normflows_glow(tuple(train_set[0][0].shape), config.levels, config.flows_per_level,
                            config.hidden_channels)
@@ -77,7 +80,7 @@ def main(argv=None):
     print(f"{training.count_parameters(model):,} parameters, mixing {config.mixing}")
     training.fit(model, train_set, test_set, config, args.out, args.device, args.resume,
                  progress=not args.no_progress)
-    result = training.evaluate_checkpoint(Path(args.out) / training.CHECKPOINT, device=args.device)
+    result = evaluate_checkpoint(Path(args.out) / CHECKPOINT, device=args.device)
     print(json.dumps(result))
 
 

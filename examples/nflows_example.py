@@ -22,15 +22,24 @@ import torch
 from nflows.distributions import StandardNormal
 from nflows.transforms import ActNorm, AffineCouplingTransform, CompositeTransform, SqueezeTransform
 
-from normflows_emerging import evaluation, train as training
-from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
-from normflows_emerging.nflows import (EmergingConv2dTransform, PeriodicConv2dTransform,
-                                       QR1x1Transform)
+from normflows_emerging import evaluation
+from normflows_emerging import train as training
+from normflows_emerging.cli import (
+    add_config_arguments,
+    add_device_argument,
+    config_from_args,
+)
+from normflows_emerging.config import TrainConfig, load_datasets
+from normflows_emerging.nflows import (
+    EmergingConv2dTransform,
+    PeriodicConv2dTransform,
+    QR1x1Transform,
+)
 
 LAYERS = {"emerging": EmergingConv2dTransform, "periodic": PeriodicConv2dTransform,
           "qr": QR1x1Transform}
-DEFAULTS = training.TrainConfig(dataset="digits", flows_per_level=4, hidden_channels=32,
-                                batch_size=64, steps=400, warmup=50, eval_every=100)
+DEFAULTS = TrainConfig(dataset="digits", flows_per_level=4, hidden_channels=32,
+                       batch_size=64, steps=400, warmup=50, eval_every=100)
 
 
 class CouplingNet(torch.nn.Module):
@@ -127,7 +136,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = config_from_args(args, parser, DEFAULTS)
 
-    train_set, test_set = training.load_datasets(config)
+    train_set, test_set = load_datasets(config)
     shape = tuple(train_set[0][0].shape)
     torch.manual_seed(config.seed)
     transform = image_transform(shape, config.flows_per_level, config.hidden_channels,

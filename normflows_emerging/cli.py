@@ -2,11 +2,16 @@
 
     normflows-emerging train --dataset digits --mixing emerging --steps 500 --out runs/digits
     normflows-emerging train ... --out runs/digits --steps 1000 --resume
+    normflows-emerging train ... --out runs/digits --overwrite
     normflows-emerging evaluate --checkpoint runs/digits/checkpoint.pt
     normflows-emerging sample --checkpoint runs/digits/checkpoint.pt --num 64 --out samples.png
 
 Started with ``torchrun --nproc-per-node N -m normflows_emerging train ...`` the training runs
 in N processes with DistributedDataParallel (``--batch-size`` is per process).
+
+Errors that are the user's to fix (bad flag values, missing data or optional packages, unusable
+checkpoints or run folders) are printed as one line on stderr with exit status 2; any other
+exception is a bug and keeps its traceback.
 """
 
 import argparse
@@ -15,9 +20,18 @@ import dataclasses
 import json
 import sys
 
-from . import train as training
-from .architectures import build_mixing, mixing_layers
+from .mixing import build_mixing, mixing_layers
+from .commands import evaluate_checkpoint, sample_checkpoint
+from .config import MAX_BITS, TrainConfig
 from .data import dataset_names
+from .errors import MissingDependencyError
+from .train import train
+
+# Exceptions that are the user's to fix: bad values (the project's ValueErrors, including
+# CheckpointError, RunFolderError and IncompatibleResumeError), missing or unreadable files,
+# missing optional packages.
+USER_ERRORS = (ValueError, OSError, MissingDependencyError)
+
 
 def _positive_int(text):
     value = _int(text)
@@ -38,6 +52,13 @@ def _int(text):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _bits(text):
+    value = _int(text)
+    if not 1 <= value <= MAX_BITS:
+        raise argparse.ArgumentTypeError(f"expected an integer in 1 .. {MAX_BITS}, got {text!r}")
+    return value
 
 
 def _positive_float(text):
@@ -62,14 +83,14 @@ def _key_value(text):
 
 
 def add_config_arguments(parser, defaults=None, exclude=()):
-    """Add the flags of the :class:`~normflows_emerging.train.TrainConfig` fields to a parser.
+    """Add the flags of the :class:`~normflows_emerging.config.TrainConfig` fields to a parser.
 
     Args:
       parser: ``argparse.ArgumentParser`` (or argument group)
       defaults: ``TrainConfig`` whose values are the defaults (None: ``TrainConfig()``)
       exclude: field names to leave out (they keep the value in ``defaults``)
     """
-    defaults = defaults or training.TrainConfig()
+    defaults = defaults or TrainConfig()
 
     def add(flag, helptext, **kwargs):
         dest = flag[2:].replace("-", "_")
@@ -78,7 +99,8 @@ def add_config_arguments(parser, defaults=None, exclude=()):
         default = getattr(defaults, dest)
         if default is None:
             default_text = {"image_size": "the dataset's", "data_root": "data/<dataset>",
-                            "num_classes": "unconditional"}[dest]
+                            "num_classes": "unconditional",
+                            "bits": "the dataset's native depth"}[dest]
         else:
             default_text = default
         parser.add_argument(flag, default=default, help=f"{helptext} (default: {default_text})",
@@ -90,6 +112,8 @@ def add_config_arguments(parser, defaults=None, exclude=()):
     add("--flows-per-level", "Glow steps per level", type=_positive_int)
     add("--hidden-channels", "hidden channels of the coupling networks", type=_positive_int)
     add("--image-size", "side length of the images", type=_positive_int)
+    add("--bits", f"intensity resolution: quantise the images to 2**BITS levels (1 .. {MAX_BITS})",
+        type=_bits)
     add("--batch-size", "examples per step (per process under torchrun)", type=_positive_int)
     add("--steps", "total optimisation steps (with --resume: the new total)",
         type=_positive_int)
@@ -124,9 +148,9 @@ def config_from_args(args, parser, defaults=None):
     Returns:
       ``TrainConfig``
     """
-    defaults = defaults or training.TrainConfig()
+    defaults = defaults or TrainConfig()
     values = {f.name: getattr(args, f.name, getattr(defaults, f.name))
-              for f in dataclasses.fields(training.TrainConfig)}
+              for f in dataclasses.fields(TrainConfig)}
     if getattr(args, "mixing_arg", None):
         values["mixing_kwargs"] = dict(args.mixing_arg)
     mixings = getattr(args, "mixings", [values["mixing"]])
@@ -135,7 +159,7 @@ def config_from_args(args, parser, defaults=None):
             build_mixing(mixing, 4, **values["mixing_kwargs"])
         except (TypeError, ValueError) as err:
             parser.error(f"bad --mixing-arg for mixing {mixing!r}: {err}")
-    return training.TrainConfig(**values)
+    return TrainConfig(**values)
 
 
 def add_device_argument(parser):
@@ -159,21 +183,32 @@ def build_parser():
 
     tr = commands.add_parser("train", help="train a model",
                              description="Train a multiscale (Glow-style) flow. Writes "
-                                         "OUT/checkpoint.pt, OUT/metrics.jsonl, OUT/samples.png "
-                                         "and prints the last evaluation as a JSON line.")
+                                         "OUT/checkpoint.pt, OUT/metrics.jsonl (test bits/dim "
+                                         "and round-trip error at every evaluation), "
+                                         "OUT/samples.png and prints the last evaluation as a "
+                                         "JSON line. A folder that already holds a run needs "
+                                         "--resume or --overwrite. Killed at any moment, the run "
+                                         "resumes exactly from its last checkpoint.")
     add_config_arguments(tr)
     tr.add_argument("--out", required=True, help="output folder")
-    tr.add_argument("--resume", action="store_true",
-                    help="continue exactly from OUT/checkpoint.pt (same settings; --steps may "
-                         "grow)")
-    tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    existing = tr.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue exactly from OUT/checkpoint.pt (same settings; --steps "
+                               "may grow)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="delete the files of a previous run in OUT and start afresh "
+                               "(without this or --resume, a folder holding a run is refused)")
+    tr.add_argument("--no-progress", action="store_true",
+                    help="hide the progress (a bar on a terminal, else a plain line every few "
+                         "steps)")
     add_device_argument(tr)
 
     ev = commands.add_parser("evaluate", help="evaluate a checkpoint",
                              description="Print one JSON line: bits/dim over the whole split, "
-                                         "sampling milliseconds per image, the largest "
-                                         "round-trip error on the split's images, parameters "
-                                         "and step.")
+                                         "sampling milliseconds per image (median and "
+                                         "interquartile range over repeated timed draws), the "
+                                         "largest round-trip error on the split's images (with "
+                                         "a warning above 1e-3), parameters and step.")
     ev.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
     ev.add_argument("--dataset", choices=dataset_names(), default=None,
                     help="dataset (default: the one it was trained on)")
@@ -183,7 +218,9 @@ def build_parser():
                     help="folder of the dataset files (default: the training run's)")
     add_device_argument(ev)
 
-    sa = commands.add_parser("sample", help="save samples of a checkpoint as a PNG grid")
+    sa = commands.add_parser("sample", help="save samples of a checkpoint as a PNG grid",
+                             description="Draw seeded samples of a checkpoint at a temperature "
+                                         "and save them as one PNG grid; prints the file name.")
     sa.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
     sa.add_argument("--num", type=_positive_int, default=64, help="number of images (default: 64)")
     sa.add_argument("--temperature", type=_positive_float, default=1.0,
@@ -208,19 +245,20 @@ def main(argv=None):
     try:
         if args.command == "train":
             config = config_from_args(args, parser)
-            result = training.train(config, args.out, args.device, args.resume,
-                                    progress=not args.no_progress)
+            result = train(config, args.out, args.device, args.resume,
+                           progress=not args.no_progress, overwrite=args.overwrite)
             if result is not None:  # None on ranks other than 0
                 print(json.dumps(result))
         elif args.command == "evaluate":
-            print(json.dumps(training.evaluate_checkpoint(
+            print(json.dumps(evaluate_checkpoint(
                 args.checkpoint, args.dataset, args.split, args.device, args.data_root)))
         else:
-            training.sample_checkpoint(args.checkpoint, args.out, args.num, args.temperature,
+            sample_checkpoint(args.checkpoint, args.out, args.num, args.temperature,
                                        args.seed, args.device)
             print(args.out)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"{parser.prog} {args.command}: error: {err}\n")
+    except USER_ERRORS as err:
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        parser.exit(2, f"{parser.prog} {args.command}: error: {message}\n")
     return 0
 
 

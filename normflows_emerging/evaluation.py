@@ -2,8 +2,9 @@
 
 * :func:`dequantize`: uniform dequantisation of integer images (also used by training); bits/dim
   come from :func:`normflows_emerging.architectures.bits_per_dim_from_nll`.
-* :func:`evaluate_bpd` (bits/dim over a dataset with fixed noise), :func:`inverse_error`
-  (round-trip error), :func:`sample` and :func:`sample_ms_per_image` (seeded samples, timing).
+* :func:`evaluate_bpd` (bits/dim over a dataset with fixed noise), :func:`probe_batch` (fixed
+  dequantised images, e.g. for :func:`normflows_emerging.diagnostics.inverse_error`),
+  :func:`sample`, :func:`sample_timing` and :func:`sample_ms_per_image` (seeded samples, timing).
 * :func:`tile_images`, :func:`save_image_grid` and :func:`save_samples`: PNG grids of samples.
 
 Models are ``normflows.MultiscaleFlow``\\ s or any module with the same two methods:
@@ -13,16 +14,16 @@ and ``sample(num_samples, y=None, temperature=None)`` returning ``(x, log_q)``.
 
 import contextlib
 import math
-import statistics
-import time
 
 import torch
-from torch.utils.data import DataLoader
 from matplotlib.figure import Figure
+from torch.utils import benchmark
+from torch.utils.data import DataLoader
 
-from .architectures import bits_per_dim_from_nll
+from .likelihood import bits_per_dim_from_nll
 from .checkpoint import EVAL_NOISE, SAMPLING, atomic_write, derive_seed
 from .inverse import use_backend
+from .modes import eval_mode
 
 SAMPLE_TEMPERATURES = (1.0, 0.7)
 
@@ -30,8 +31,11 @@ SAMPLE_TEMPERATURES = (1.0, 0.7)
 def dequantize(images, num_bins, noise=None):
     """Uniform dequantisation ``(k + u) / num_bins`` of integer images, u ~ U[0, 1).
 
+    For a power of two ``num_bins`` (8- or 16-bit data) the result is the correctly rounded
+    float32 value: ``k + u`` is rounded once and the division by ``num_bins`` is exact.
+
     Args:
-      images: integer tensor with values in 0 .. num_bins - 1
+      images: integer tensor (uint8, int32, ...) with values in 0 .. num_bins - 1
       num_bins: number of intensity levels
       noise: the values u, a float tensor of the images' shape (None: drawn with ``torch.rand``)
 
@@ -49,8 +53,8 @@ def evaluate_bpd(model, dataset, batch_size=256, device="cpu", seed=0, class_con
     """Bits/dim averaged over a whole dataset, with fixed dequantisation noise.
 
     Args:
-      model: model, see the module docstring
-      dataset: dataset of (uint8 image, label) with ``num_bins``
+      model: model, see the module docstring (run in eval mode, its modes restored)
+      dataset: dataset of (integer image, label) with ``num_bins``
       batch_size: examples per forward pass
       device: device of the model
       seed: seed of the dequantisation noise (the same seed gives the same noise)
@@ -59,17 +63,15 @@ def evaluate_bpd(model, dataset, batch_size=256, device="cpu", seed=0, class_con
     Returns:
       float
     """
-    was_training = model.training
-    model.eval()
     generator = torch.Generator().manual_seed(derive_seed(seed, EVAL_NOISE))
     total, count = 0.0, 0
-    for images, labels in DataLoader(dataset, batch_size=batch_size):
-        noise = torch.rand(images.shape, generator=generator)
-        x = dequantize(images, dataset.num_bins, noise).to(device)
-        y = labels.to(device) if class_cond else None
-        total += model(x, y).double().sum().item()
-        count += len(images)
-    model.train(was_training)
+    with eval_mode(model):
+        for images, labels in DataLoader(dataset, batch_size=batch_size):
+            noise = torch.rand(images.shape, generator=generator)
+            x = dequantize(images, dataset.num_bins, noise).to(device)
+            y = labels.to(device) if class_cond else None
+            total += model(x, y).double().sum().item()
+            count += len(images)
     return bits_per_dim_from_nll(total / count, dataset[0][0].numel(), dataset.num_bins)
 
 
@@ -87,13 +89,10 @@ def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
     Returns:
       float tensor (num_samples, C, H, W) on the CPU
     """
-    was_training = model.training
-    model.eval()
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with eval_mode(model), torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(seed, SAMPLING))
         x, _ = model.sample(num_samples, temperature=temperature)
-    model.train(was_training)
     return x.clamp(0, 1).cpu()
 
 
@@ -155,11 +154,13 @@ def save_samples(model, path, num_samples=16, seed=0, device="cpu"):
 
 
 @torch.no_grad()
-def sample_ms_per_image(model, num_samples=16, device="cpu", backend=None, seed=0, repeats=3):
-    """Wall-clock milliseconds per image of drawing a batch of samples.
+def sample_timing(model, num_samples=16, device="cpu", backend=None, seed=0,
+                  repeats=7) -> benchmark.Measurement:
+    """Time drawing a batch of samples with ``torch.utils.benchmark`` (wall clock).
 
-    One untimed draw warms up (caches, compiled code), then the median of ``repeats`` timed
-    draws is reported.
+    One untimed draw warms up (caches, compiled code); then ``repeats`` draws are timed one by
+    one with the current number of threads (CUDA is synchronised), so the result carries a
+    median and a spread over several runs rather than one noisy reading.
 
     Args:
       model: model, see the module docstring
@@ -167,46 +168,46 @@ def sample_ms_per_image(model, num_samples=16, device="cpu", backend=None, seed=
       device: device of the model
       backend: solve backend of autoregressive convolutions (``use_backend``), None: default
       seed: seed of the samples
-      repeats: number of timed draws
+      repeats: number of timed draws (at least 1)
+
+    Returns:
+      ``torch.utils.benchmark.Measurement`` of one draw of ``num_samples`` images (seconds):
+      ``median``, ``iqr``, ``times``
+    """
+    timer = benchmark.Timer(
+        stmt="sample(model, num_samples, 1.0, seed, device)",
+        globals={"sample": sample, "model": model, "num_samples": num_samples, "seed": seed,
+                 "device": device},
+        num_threads=torch.get_num_threads(),
+        label="sampling", description=f"{num_samples} samples")
+    with use_backend(backend) if backend else contextlib.nullcontext():
+        sample(model, num_samples, 1.0, seed, device)
+        (measurement,) = benchmark.Measurement.merge([timer.timeit(1) for _ in range(repeats)])
+    return measurement
+
+
+def sample_ms_per_image(model, num_samples=16, device="cpu", backend=None, seed=0,
+                        repeats=7) -> float:
+    """Median wall-clock milliseconds per image of drawing a batch (see :func:`sample_timing`).
 
     Returns:
       float
     """
-    def draw():
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        sample(model, num_samples, 1.0, seed, device)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    with use_backend(backend) if backend else contextlib.nullcontext():
-        seconds = [draw() for _ in range(repeats + 1)][1:]
-    return 1000 * statistics.median(seconds) / num_samples
+    measurement = sample_timing(model, num_samples, device, backend, seed, repeats)
+    return 1000 * measurement.median / num_samples
 
 
-@torch.no_grad()
-def inverse_error(model, dataset, num_images=64, device="cpu", seed=0):
-    """Largest absolute round-trip error data → latents → data on dataset images.
+def probe_batch(dataset, num_images=64, seed=0) -> torch.Tensor:
+    """The first images of a dataset, dequantised with fixed noise: a reproducible probe.
 
     Args:
-      model: ``normflows.MultiscaleFlow``
-      dataset: dataset of (uint8 image, label) with ``num_bins``
-      num_images: how many of its first images to use
-      device: device of the model
+      dataset: dataset of (integer image, label) with ``num_bins``
+      num_images: how many of its first images to use (fewer if it is smaller)
       seed: seed of the dequantisation noise
 
     Returns:
-      float
+      float32 tensor (n, C, H, W) in [0, 1) on the CPU
     """
-    was_training = model.training
-    model.eval()
     images = torch.stack([dataset[i][0] for i in range(min(num_images, len(dataset)))])
     generator = torch.Generator().manual_seed(derive_seed(seed, EVAL_NOISE))
-    noise = torch.rand(images.shape, generator=generator)
-    x = dequantize(images, dataset.num_bins, noise).to(device)
-    z, _ = model.inverse_and_log_det(x)
-    x_again, _ = model.forward_and_log_det(z)
-    model.train(was_training)
-    return (x_again - x).abs().max().item()
+    return dequantize(images, dataset.num_bins, torch.rand(images.shape, generator=generator))

@@ -7,8 +7,12 @@ import matplotlib.image
 import pytest
 import torch
 
-from normflows_emerging import evaluation, train as training
-from normflows_emerging.cli import main
+from normflows_emerging import batches, commands, evaluation
+from normflows_emerging import config as config_module
+from normflows_emerging import train as training
+from normflows_emerging.cli import build_parser, main
+from normflows_emerging.config import TrainConfig, build_model
+from normflows_emerging.errors import MissingDependencyError
 
 TINY = ["--dataset", "digits", "--levels", "2", "--flows-per-level", "1",
         "--hidden-channels", "8", "--batch-size", "16", "--eval-batch-size", "128"]
@@ -27,11 +31,12 @@ def test_train_writes_checkpoint_metrics_and_samples(tmp_path, capsys):
     assert main(["train", *TINY, "--mixing", "emerging", "--steps", "4", "--eval-every", "2",
                  "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "bpd=" in captured.err and "loss=" in captured.err  # the progress bar
+    assert "bpd=" in captured.err and "loss=" in captured.err  # the progress lines
     final = json.loads(captured.out.strip().splitlines()[-1])
 
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert {"model", "optimizer", "step", "config", "rng"} <= set(checkpoint)
+    assert {"model", "optimizer", "scheduler", "step", "config", "rng"} <= set(checkpoint)
+    assert checkpoint["format_version"] == 2
     assert {"torch", "numpy", "python", "data"} <= set(checkpoint["rng"])
     assert checkpoint["step"] == 4
     assert checkpoint["config"]["mixing"] == "emerging"
@@ -44,6 +49,7 @@ def test_train_writes_checkpoint_metrics_and_samples(tmp_path, capsys):
     assert metrics[-1] == final
     for m in metrics:
         assert {"train_bpd", "test_bpd", "seconds"} <= set(m)
+        assert 0 <= m["inverse_error"] < 1e-4 and m["inverse_error_worst_flow"].startswith("flows.")
         assert 0 < m["test_bpd"] < 10 and m["skipped"] == 0
 
     image = matplotlib.image.imread(out / "samples.png")
@@ -98,7 +104,7 @@ def test_non_finite_loss_skips_the_step(tmp_path, capsys, monkeypatch):
         # Call 1 initialises ActNorm, call 2 is step 1, call 3 step 2.
         return torch.full_like(x, float("nan")) if len(calls) == 3 else x
 
-    monkeypatch.setattr(training, "dequantize", nan_on_second_step)
+    monkeypatch.setattr(batches, "dequantize", nan_on_second_step)
     out = tmp_path / "run"
     assert run_train(out, "--steps", "3", "--eval-every", "10") == 0  # one evaluation, at the end
     assert "step 2: non-finite loss or gradient, step skipped" in capsys.readouterr().err
@@ -110,18 +116,17 @@ def test_non_finite_loss_skips_the_step(tmp_path, capsys, monkeypatch):
 
 
 def test_train_step_leaves_parameters_alone_on_nan():
-    model = training.build_model(training.TrainConfig(levels=1, flows_per_level=1,
-                                                      hidden_channels=4), (1, 4, 4))
+    model = build_model(TrainConfig(levels=1, flows_per_level=1, hidden_channels=4), (1, 4, 4))
     x = torch.rand(8, 1, 4, 4)
     with torch.no_grad():
         model(x, None)
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in model.parameters()]
-    assert training.train_step(model, optimizer, torch.full_like(x, float("nan")), None, 17,
-                               1e-3) is None
+    assert training.train_step(model, optimizer, torch.full_like(x, float("nan")), None,
+                               17) is None
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert not optimizer.state
-    nll, bpd = training.train_step(model, optimizer, x, None, 17, 1e-3)
+    nll, bpd = training.train_step(model, optimizer, x, None, 17)
     assert bpd == pytest.approx(nll / (16 * 0.6931471805599453) + 4.087462841250339)
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
@@ -135,10 +140,12 @@ def test_evaluate_and_sample_class_conditional(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
-    assert {"test_bpd", "sample_ms_per_image", "inverse_error"} <= set(result)
+    assert {"test_bpd", "sample_ms_per_image", "sample_ms_per_image_iqr", "inverse_error",
+            "inverse_error_worst_flow_value"} <= set(result)
     assert result["test_bpd"] == pytest.approx(trained["test_bpd"], rel=1e-6)
     assert 0 <= result["inverse_error"] < 1e-4
-    assert result["sample_ms_per_image"] > 0
+    assert result["sample_ms_per_image"] > 0 and result["sample_ms_per_image_iqr"] >= 0
+    assert 0 <= result["inverse_error_worst_flow_value"] < 1e-4
 
     png = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--num", "9",
@@ -201,3 +208,84 @@ def test_tile_images_places_each_image_in_its_cell():
     torch.testing.assert_close(grid[1:3, 6:9, 0], torch.full((2, 3), 0.5))
     torch.testing.assert_close(grid[5:7, 1:4, 0], torch.full((2, 3), 0.75))
     assert grid[0].eq(1).all() and grid[5:7, 6:9].eq(1).all()  # gaps and the empty cell are white
+
+
+def test_progress_in_a_log_is_plain_lines(tmp_path, capsys):
+    # capsys' stderr is not a terminal, like a CI log or nohup.out (every N steps: see
+    # test_training_parts.test_plain_progress_lines_when_not_a_terminal).
+    assert main(["train", *TINY, "--mixing", "qr", "--steps", "3", "--eval-every", "3",
+                 "--levels", "1", "--hidden-channels", "4", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    steps = [line.split(" loss=")[0] for line in err.splitlines()
+             if line.startswith("train qr: step ")]
+    assert steps == [f"train qr: step {s}/3" for s in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("error, message", [
+    (MissingDependencyError("the digits dataset needs scikit-learn: pip install scikit-learn"),
+     "pip install scikit-learn"),
+    (FileNotFoundError("no CIFAR-10 files in data/cifar10; pass --download"), "pass --download"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(error, message, tmp_path, monkeypatch,
+                                                    capsys):
+    def get_dataset(*args, **kwargs):
+        raise error
+
+    out = tmp_path / "run"
+    run_train(out, "--steps", "1")  # a real checkpoint for evaluate
+    monkeypatch.setattr(config_module, "get_dataset", get_dataset)
+    monkeypatch.setattr(commands, "get_dataset", get_dataset)
+    for argv in (["train", *TINY, "--out", str(tmp_path / "other")],
+                 ["evaluate", "--checkpoint", str(out / "checkpoint.pt")]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(config_module, "get_dataset", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", *TINY, "--out", str(tmp_path / "run")])
+
+
+def test_every_command_has_a_description(capsys):
+    parser = build_parser()
+    (commands_action,) = [a for a in parser._actions if a.dest == "command"]
+    for name, sub in commands_action.choices.items():
+        assert sub.description and len(sub.description) > 40, name
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert "Draw seeded samples of a checkpoint" in capsys.readouterr().out
+
+
+def test_bits_reaches_the_dataset_and_the_checkpoint(tmp_path, monkeypatch):
+    real = config_module.get_dataset
+    asked = []
+
+    def get_dataset(name, split, image_size=None, root=None, download=False, bits=None):
+        asked.append(bits)
+        return real(name, split, image_size, root, download)
+
+    monkeypatch.setattr(config_module, "get_dataset", get_dataset)
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--steps", "1", "--bits", "4", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert asked == [4, 4]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["bits"] == 4
+    with pytest.raises(ValueError, match=r"bits must be an int in 1 \.\. 16, got 17"):
+        TrainConfig(bits=17)
+
+
+@pytest.mark.parametrize("value", ["0", "17", "x"])
+def test_bad_bits_flag(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", "x", "--bits", value])
+    assert exc.value.code == 2
+    assert "--bits" in capsys.readouterr().err
