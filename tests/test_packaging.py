@@ -169,6 +169,9 @@ def test_sdist_and_wheel_build_install_and_test(tmp_path):
 
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
+        (metadata,) = [name for name in names if name.endswith(".dist-info/METADATA")]
+        headers = archive.read(metadata).decode().split("\n\n")[0].splitlines()
+    assert "License-Expression: MIT" in headers and "License-File: LICENSE" in headers
     assert f"normflows_emerging/_inverse{EXTENSION_SUFFIX}" in names
     package_sources = set(built_files(ROOT, ["normflows_emerging/**/*.py"]))
     assert package_sources <= names, f"the wheel lacks {sorted(package_sources - names)}"
