@@ -62,8 +62,9 @@ def inverse_backend(device="cpu"):
         return "torch"
     if compiled_available():
         return "compiled"
-    warnings.warn("no compiled inverse: sampling uses the slower torch wavefront solve. "
-                  + missing_extension_message(), RuntimeWarning, stacklevel=2)
+    warnings.warn("no compiled inverse: SquareAutoregressiveConv2d and EmergingConv2d sample "
+                  "with the slower torch wavefront solve. " + missing_extension_message(),
+                  RuntimeWarning, stacklevel=2)
     return "torch"
 
 
