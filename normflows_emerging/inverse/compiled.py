@@ -35,7 +35,7 @@ def missing_extension_message() -> str:
                       "compiler.")
 
 
-def _installed_package_dirs():
+def _installed_package_dirs() -> list[Path]:
     """The normflows_emerging folders of regular (non-editable) installs found on sys.path."""
     found = []
     for distribution in importlib.metadata.distributions(name="normflows-emerging"):
