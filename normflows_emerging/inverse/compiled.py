@@ -32,7 +32,7 @@ def missing_extension_message() -> str:
                     "directory, or install this checkout with `pip install -e .`. ")
     return message + (f"To build it, run `pip install -e .` in {package_dir.parent} if that is a "
                       "source checkout, else reinstall normflows-emerging; either needs a C "
-                      "compiler.")
+                      "compiler, and with `pip install -v` pip shows why a build failed.")
 
 
 def _installed_package_dirs() -> list[Path]:
