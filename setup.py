@@ -37,7 +37,8 @@ class BuildExtWithOptionalOpenMP(build_ext):
     def build_extensions(self):
         openmp = compiler_has_openmp(self.compiler)
         if not openmp:
-            print("normflows-emerging: compiler has no OpenMP, building the inverse single-threaded")
+            print("normflows-emerging: compiler has no OpenMP, "
+                  "building the inverse single-threaded")
         for ext in self.extensions:
             ext.extra_compile_args = ["-O3"] + ([OPENMP_FLAG] if openmp else [])
             ext.extra_link_args = [OPENMP_FLAG] if openmp else []

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_solve_inputs
-from .compiled import compiled_available, solve_compiled
+from .compiled import compiled_available, missing_extension_message, solve_compiled
 from .naive import solve_naive
 from .wavefront import solve_wavefront
 
@@ -72,9 +72,9 @@ def inverse_backend(device="cpu"):
         return "torch"
     if compiled_available():
         return "compiled"
-    warnings.warn("normflows_emerging was installed without its compiled inverse; sampling uses "
-                  "the slower torch wavefront solve. Reinstall with `pip install .` and a C "
-                  "compiler to build it.", RuntimeWarning, stacklevel=2)
+    warnings.warn("no compiled inverse: SquareAutoregressiveConv2d and EmergingConv2d sample "
+                  "with the slower torch wavefront solve. " + missing_extension_message(),
+                  RuntimeWarning, stacklevel=2)
     return "torch"
 
 

@@ -1,11 +1,49 @@
 """Thin wrapper of the Cython extension ``normflows_emerging._inverse``."""
 
+import importlib.machinery
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
 import torch
 
 try:
-    from normflows_emerging import _inverse
-except ImportError:  # the package was installed without building the extension
+    from .. import _inverse
+
+    _IMPORT_ERROR = None
+except ImportError as error:  # never built (no C compiler, or a checkout not installed), or broken
     _inverse = None
+    _IMPORT_ERROR = error
+
+
+def missing_extension_message() -> str:
+    """Why the compiled extension is missing, for the warning: which copy, why, and what to run."""
+    package_dir = Path(__file__).resolve().parents[1]
+    if importlib.util.find_spec("normflows_emerging._inverse") is None:
+        suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+        why = f"it holds no built extension (no _inverse{suffix})"
+    else:
+        why = f"its extension failed to import ({_IMPORT_ERROR})"
+    message = f"normflows_emerging was imported from {package_dir}, and {why}. "
+    shadowed = [path for path in _installed_package_dirs() if path != package_dir]
+    if shadowed:
+        message += (f"The installed copy in {shadowed[0]} is shadowed: {package_dir.parent} comes "
+                    "first on sys.path (the current directory or PYTHONPATH); run from another "
+                    "directory, or install this checkout with `pip install -e .`. ")
+    return message + (f"To build it, run `pip install -e .` in {package_dir.parent} if that is a "
+                      "source checkout, else reinstall normflows-emerging; either needs a C "
+                      "compiler, and with `pip install -v` pip shows why a build failed.")
+
+
+def _installed_package_dirs() -> list[Path]:
+    """The normflows_emerging folders of regular (non-editable) installs found on sys.path."""
+    found = []
+    for distribution in importlib.metadata.distributions(name="normflows-emerging"):
+        init = Path(distribution.locate_file("normflows_emerging/__init__.py"))
+        if init.is_file() and init.resolve().parent not in found:
+            found.append(init.resolve().parent)
+    return found
+
 
 _SOLVERS = {}
 if _inverse is not None:
