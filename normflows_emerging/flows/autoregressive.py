@@ -141,7 +141,8 @@ class SquareAutoregressiveConv2d(Flow):
         else:
             x_padded = F.pad(x, (pad, 0, pad, 0))
         if premix is not None:
-            kernel = torch.einsum("oeab,ec->ocab", kernel, premix)
+            # contiguous: a permuted kernel would make conv2d return a channels-last output
+            kernel = torch.einsum("oeab,ec->ocab", kernel, premix).contiguous()
         y = F.conv2d(x_padded, kernel, self.bias, dilation=self.dilation)
         return y, self._log_det(log_d_sum, x)
 
