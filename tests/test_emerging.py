@@ -95,3 +95,11 @@ def test_folded_one_by_one_equals_the_three_layers_in_turn(kernel_size):
                                          [x, *layer.parameters()])
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want)
+
+
+def test_outputs_are_contiguous():
+    """The folded kernel once made conv2d return channels-last outputs (``.view`` failed)."""
+    layer = perturb_(EmergingConv2d(2).double())
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    y, _ = layer.inverse(x)
+    assert y.is_contiguous() and layer(y)[0].is_contiguous()

@@ -103,11 +103,10 @@ class SquareAutoregressiveConv2d(Flow):
     def _kernel_and_log_d_sum(self):
         """``causal_kernel()`` and ``log_d.sum()``; in eval mode without gradients to the
         parameters, computed once for as long as the parameters keep their values."""
-        parameters = [self.weight, self.raw_log_d]
+        parameters = [self.weight, self.raw_log_d]  # the buffers are fixed by the constructor
         entry = {}
         if reusable(self, parameters):
-            entry = self._cache.entry(parameters + [self.mask, self.corner_diagonal],
-                                      torch.is_inference_mode_enabled())
+            entry = self._cache.entry(parameters, torch.is_inference_mode_enabled())
         if "kernel" not in entry:
             entry["kernel"], entry["log_d_sum"] = self.causal_kernel(), self.log_d.sum()
         return entry["kernel"], entry["log_d_sum"]
@@ -141,6 +140,7 @@ class SquareAutoregressiveConv2d(Flow):
         else:
             x_padded = F.pad(x, (pad, 0, pad, 0))
         if premix is not None:
+            # contiguous: a permuted kernel would make conv2d return a channels-last output
             kernel = torch.einsum("oeab,ec->ocab", kernel, premix).contiguous()
         y = F.conv2d(x_padded, kernel, self.bias, dilation=self.dilation)
         return y, self._log_det(log_d_sum, x)

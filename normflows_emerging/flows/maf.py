@@ -242,6 +242,8 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         log_det = z.new_zeros(batch)
         for step in range(2 * (height - 1) + width):
             first, last = max(0, (step - width + 2) // 2), min(height - 1, step // 2)
+            if first > last:  # no pixel has 2i + j = step (odd steps of a 1-pixel-wide image)
+                continue
             rows = torch.arange(first, last + 1, device=z.device)
             cols = step - 2 * rows
             num_pixels = len(rows)
