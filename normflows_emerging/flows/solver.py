@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..inverse import BACKENDS, _selected_backend
+from ..inverse import BACKENDS, selected_backend
 
 AUTOREGRESSIVE_SOLVERS = ("auto",) + BACKENDS
 
@@ -23,7 +23,7 @@ def chosen_backend(solver: str, backend: str | None) -> str | None:
     """
     if backend is not None:
         return backend
-    selected = _selected_backend.get()
+    selected = selected_backend()
     if selected is not None:
         return selected
     return None if solver == "auto" else solver

@@ -33,6 +33,7 @@ __all__ = [
     "BACKENDS",
     "compiled_available",
     "inverse_backend",
+    "selected_backend",
     "solve_autoregressive",
     "use_backend",
 ]
@@ -59,13 +60,18 @@ def use_backend(name):
         _selected_backend.reset(token)
 
 
+def selected_backend():
+    """The backend chosen with :func:`use_backend` around this call, or None outside any."""
+    return _selected_backend.get()
+
+
 def inverse_backend(device="cpu"):
     """Name of the backend a solve on ``device`` uses now: ``"compiled"``, ``"torch"`` or ``"naive"``.
 
     Inside ``use_backend(name)`` that is ``name``; otherwise ``"torch"`` for non-CPU devices and,
     on CPU, ``"compiled"`` when the extension is built (``"torch"`` with a warning when not).
     """
-    selected = _selected_backend.get()
+    selected = selected_backend()
     if selected is not None:
         return selected
     if torch.device(device).type != "cpu":

@@ -78,7 +78,7 @@ def solve_compiled(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> 
       torch.linalg.LinAlgError: a zero on the corner tap's diagonal
     """
     if _inverse is None:
-        raise RuntimeError("the compiled inverse is not built; reinstall with `pip install .`")
+        raise RuntimeError("the compiled inverse is not available. " + missing_extension_message())
     if not y.is_cpu:
         raise ValueError(f"the compiled inverse runs on CPU tensors, got a {y.device} tensor; "
                          "use backend='torch'")
