@@ -11,9 +11,9 @@ import argparse
 import os
 
 import torch
-from timing import measure, print_table, write_json
 
 from normflows_emerging.flows.maf import MaskedAffineAutoregressiveConv2d
+from timing import measure, print_table, write_json
 
 CHANNELS, SIZE, HIDDEN = 12, 16, 96  # CIFAR-10 after one squeeze, the paper's MAF width
 MODEL = dict(input_shape=(3, 32, 32), levels=2, flows_per_level=2, hidden_channels=64)
@@ -59,7 +59,8 @@ def model_rows(batch=16):
         model = build_multiscale_flow(**MODEL, mixing=mixing).eval()
         num_params = sum(p.numel() for p in model.parameters())
         with torch.no_grad():
-            seconds = measure(lambda: model.sample(batch), min_time=1.0, warmup=1) / batch
+            seconds = measure(lambda model=model: model.sample(batch), min_time=1.0,
+                              warmup=1) / batch
         rows.append(dict(what=f"model ({mixing})", backend="default", batch=batch,
                          ms_per_image=1e3 * seconds, params=num_params))
     return rows

@@ -18,10 +18,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import print_table, timed, write_json  # noqa: E402
-
 from normflows_emerging import EmergingConv2d, PeriodicConv2d, QR1x1  # noqa: E402
 from normflows_emerging.flows.utils import plu_1x1_conv  # noqa: E402
+from timing import print_table, timed, write_json  # noqa: E402
 
 SHAPES = [(12, 16), (24, 8), (48, 4)]  # (channels, height = width)
 BATCH = 16
@@ -55,7 +54,8 @@ def main():
         for channels, size in SHAPES:
             x = torch.randn(BATCH, channels, size, size, device=args.device)
             layers = {name: make(channels).to(args.device).eval() for name, make in LAYERS.items()}
-            passes = {"density": lambda layer: layer.inverse(x), "sampling": lambda layer: layer(x)}
+            passes = {"density": lambda layer, x=x: layer.inverse(x),
+                      "sampling": lambda layer, x=x: layer(x)}
             best = {name: {} for name in layers}
             for _ in range(args.rounds):
                 for name, layer in layers.items():

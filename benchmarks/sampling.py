@@ -9,9 +9,10 @@ with torch.utils.benchmark, rounds interleaved, best median of ``--rounds`` kept
 * ``periodic``; ``maf`` with its fast solve (the naive one only with ``--slow``: minutes).
 
 Columns: milliseconds per image for sampling at batch 1 and at ``--batch`` (eval mode, no
-gradients; the first, untimed call fills the eval caches), and per training step (log_prob + backward + Adamax step at ``--batch``), each with
-its ratio to ``1x1``. Writes ``benchmarks/results/sampling.json`` and a PNG of batch-1 sampling
-time against image size (16, 32, 64) for 1x1, emerging and periodic.
+gradients; the first, untimed call fills the eval caches), and per training step (log_prob +
+backward + Adamax step at ``--batch``), each with its ratio to ``1x1``. Writes
+``benchmarks/results/sampling.json`` and a PNG of batch-1 sampling time against image size
+(16, 32, 64) for 1x1, emerging and periodic.
 
     python benchmarks/sampling.py [--threads 1] [--paper] [--slow] [--device cuda]
 """
@@ -24,9 +25,8 @@ import torch
 from matplotlib.figure import Figure
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import measure, print_table, timed, write_json
-
 from normflows_emerging import build_multiscale_flow
+from timing import measure, print_table, timed, write_json
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 PAPER_MS_PER_SAMPLE = {"glow": 5, "emerging_accelerated": 39, "emerging_naive": 1800,

@@ -6,10 +6,6 @@ evaluation and sampling in :mod:`normflows_emerging.evaluation`, checkpoint writ
 state in :mod:`normflows_emerging.checkpoint`.
 """
 
-from .glow import GlowStep, replace_mixing
-from .likelihood import bits_per_dim, bits_per_dim_from_nll
-from .mixing import build_mixing, mixing_layers, register_mixing
-from .multiscale import ImageMultiscaleFlow, build_glow, build_multiscale_flow
 from .flows import (
     Chain,
     EmergingConv2d,
@@ -18,7 +14,11 @@ from .flows import (
     QR1x1,
     SquareAutoregressiveConv2d,
 )
+from .glow import GlowStep, replace_mixing
 from .inverse import BACKENDS, inverse_backend, solve_autoregressive, use_backend
+from .likelihood import bits_per_dim, bits_per_dim_from_nll
+from .mixing import build_mixing, mixing_layers, register_mixing
+from .multiscale import ImageMultiscaleFlow, build_glow, build_multiscale_flow
 
 __version__ = "0.1.0"
 

@@ -98,7 +98,8 @@ def rng_state(order, step):
 
     NumPy's state is stored as a tensor, so that checkpoints load with ``weights_only=True``.
     """
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    # The legacy global NumPy stream is what user code and libraries draw from: save it as is.
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()  # noqa: NPY002
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss,
@@ -115,7 +116,7 @@ def set_rng_state(state):
     """Restore the random states captured by :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     name, keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss,
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss,  # noqa: NPY002
                          cached_gaussian))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():

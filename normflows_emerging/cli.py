@@ -20,11 +20,11 @@ import dataclasses
 import json
 import sys
 
-from .mixing import build_mixing, mixing_layers
 from .commands import evaluate_checkpoint, sample_checkpoint
 from .config import MAX_BITS, TrainConfig
 from .data import dataset_names
 from .errors import MissingDependencyError
+from .mixing import build_mixing, mixing_layers
 from .train import train
 
 # Exceptions that are the user's to fix: bad values (the project's ValueErrors, including

@@ -10,9 +10,9 @@ import dataclasses
 
 import torch
 
-from .multiscale import build_multiscale_flow
 from .data import get_dataset
 from .errors import IncompatibleResumeError
+from .multiscale import build_multiscale_flow
 
 # Settings that may change when a run is resumed; all others must match the checkpoint.
 RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batch_size", "workers", "data_root",

@@ -114,10 +114,11 @@ def warn_if_not_invertible(errors, where="") -> bool:
     """
     if not errors["model"] > INVERSE_ERROR_THRESHOLD:
         return False
+    worst = errors["worst_flow"]
     warnings.warn(
         f"the model is numerically not invertible{' ' + where if where else ''}: round-trip "
         f"error {errors['model']:.3g} > {INVERSE_ERROR_THRESHOLD:g} (data in [0, 1)), worst "
-        f"in {errors['worst_flow']} ({errors['flows'].get(errors['worst_flow'], float('nan')):.3g}); "
+        f"in {worst} ({errors['flows'].get(worst, float('nan')):.3g}); "
         f"samples may be wrong. Remedies: sample in float64, lower the learning rate, or "
         f"resume from an earlier checkpoint",
         NumericalInvertibilityWarning, stacklevel=2)

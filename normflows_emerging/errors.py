@@ -7,7 +7,7 @@ traceback.
 
 
 class MissingDependencyError(ImportError):
-    """An optional package that a feature needs is not installed; the message names the pip command."""
+    """An optional package that a feature needs is missing; the message names the pip command."""
 
 
 class CheckpointError(ValueError):

@@ -20,9 +20,9 @@ from matplotlib.figure import Figure
 from torch.utils import benchmark
 from torch.utils.data import DataLoader
 
-from .likelihood import bits_per_dim_from_nll
 from .checkpoint import EVAL_NOISE, SAMPLING, atomic_write, derive_seed
 from .inverse import use_backend
+from .likelihood import bits_per_dim_from_nll
 from .modes import eval_mode
 
 SAMPLE_TEMPERATURES = (1.0, 0.7)

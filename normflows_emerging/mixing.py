@@ -120,8 +120,9 @@ def build_mixing(name: str, num_channels: int, **kwargs: Any) -> nf.flows.Flow:
 class MAFMixing(Chain):
     """The MAF baseline of Emerging Convolutions, [arXiv:1901.11137](https://arxiv.org/abs/1901.11137)
 
-    As in the paper's appendix, the 1×1 convolution (PLU) is followed by two ``MaskedAffineAutoregressiveConv2d`` layers running in
-    opposite orders; ``inverse`` (density) applies them in that order.
+    As in the paper's appendix, the 1×1 convolution (PLU) is followed by two
+    ``MaskedAffineAutoregressiveConv2d`` layers running in opposite orders; ``inverse`` (density)
+    applies them in that order.
     """
 
     def __init__(self, num_channels: int, maf_hidden_channels: int = 96):

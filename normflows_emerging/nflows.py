@@ -48,7 +48,8 @@ class FlowTransform(Transform):
           TypeError: if ``flow`` is not a ``normflows.flows.Flow``
         """
         if not isinstance(flow, Flow):
-            raise TypeError(f"FlowTransform wraps a normflows.flows.Flow, got {type(flow).__name__}")
+            raise TypeError(
+                f"FlowTransform wraps a normflows.flows.Flow, got {type(flow).__name__}")
         super().__init__()
         self.flow = flow
 

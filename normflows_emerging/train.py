@@ -27,7 +27,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .likelihood import bits_per_dim_from_nll
 from .batches import BatchOrder
 from .checkpoint import (
     CHECKPOINT,
@@ -41,6 +40,7 @@ from .config import TrainConfig, build_model, check_resumable, load_datasets
 from .diagnostics import inverse_error, is_checkable, warn_if_not_invertible
 from .errors import IncompatibleResumeError
 from .evaluation import evaluate_bpd, probe_batch, save_samples
+from .likelihood import bits_per_dim_from_nll
 from .progress import Progress
 from .run_folder import SAMPLES, append_metrics, prepare_run_folder, truncate_metrics
 

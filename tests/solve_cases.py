@@ -20,7 +20,7 @@ def random_causal_kernel(channels, size, dtype, upper=0.0, generator=None):
 
 
 def causal_conv(x, kernel, dilation=1):
-    """The convolution the solves invert; reads only the corner tap's lower triangle and diagonal."""
+    """The convolution the solves invert; reads only the corner tap's lower triangle + diagonal."""
     kernel = kernel.clone()
     kernel[:, :, -1, -1] = kernel[:, :, -1, -1].tril()
     pad = dilation * (kernel.shape[-1] - 1)

@@ -39,7 +39,8 @@ def test_missing_files(tmp_path):
         (tmp_path / "train").mkdir(), (tmp_path / "test").mkdir()
         get_dataset("folder", "train", root=tmp_path)
     (tmp_path / "other").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"no images in the hash-based test split of .*other"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"no images in the hash-based test split of .*other"):
         get_dataset("galaxy", "test", root=tmp_path / "other")
     with pytest.raises(FileNotFoundError, match=r"no downsampled ImageNet32 files "
                                                 r"train_data_batch_\*.npz in .*missing"):

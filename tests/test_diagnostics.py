@@ -11,13 +11,13 @@ import torch
 from normflows_emerging import EmergingConv2d, build_multiscale_flow, diagnostics
 from normflows_emerging.cli import main
 from normflows_emerging.config import TrainConfig, build_model, load_datasets
-from normflows_emerging.flows.bounded import raw_from_log_scale
 from normflows_emerging.diagnostics import (
     INVERSE_ERROR_THRESHOLD,
     NumericalInvertibilityWarning,
     inverse_error,
     warn_if_not_invertible,
 )
+from normflows_emerging.flows.bounded import raw_from_log_scale
 from normflows_emerging.train import fit
 
 
@@ -29,7 +29,8 @@ def emerging(weight_std, log_d, channels=4, seed=0):
         for part in (layer.causal, layer.anticausal):
             part.weight.normal_(0, weight_std)
             part.bias.normal_(0, 0.1)
-            part.raw_log_d.copy_(raw_from_log_scale(torch.full_like(part.raw_log_d, log_d), "log_d"))
+            target = torch.full_like(part.raw_log_d, log_d)
+            part.raw_log_d.copy_(raw_from_log_scale(target, "log_d"))
     return layer
 
 

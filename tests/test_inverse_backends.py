@@ -2,10 +2,9 @@ import warnings
 
 import pytest
 import torch
-from brute_force import perturb_
-from solve_cases import random_causal_kernel
 
 import normflows_emerging.inverse.compiled
+from brute_force import perturb_
 from normflows_emerging import (
     SquareAutoregressiveConv2d,
     _inverse,
@@ -15,6 +14,7 @@ from normflows_emerging import (
 from normflows_emerging.inverse import solve_autoregressive
 from normflows_emerging.inverse.naive import solve_naive
 from normflows_emerging.inverse.wavefront import solve_wavefront
+from solve_cases import random_causal_kernel
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])

@@ -1,10 +1,10 @@
 """Property-based checks of every layer over shapes, kernel sizes and dtypes (issue 9)."""
 
 import torch
-from brute_force import dense_log_abs_det, perturb_
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from brute_force import dense_log_abs_det, perturb_
 from normflows_emerging import (
     EmergingConv2d,
     MaskedAffineAutoregressiveConv2d,

@@ -10,11 +10,11 @@ import threading
 
 import pytest
 import torch
-from solve_cases import random_causal_kernel
 
 from normflows_emerging import _inverse
 from normflows_emerging.inverse import solve_autoregressive
 from normflows_emerging.inverse.wavefront import solve_wavefront
+from solve_cases import random_causal_kernel
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

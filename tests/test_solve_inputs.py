@@ -8,11 +8,11 @@ import sys
 
 import pytest
 import torch
-from solve_cases import random_causal_kernel
 
 from normflows_emerging import _inverse
 from normflows_emerging.inverse import BACKENDS, solve_autoregressive
 from normflows_emerging.inverse.naive import solve_naive
+from solve_cases import random_causal_kernel
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINTS = {torch.float32: _inverse.solve_causal_float32,
@@ -71,8 +71,8 @@ def test_huge_negative_dilation_raises_instead_of_crashing():
         "from normflows_emerging.inverse import solve_autoregressive\n"
         "y, k = torch.randn(1, 2, 5, 5, dtype=torch.float64), torch.ones(2, 2, 2, 2).double()\n"
         "for call in (lambda: solve_autoregressive(y, k, -10**8, 'compiled'),\n"
-        "             lambda: _inverse.solve_causal_float64(y.numpy(), k.numpy(),\n"
-        "                                                  torch.empty_like(y).numpy(), -10**8, 1)):\n"
+        "             lambda: _inverse.solve_causal_float64(\n"
+        "                 y.numpy(), k.numpy(), torch.empty_like(y).numpy(), -10**8, 1)):\n"
         "    try:\n"
         "        call()\n"
         "    except ValueError as error:\n"

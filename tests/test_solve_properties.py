@@ -6,10 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from solve_cases import causal_conv, random_causal_kernel
 
 from normflows_emerging.inverse import BACKENDS, solve_autoregressive
 from normflows_emerging.inverse.naive import solve_naive
+from solve_cases import causal_conv, random_causal_kernel
 
 TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-10}
 LAYOUTS = ("contiguous", "channels_last", "strided", "transposed")

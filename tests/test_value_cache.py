@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
-from brute_force import perturb_
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from brute_force import perturb_
 from normflows_emerging import PeriodicConv2d, QR1x1, SquareAutoregressiveConv2d
 
 
@@ -95,7 +95,7 @@ def test_cache_follows_replaced_tensors_when_addresses_are_reused(make):
     """Each new weight may reuse the freed storage of the previous one (same address)."""
     layer = make().eval()
     z = torch.randn(1, 4, 5, 5, dtype=torch.float64)
-    for seed in range(6):
+    for _ in range(6):
         with torch.no_grad():
             layer(z)
         for p in layer.parameters():

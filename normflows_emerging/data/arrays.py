@@ -12,7 +12,7 @@ from .levels import bits_of, check_levels, chosen_bins, to_levels
 
 
 class ArrayImageDataset(Dataset):
-    """Images held in memory as integer arrays, resized and rescaled to ``num_bins`` levels when read.
+    """Images held in memory as integer arrays, resized and rescaled to ``num_bins`` levels on read.
 
     Args:
       chunks: list of integer arrays of shape (n_i, C, H, W) with values in

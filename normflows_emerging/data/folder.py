@@ -145,7 +145,8 @@ def _pixel_format(path: Path) -> PixelFormat:
         return PixelFormat(grey=True, depth=16, readable_depth=16)
     if mode in GREY_8 + COLOUR_8:
         grey = mode in GREY_8 or rawmode.startswith(("L;", "LA;"))
-        # 16 bits per value: PNG's "RGB;16B", "LA;16B", TIFF's "RGB;16L" ... (not BMP's 5-6-5 "BGR;16")
+        # 16 bits per value: PNG's "RGB;16B", "LA;16B", TIFF's "RGB;16L" ...
+        # (not BMP's 5-6-5 "BGR;16")
         sixteen = rawmode.rsplit(";", 1)[-1] in ("16B", "16L", "16N")
         return PixelFormat(grey, depth=16 if sixteen else 8, readable_depth=8)
     raise ValueError(

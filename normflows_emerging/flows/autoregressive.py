@@ -98,7 +98,8 @@ class SquareAutoregressiveConv2d(Flow):
 
         With ``flip=True`` the layer convolves with this kernel reversed in all four axes.
         """
-        return self.weight * self.mask + self.corner_diagonal * self.log_d.exp()[:, None, None, None]
+        diagonal = self.log_d.exp()[:, None, None, None]
+        return self.weight * self.mask + self.corner_diagonal * diagonal
 
     def _kernel_and_log_d_sum(self):
         """``causal_kernel()`` and ``log_d.sum()``; in eval mode without gradients to the

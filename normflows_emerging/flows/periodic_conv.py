@@ -116,7 +116,7 @@ class PeriodicConv2d(Flow):
         return reusable(self, [self.weight])
 
     def _cache_entry(self, x):
-        """Cache entry (a dict) for the size of ``x`` and inference mode, for the kernel's values."""
+        """Cache entry (a dict) for the size of ``x`` and inference mode, for the kernel values."""
         key = (x.shape[2], x.shape[3], torch.is_inference_mode_enabled())
         return self._cache.entry([self.weight], key)
 

@@ -66,7 +66,7 @@ def selected_backend():
 
 
 def inverse_backend(device="cpu"):
-    """Name of the backend a solve on ``device`` uses now: ``"compiled"``, ``"torch"`` or ``"naive"``.
+    """Name of the backend a solve on ``device`` uses now: "compiled", "torch" or "naive".
 
     Inside ``use_backend(name)`` that is ``name``; otherwise ``"torch"`` for non-CPU devices and,
     on CPU, ``"compiled"`` when the extension is built (``"torch"`` with a warning when not).

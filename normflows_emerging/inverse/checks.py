@@ -40,7 +40,7 @@ def check_solve_inputs(y: torch.Tensor, kernel: torch.Tensor, dilation: int) -> 
 
 
 def check_corner_diagonal(kernel: torch.Tensor) -> None:
-    """Raise ``torch.linalg.LinAlgError`` if the corner tap of ``kernel`` has a zero on its diagonal.
+    """Raise ``torch.linalg.LinAlgError`` if the corner tap of ``kernel`` has a zero diagonal entry.
 
     The solve divides by that diagonal: a zero makes the convolution singular. (On a GPU this
     reads one flag back from the device per call.)

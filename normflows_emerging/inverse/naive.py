@@ -1,4 +1,4 @@
-"""Reference solve: element by element, in the plainest possible form (tests, benchmark baseline)."""
+"""Reference solve: element by element, in the plainest form (tests, benchmark baseline)."""
 
 import torch
 
