@@ -5,7 +5,8 @@ defined, as a reader pasting them in order would), in a fresh interpreter whose 
 README.md's own line numbers. In the bash blocks, each command of this package's command line
 (``normflows-emerging``, ``python -m normflows_emerging``, ``torchrun ... -m normflows_emerging``)
 or of a script in this repository (``python examples/compare.py ...``) may only use flags that its
-``--help`` lists.
+``--help`` lists. The speed tables of README.md are the JSON results in ``benchmarks/results/``,
+formatted by :func:`speed_tables` (``python tests/test_readme.py`` prints them for pasting).
 """
 
 import json
@@ -18,6 +19,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "results"
+# results file: (rows shown: None for all, columns) as each benchmark script names them
+SPEED_TABLES = {
+    "inverse.json": (lambda row: row["threads"] == 1,
+                     ["C", "HxW", "m", "batch", "conv_ms", "compiled_ms", "solve_ms", "torch_ms",
+                      "compiled/conv", "solve/conv", "torch/conv"]),
+    "mixing_layers.json": (None, ["shape", "layer", "density ms", "sampling ms", "density ratio",
+                                  "sampling ratio"]),
+    "sampling.json": (None, ["model", "sample_b1 ms", "sample_b1 ratio", "sample_b16 ms",
+                             "sample_b16 ratio", "train_step ms", "train_step ratio"]),
+    "long_run.json": (None, ["mixing", "steps", "test_bpd", "finite_parameters", "inverse_error",
+                             "max_inverse_error_during_run", "skipped_steps", "train_seconds"]),
+    "maf.json": (None, ["what", "backend", "batch", "ms_per_image", "speedup", "params",
+                        "max_abs_diff"]),
+}
+# the paper's Table 5 row (key of paper_ms_per_sample in sampling.json: naive, accelerated) and
+# the models of benchmarks/sampling.py that stand for it
+PAPER_TABLE5 = [("Glow (1x1)", ("glow", "glow"), ("1x1", "1x1")),
+                ("Emerging", ("emerging_naive", "emerging_accelerated"),
+                 ("emerging (naive)", "emerging (compiled)")),
+                ("MAF", ("maf_naive", "maf_accelerated"), ("maf (naive)", "maf (fast)"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 RUN_BLOCKS = """
 import json, sys
@@ -35,6 +57,41 @@ def readme_blocks(language):
             for match in FENCE.finditer(text) if match.group(1) == language]
 
 
+def cell(value):
+    """A table cell: 3 significant digits, thousands separated, empty for a missing value."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def markdown_table(columns, rows):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def speed_tables():
+    """{results file name: markdown table of its rows}, plus ``"table5"``: the paper's Table 5
+    (ms per sample) beside this project's batch-1 sampling times from ``sampling.json``."""
+    tables = {}
+    for name, (keep, columns) in SPEED_TABLES.items():
+        rows = json.loads((RESULTS / name).read_text())["rows"]
+        tables[name] = markdown_table(columns, [[row.get(c) for c in columns] for row in rows
+                                                if keep is None or keep(row)])
+    sampling = json.loads((RESULTS / "sampling.json").read_text())
+    here = {row["model"]: row["sample_b1 ms"] for row in sampling["rows"]}
+    paper = sampling["paper_ms_per_sample"]
+    tables["table5"] = markdown_table(
+        ["model", "paper naive", "paper accelerated", "here naive", "here accelerated"],
+        [[model, paper[naive], paper[fast], here.get(ours_naive), here.get(ours_fast)]
+         for model, (naive, fast), (ours_naive, ours_fast) in PAPER_TABLE5])
+    return tables
+
+
 def checkout_env():
     """Imports come from this checkout, wherever the interpreter starts."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -43,6 +100,18 @@ def checkout_env():
 
 def test_readme_has_python_and_bash_blocks():
     assert readme_blocks("python") and readme_blocks("bash")
+
+
+def test_speed_tables_are_the_benchmark_results():
+    text = README.read_text()
+    stale = [name for name, table in speed_tables().items() if table not in text]
+    assert not stale, f"README.md's tables differ from benchmarks/results/ for {stale}: paste " \
+        "the output of `python tests/test_readme.py`"
+
+
+def test_markdown_table_cells():
+    assert markdown_table(["a", "b"], [[63124.99, None], [0.072051, "x"], [3000, 4.8e-07]]) == (
+        "| a | b |\n|---|---|\n| 63,125 |  |\n| 0.0721 | x |\n| 3,000 | 4.8e-07 |")
 
 
 def test_python_blocks_run(tmp_path):
@@ -124,3 +193,8 @@ def test_command_parsing_finds_programs_and_flags():
     assert found == [None, None, (["examples/compare.py"], ["--seeds"]),
                      (["-m", "normflows_emerging", "train"], ["--dataset", "--steps"]),
                      (["-m", "normflows_emerging", "train"], ["--lr"])]
+
+
+if __name__ == "__main__":
+    for name, table in speed_tables().items():
+        print(f"{name}:\n{table}\n")
