@@ -3,11 +3,16 @@
 import pytest
 import torch
 from brute_force import perturb_
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from normflows_emerging import EmergingConv2d, QR1x1, SquareAutoregressiveConv2d
-from normflows_emerging.architectures import build_mixing, build_multiscale_flow, mixing_layers
+from normflows_emerging.architectures import (
+    build_mixing,
+    build_multiscale_flow,
+    mixing_layers,
+)
 from normflows_emerging.parameters import (
     ParameterCount,
     count_parameters,
