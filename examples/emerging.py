@@ -17,12 +17,13 @@ Paper-size (the paper's Table 3 architecture on CIFAR-10) on a GPU:
         --hidden-channels 512 --steps 500000 --eval-every 10000 --device cuda
 """
 
-import argparse
 import json
 from pathlib import Path
 
-from normflows_emerging import evaluation, train as training
-from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
+from example_cli import example_parser, parse_config
+
+from normflows_emerging import evaluation
+from normflows_emerging import train as training
 from normflows_emerging.inverse import BACKENDS, compiled_available
 
 DEFAULTS = training.TrainConfig(dataset="hubble", image_size=16, mixing="emerging", levels=2,
@@ -32,16 +33,8 @@ DEFAULTS = training.TrainConfig(dataset="hubble", image_size=16, mixing="emergin
 
 def main(argv=None):
     """Train, evaluate and time the sampling backends."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, DEFAULTS, exclude=("mixing",))
-    parser.add_argument("--out", default="runs/emerging",
-                        help="output folder (default: runs/emerging)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_device_argument(parser)
-    args = parser.parse_args(argv)
-    config = config_from_args(args, parser, DEFAULTS)
+    parser = example_parser(__doc__, DEFAULTS, "runs/emerging", exclude=("mixing",))
+    args, config = parse_config(parser, DEFAULTS, argv)
 
     training.train(config, args.out, args.device, args.resume, progress=not args.no_progress)
     checkpoint = Path(args.out) / training.CHECKPOINT

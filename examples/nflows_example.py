@@ -21,12 +21,25 @@ import json
 import torch
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
-from nflows.transforms import ActNorm, AffineCouplingTransform, CompositeTransform, SqueezeTransform
+from nflows.transforms import (
+    ActNorm,
+    AffineCouplingTransform,
+    CompositeTransform,
+    SqueezeTransform,
+)
 
-from normflows_emerging import evaluation, train as training
-from normflows_emerging.cli import add_config_arguments, add_device_argument, config_from_args
-from normflows_emerging.nflows import (EmergingConv2dTransform, PeriodicConv2dTransform,
-                                       QR1x1Transform)
+from normflows_emerging import evaluation
+from normflows_emerging import train as training
+from normflows_emerging.cli import (
+    add_config_arguments,
+    add_device_argument,
+    config_from_args,
+)
+from normflows_emerging.nflows import (
+    EmergingConv2dTransform,
+    PeriodicConv2dTransform,
+    QR1x1Transform,
+)
 
 LAYERS = {"emerging": EmergingConv2dTransform, "periodic": PeriodicConv2dTransform,
           "qr": QR1x1Transform}
