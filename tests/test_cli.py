@@ -1,7 +1,6 @@
 """Command line and training functions: outputs, exact resumption, skipped steps, errors."""
 
 import json
-from pathlib import Path
 
 import matplotlib.image
 import pytest
