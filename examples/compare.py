@@ -247,7 +247,7 @@ def markdown_table(rows):
     header = ["mixing", "hidden", "parameters (effective / stored)", "test bits/dim",
               f"Δ vs {BASELINE} [95% CI]", "verdict", "sample ms/image"]
     header += ["naive sample ms/image"] if naive else []
-    header += ["train s"]
+    header += ["train s (wall)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         bpd = f"{row['test_bpd_mean']:.3f}"

@@ -5,8 +5,9 @@ two autoregressive convolutions; sampling solves them, with the compiled (Cython
 wavefront or naive backend. This trains the model (same training as
 ``python -m normflows_emerging train``), evaluates it and prints one JSON line with the test
 bits/dim, the round-trip error and the sampling milliseconds per image of every backend. The
-output folder has checkpoint.pt, metrics.jsonl and samples.png. Defaults run on a CPU in a few
-minutes:
+output folder has checkpoint.pt, metrics.jsonl and samples.png. The defaults took 52 s of CPU
+time (user+sys, one thread: ``OMP_NUM_THREADS=1``), i.e. about a minute on a quiet CPU core;
+on a 2-core machine shared with other jobs they took 7 minutes of wall time:
 
     python examples/emerging.py
     python examples/emerging.py --mixing-arg kernel_size=5
