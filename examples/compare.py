@@ -127,6 +127,9 @@ def train_and_evaluate(config, run_dir, device, naive_timing, progress, num_samp
       parameters_effective, train_seconds, sample_ms (list, one per timed block) and with
       ``naive_timing`` naive_sample_ms
     """
+    # A fresh training run appends to an existing metrics file (normflows_emerging.train.fit),
+    # so a rerun into the same folder would mix its curve with the old one.
+    (run_dir / training.METRICS).unlink(missing_ok=True)
     last = training.train(config, run_dir, device, progress=progress)
     checkpoint = run_dir / training.CHECKPOINT
     result = training.evaluate_checkpoint(checkpoint, device=device)

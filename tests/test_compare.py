@@ -112,6 +112,15 @@ def test_compare_example_writes_tables_json_and_plot(compare, tmp_path):
     assert (out / "curves.png").is_file()
 
 
+def test_a_rerun_into_the_same_folder_replaces_the_old_curves(compare, tmp_path):
+    out = tmp_path / "cmp"
+    tiny = [arg if arg != "2" else "3" for arg in TINY]  # 3 steps, evaluated at step 3
+    compare.run(["--mixings", "1x1", "--seeds", "0", *TINY, "--out", str(out)])
+    compare.run(["--mixings", "1x1", "--seeds", "0", *tiny, "--out", str(out)])
+    lines = (out / "1x1-seed0" / training.METRICS).read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [3]
+
+
 def test_curves_have_distinct_styles_and_a_title(compare, tmp_path):
     runs = []
     for i, mixing in enumerate(["1x1", "plu", "qr"]):
