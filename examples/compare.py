@@ -11,8 +11,12 @@ same batches) with a 95% Student-t interval, and says whether that interval excl
 Writes OUT/results.md (that table), OUT/results.json (settings, per-mixing rows, every run) and
 OUT/curves.png (test bits/dim during training, mean over seeds).
 
-The default trains 1x1 and emerging on scikit-learn's bundled 8x8 digits (17 grey levels), 5
-seeds; it took TODO-MEASURE:
+The default trains 1x1 and emerging (1 level of 2 steps, 16 hidden channels, 1000 steps) on
+scikit-learn's bundled 8x8 digits (17 grey levels) with 5 seeds. It took 111 s of CPU time
+(user+sys, one thread: ``OMP_NUM_THREADS=1``), about 2 minutes on a quiet CPU core (14 minutes of
+wall time on a 2-core machine shared with other jobs), and found emerging 0.22 bits/dim below
+1x1, 95% interval [-0.32, -0.12]; with 4 steps of 32 channels and 800 steps the difference,
+-0.035 [-0.135, +0.065], was within noise (the gain grows as the model shrinks, see ``--depths``):
 
     python examples/compare.py
 
