@@ -6,7 +6,7 @@ image bundled with scikit-image (offline), parameter budgets matched to 1x1 and 
 took 147 s of CPU time (user+sys, one thread: ``OMP_NUM_THREADS=1``), about 2.5 minutes on a
 quiet CPU core (17 minutes of wall time on a 2-core machine shared with other jobs). At this
 size neither periodic nor emerging is beyond noise of 1x1 with 3 seeds (emerging -0.14
-[-0.29, +0.01] bits/dim); more seeds or steps (``--seeds 0 1 2 3 4 --steps 1000``) tighten it:
+[-0.29, +0.01] bits/dim); more seeds (``--seeds 0 1 2 3 4``) narrow the intervals:
 
     python examples/periodic_galaxy.py
 
