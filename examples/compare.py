@@ -32,7 +32,7 @@ The shape of the paper's Table 4 (the gain of emerging over 1x1 grows as the mod
 but each within noise with 3 seeds (318 s of CPU time, one thread; 24 minutes of wall time on
 the shared 2-core machine):
 
-    python examples/compare.py --depths 8 4 2 --hidden-channels 32 --steps 800 --seeds 0 1 2 \
+    python examples/compare.py --depths 8 4 2 --hidden-channels 32 --steps 800 --seeds 0 1 2 \\
         --out runs/table4
 
 Paper-size runs on a GPU, e.g. Table 4 and Table 6 (QR):
