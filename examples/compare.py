@@ -27,13 +27,19 @@ Other mixings, or all of them, and the unmatched comparison:
 
 The shape of the paper's Table 4 (the gain of emerging over 1x1 grows as the model shrinks):
 ``--depths`` repeats the comparison at each number of steps per level and writes OUT/depths.md
-(gain with its interval against model size) and OUT/depths.png. This one gave gains of
-+0.041, +0.051 and +0.100 bits/dim at 8, 4 and 2 steps per level, growing as the model shrinks
-but each within noise with 3 seeds (318 s of CPU time, one thread; 24 minutes of wall time on
-the shared 2-core machine):
+(gain with its interval against model size) and OUT/depths.png. With the defaults otherwise,
+
+    python examples/compare.py --depths 4 2 1 --out runs/table4
+
+gave gains of +0.080 [+0.018, +0.142], +0.219 [+0.122, +0.317] and +0.147 [-0.004, +0.298]
+bits/dim at 4, 2 and 1 steps per level (336 s of CPU time, one thread): growing from 4 to 2
+steps, both beyond noise; at 1 step within noise. With wider, longer-trained models,
 
     python examples/compare.py --depths 8 4 2 --hidden-channels 32 --steps 800 --seeds 0 1 2 \\
-        --out runs/table4
+        --out runs/table4-wide
+
+gave +0.041, +0.051 and +0.100 bits/dim at 8, 4 and 2 steps per level, growing as the model
+shrinks but each within noise with 3 seeds (318 s of CPU time, one thread).
 
 Paper-size runs on a GPU, e.g. Table 4 and Table 6 (QR):
 
