@@ -33,7 +33,7 @@ The shape of the paper's Table 4 (the gain of emerging over 1x1 grows as the mod
 
 gave gains of +0.080 [+0.018, +0.142], +0.219 [+0.122, +0.317] and +0.147 [-0.004, +0.298]
 bits/dim at 4, 2 and 1 steps per level (336 s of CPU time, one thread): growing from 4 to 2
-steps, both beyond noise; at 1 step within noise. With wider, longer-trained models,
+steps, both beyond noise; at 1 step within noise. With wider models (32 channels, 800 steps),
 
     python examples/compare.py --depths 8 4 2 --hidden-channels 32 --steps 800 --seeds 0 1 2 \\
         --out runs/table4-wide
