@@ -35,6 +35,7 @@ from normflows_emerging.nflows import (
     PeriodicConv2dTransform,
     QR1x1Transform,
 )
+from normflows_emerging.parameters import count_parameters
 
 LAYERS = {"emerging": EmergingConv2dTransform, "periodic": PeriodicConv2dTransform,
           "qr": QR1x1Transform}
@@ -153,7 +154,7 @@ def main(argv=None):
         "layer": args.layer,
         "test_bpd": evaluation.evaluate_bpd(model, test_set, device=args.device, seed=config.seed),
         "inverse_error": (x_again - x).abs().max().item(),
-        "parameters": training.count_parameters(model),
+        "parameters": count_parameters(model).effective,
     }))
 
 

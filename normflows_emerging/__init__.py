@@ -19,6 +19,7 @@ from .inverse import BACKENDS, inverse_backend, solve_autoregressive, use_backen
 from .likelihood import bits_per_dim, bits_per_dim_from_nll
 from .mixing import build_mixing, mixing_layers, register_mixing
 from .multiscale import ImageMultiscaleFlow, build_glow, build_multiscale_flow
+from .parameters import ParameterCount, count_parameters, register_free_entries
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "GlowStep",
     "ImageMultiscaleFlow",
     "MaskedAffineAutoregressiveConv2d",
+    "ParameterCount",
     "PeriodicConv2d",
     "QR1x1",
     "SquareAutoregressiveConv2d",
@@ -36,9 +38,11 @@ __all__ = [
     "bits_per_dim_from_nll",
     "build_glow",
     "build_mixing",
+    "count_parameters",
     "build_multiscale_flow",
     "inverse_backend",
     "mixing_layers",
+    "register_free_entries",
     "register_mixing",
     "replace_mixing",
     "solve_autoregressive",

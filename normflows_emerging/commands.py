@@ -10,7 +10,8 @@ from .evaluation import (
     sample_timing,
     save_image_grid,
 )
-from .train import check_device, count_parameters
+from .parameters import count_parameters
+from .train import check_device
 
 # Images of the evaluated split in the round-trip check.
 PROBE_IMAGES = 64
@@ -57,6 +58,7 @@ def evaluate_checkpoint(path, dataset=None, split="test", device="cpu", data_roo
     warn_if_not_invertible(errors, f"({path})")
     timing = sample_timing(model, num_samples, device, seed=config.seed,
                            repeats=timing_repeats)
+    count = count_parameters(model)
     return {
         f"{split}_bpd": evaluate_bpd(model, data, config.eval_batch_size, device, config.seed,
                                      config.num_classes is not None),
@@ -64,7 +66,8 @@ def evaluate_checkpoint(path, dataset=None, split="test", device="cpu", data_roo
         "sample_ms_per_image_iqr": 1000 * timing.iqr / num_samples,
         "inverse_error": errors["model"],
         "inverse_error_worst_flow_value": max(errors["flows"].values()),
-        "parameters": count_parameters(model),
+        "parameters": count.effective,
+        "parameters_stored": count.total,
         "step": checkpoint["step"],
     }
 

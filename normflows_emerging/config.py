@@ -27,7 +27,7 @@ class TrainConfig:
 
     Args:
       dataset: dataset name, see ``normflows_emerging.data.dataset_names()``
-      mixing: mixing layer name, see ``normflows_emerging.architectures.mixing_layers()``
+      mixing: mixing layer name, see ``normflows_emerging.mixing_layers()``
       levels: number of levels of the multiscale model
       flows_per_level: Glow steps per level
       hidden_channels: hidden channels of the coupling networks

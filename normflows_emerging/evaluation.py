@@ -1,7 +1,7 @@
 """Evaluation and sampling of trained flows.
 
 * :func:`dequantize`: uniform dequantisation of integer images (also used by training); bits/dim
-  come from :func:`normflows_emerging.architectures.bits_per_dim_from_nll`.
+  come from :func:`normflows_emerging.likelihood.bits_per_dim_from_nll`.
 * :func:`evaluate_bpd` (bits/dim over a dataset with fixed noise), :func:`probe_batch` (fixed
   dequantised images, e.g. for :func:`normflows_emerging.diagnostics.inverse_error`),
   :func:`sample`, :func:`sample_timing` and :func:`sample_ms_per_image` (seeded samples, timing).

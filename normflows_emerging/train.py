@@ -48,11 +48,6 @@ from .run_folder import SAMPLES, append_metrics, prepare_run_folder, truncate_me
 PROBE_IMAGES = 16
 
 
-def count_parameters(model):
-    """Number of trainable parameters of a module."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def warmup_schedule(optimizer, warmup):
     """Linear learning-rate warm-up: factor ``min(1, (step + 1) / warmup)`` at step ``step``.
 

@@ -1,7 +1,6 @@
 """Command line and training functions: outputs, exact resumption, skipped steps, errors."""
 
 import json
-from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -176,28 +175,6 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys, tmp_path
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
-
-
-def test_compare_example_writes_a_markdown_table(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
-    import compare
-
-    out = tmp_path / "cmp"
-    table = compare.run(["--mixings", "1x1", "emerging", "--steps", "2", "--eval-every", "1",
-                         "--levels", "2", "--hidden-channels", "8", "--flows-per-level", "1",
-                         "--batch-size", "16", "--naive-timing", "--no-progress",
-                         "--out", str(out)])
-    lines = table.strip().splitlines()
-    assert lines[2].startswith("| mixing | test bits/dim | parameters | sample ms/image | naive")
-    rows = [line.split(" | ") for line in lines[4:]]
-    assert [row[0] for row in rows] == ["| 1x1", "| emerging"]
-    assert (out / "results.md").read_text() == table
-    results = json.loads((out / "results.json").read_text())
-    for row, line in zip(results["rows"], rows):
-        assert float(line[1]) == pytest.approx(row["test_bpd"], abs=1e-3)
-        assert row["parameters"] > 0
-    assert (out / "curves.png").is_file()
-    assert (out / "emerging-seed0" / "checkpoint.pt").is_file()
 
 
 def test_tile_images_places_each_image_in_its_cell():

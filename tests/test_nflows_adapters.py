@@ -132,7 +132,7 @@ def test_clear_import_error_without_nflows(monkeypatch):
 def test_core_package_imports_without_nflows():
     code = (
         "import sys; sys.modules['nflows'] = None; "
-        "import normflows_emerging, normflows_emerging.architectures, normflows_emerging.mixing, "
+        "import normflows_emerging, normflows_emerging.mixing, "
         "normflows_emerging.glow, normflows_emerging.multiscale, normflows_emerging.likelihood"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,63 @@
+"""The argument-parser scaffolding the training examples share.
+
+Every example takes the training flags of ``TrainConfig`` (with its own defaults), ``--out``,
+``--overwrite``, ``--no-progress`` and ``--device``; single-model examples also take ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from normflows_emerging.cli import (
+    add_config_arguments,
+    add_device_argument,
+    config_from_args,
+)
+from normflows_emerging.config import TrainConfig
+
+
+def example_parser(description: str, defaults: TrainConfig, out: str, exclude: tuple = (),
+                   resume: bool = True) -> argparse.ArgumentParser:
+    """Parser with the training flags, ``--out``, ``--overwrite``, ``--resume``, ``--no-progress``
+    and ``--device``.
+
+    Args:
+      description: help text (the example's module docstring)
+      defaults: ``TrainConfig`` whose values are the flags' defaults
+      out: default output folder
+      exclude: ``TrainConfig`` fields that get no flag (they keep the value in ``defaults``)
+      resume: add ``--resume`` (continue from OUT/checkpoint.pt)
+
+    Returns:
+      ``argparse.ArgumentParser``; add the example's own flags, then call :func:`parse_config`
+    """
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, defaults, exclude=exclude)
+    parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="delete the files of earlier runs in OUT and start afresh "
+                               "(without it, a folder holding a run is refused)")
+    if resume:
+        existing.add_argument("--resume", action="store_true",
+                              help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_device_argument(parser)
+    return parser
+
+
+def parse_config(parser: argparse.ArgumentParser, defaults: TrainConfig,
+                 argv: list | None = None) -> tuple[argparse.Namespace, TrainConfig]:
+    """Parse the arguments of an :func:`example_parser`.
+
+    Args:
+      parser: the parser
+      defaults: the ``TrainConfig`` given to :func:`example_parser`
+      argv: command-line arguments (None: ``sys.argv[1:]``)
+
+    Returns:
+      (parsed arguments, ``TrainConfig``); a bad flag exits with status 2 and a one-line message
+    """
+    args = parser.parse_args(argv)
+    return args, config_from_args(args, parser, defaults)
