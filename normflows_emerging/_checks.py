@@ -22,7 +22,8 @@ def check_positive_int(label: str, value: Any) -> int:
 
 def check_odd_int(label: str, value: Any, minimum: int) -> int:
     """Return ``value`` as an int; raise ValueError unless it is an odd int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum or value % 2 == 0:
+    odd = isinstance(value, Integral) and not isinstance(value, bool) and value % 2 == 1
+    if not odd or value < minimum:
         raise ValueError(f"{label} must be an odd int >= {minimum}, got {value!r}")
     return int(value)
 

@@ -191,7 +191,9 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             isinstance(temperature, bool) or not isinstance(temperature, Real)
             or not math.isfinite(temperature) or temperature <= 0
         ):
-            raise ValueError(f"temperature must be a finite number > 0 or None, got {temperature!r}")
+            raise ValueError(
+                f"temperature must be a finite number > 0 or None, got {temperature!r}"
+            )
         if y is not None:
             self._check_labels(y, None if num_samples == 1 else num_samples)
         if temperature is None:

@@ -12,8 +12,13 @@ from ..inverse import solve_autoregressive
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
 from .cache import ValueKeyedCache, reusable
 from .solver import AUTOREGRESSIVE_SOLVERS, check_solver, chosen_backend
-from .utils import (check_finite_output, check_image, empty_result, is_empty,
-                    register_constant_buffer)
+from .utils import (
+    check_finite_output,
+    check_image,
+    empty_result,
+    is_empty,
+    register_constant_buffer,
+)
 
 
 class SquareAutoregressiveConv2d(Flow):

@@ -21,8 +21,13 @@ from torch import nn
 
 from .._checks import check_bool, check_positive_int
 from .solver import check_solver, chosen_backend
-from .utils import (check_finite_output, check_image, empty_result, is_empty,
-                    register_constant_buffer)
+from .utils import (
+    check_finite_output,
+    check_image,
+    empty_result,
+    is_empty,
+    register_constant_buffer,
+)
 
 # Window taps of a causal 3x3 mask, as (row, column) kernel positions: the row above and the left
 # neighbour. The centre tap (1, 1) is handled separately, with a channel mask.
