@@ -123,12 +123,12 @@ def test_reflections_do_not_depend_on_the_vectors_lengths(scale):
 def test_changing_a_returned_qr_matrix_does_not_change_the_layer(name):
     layer = perturb_(QR1x1(3)).eval()
     x = torch.randn(2, 3, 4, 4)
-    expected_y, expected_x = layer.inverse(x)[0], layer(x)[0]
-    with torch.no_grad():
+    with torch.no_grad():  # eval mode without gradients: the layer caches W and W^-1
+        expected_y, expected_x = layer.inverse(x)[0], layer(x)[0]
         getattr(layer, name)().mul_(0)
-    torch.testing.assert_close(layer.inverse(x)[0], expected_y)
-    torch.testing.assert_close(layer(x)[0], expected_x)
-    torch.testing.assert_close(layer.weight() @ layer.weight_inverse(), torch.eye(3))
+        torch.testing.assert_close(layer.inverse(x)[0], expected_y)
+        torch.testing.assert_close(layer(x)[0], expected_x)
+        torch.testing.assert_close(layer.weight() @ layer.weight_inverse(), torch.eye(3))
 
 
 def test_autoregressive_constants_are_not_saved_and_old_checkpoints_cannot_replace_them():
