@@ -179,3 +179,28 @@ def test_periodic_refuses_a_kernel_too_ill_conditioned_for_float32():
                             dtype=torch.float64)), z)
     torch.testing.assert_close(x, expected, rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(F.conv2d(x, layer.weight), z)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_huge_dilation_reads_only_the_corner_tap_in_both_directions(flip):
+    layer = perturb_(SquareAutoregressiveConv2d(3, 2, flip=flip, dilation=10**9).double())
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    y, log_det = layer.inverse(x)
+    corner = layer.causal_kernel()[:, :, -1, -1]
+    if flip:  # the flipped layer applies the corner tap reversed in both channel axes
+        corner = corner.flip(0, 1)
+    torch.testing.assert_close(y, torch.einsum("oc,bchw->bohw", corner, x)
+                               + layer.bias.view(1, -1, 1, 1))
+    torch.testing.assert_close(log_det, torch.linalg.slogdet(corner)[1].expand(2) * 20)
+    torch.testing.assert_close(layer(y)[0], x)
+
+
+def test_second_derivatives_through_the_solve_are_refused():
+    layer = perturb_(SquareAutoregressiveConv2d(2, 2).double())
+    z = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    x, _ = layer(z)
+    with pytest.raises(RuntimeError, match="no second derivatives"):
+        torch.autograd.grad(x.square().sum(), layer.weight, create_graph=True)
+    x, _ = layer(z)  # first derivatives still work
+    (grad,) = torch.autograd.grad(x.square().sum(), layer.weight)
+    assert grad.abs().sum() > 0

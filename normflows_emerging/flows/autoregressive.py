@@ -146,7 +146,10 @@ class SquareAutoregressiveConv2d(Flow):
         if is_empty(x):
             return empty_result(x)
         kernel, log_d_sum = self._kernel_and_log_d_sum()
-        pad = self.dilation * (self.size - 1)
+        # As in the solve: taps at least max(H, W) away read only padding, whatever the dilation,
+        # so capping it keeps the padding small (a huge dilation would overflow its size).
+        dilation = min(self.dilation, max(x.shape[2], x.shape[3]))
+        pad = dilation * (self.size - 1)
         if self.flip:
             x_padded, kernel = F.pad(x, (0, pad, 0, pad)), kernel.flip(0, 1, 2, 3)
         else:
@@ -154,7 +157,7 @@ class SquareAutoregressiveConv2d(Flow):
         if premix is not None:
             # contiguous: a permuted kernel would make conv2d return a channels-last output
             kernel = torch.einsum("oeab,ec->ocab", kernel, premix).contiguous()
-        y = F.conv2d(x_padded, kernel, self.bias, dilation=self.dilation)
+        y = F.conv2d(x_padded, kernel, self.bias, dilation=dilation)
         return y, self._log_det(log_d_sum, x)
 
     def forward(self, z: torch.Tensor,
