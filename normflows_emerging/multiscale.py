@@ -75,12 +75,14 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
 
     def _check_values(self, what: str, x: torch.Tensor) -> None:
         """Dtype and device of the model's parameters, a non-empty batch, finite values."""
-        like = next(self.parameters())
+        like = next(self.parameters(), x)  # a model without parameters takes any float dtype
         if x.dtype != like.dtype:
             raise TypeError(
                 f"model has {like.dtype} parameters but got {what} of dtype {x.dtype}; convert "
                 f"them (e.g. x.to({like.dtype})) or the model"
             )
+        if not x.is_floating_point():
+            raise TypeError(f"model expects {what} of a floating-point dtype, got {x.dtype}")
         if x.device != like.device:
             raise ValueError(
                 f"model has parameters on {like.device} but got {what} on {x.device}; move one "
@@ -115,7 +117,7 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         if weights:
             self._check_values("class weights y", y)
             return
-        device = next(self.parameters()).device
+        device = next(self.parameters(), y).device
         if y.device != device:
             raise ValueError(f"model has parameters on {device} but got labels y on {y.device}")
         if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
