@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ._checks import check_positive_int
+from .flows.utils import check_image
 from .mixing import build_mixing
 
 SPLIT_MODES = ("channel", "channel_inv", "checkerboard", "checkerboard_inv")
@@ -130,6 +131,23 @@ class GlowStep(nf.flows.Flow):
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Before any sub-layer runs: no sub-layer (the ActNorm's initialisation above all) may
+        see an input that another one then refuses."""
+        actnorm = self.flows[-1]
+        check_image(x, self.channels, type(self).__name__, actnorm.s)
+        if not actnorm.data_dep_init_done > 0:
+            if x.shape[0] == 0:
+                raise ValueError(
+                    f"{type(self).__name__}: the first batch initialises its ActNorm and must not "
+                    f"be empty"
+                )
+            if not torch.isfinite(x).all():
+                raise ValueError(
+                    f"{type(self).__name__}: the first batch initialises its ActNorm and must be "
+                    f"finite, got inf or NaN values"
+                )
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction.
 
@@ -138,7 +156,11 @@ class GlowStep(nf.flows.Flow):
 
         Returns:
           x and log|det dx/dz| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: see :meth:`inverse`
         """
+        self._check_input(z)
         log_det = z.new_zeros(z.shape[0])
         for flow in self.flows:
             z, part = flow(z)
@@ -153,7 +175,13 @@ class GlowStep(nf.flows.Flow):
 
         Returns:
           z and log|det dz/dx| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype (float32/float64,
+            the step's) or device; while the ActNorm is not initialised yet, also for an empty
+            batch or inf/NaN values (its data-dependent initialisation would keep them for good)
         """
+        self._check_input(x)
         log_det = x.new_zeros(x.shape[0])
         for flow in reversed(self.flows):
             x, part = flow.inverse(x)

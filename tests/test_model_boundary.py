@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from normflows_emerging import bits_per_dim, build_multiscale_flow
+from normflows_emerging import GlowStep, bits_per_dim, build_multiscale_flow
 
 
 def _model(num_classes=None):
@@ -92,3 +92,17 @@ def test_class_weights_must_be_finite_and_of_the_model_dtype():
 def test_bits_per_dim_of_an_empty_batch_is_refused_by_the_model():
     with pytest.raises(ValueError, match="at least one example"):
         bits_per_dim(_model(), torch.rand(0, 1, 8, 8))
+
+
+@pytest.mark.parametrize("bad,error", [
+    (torch.rand(2, 4, 4, 4).double(), TypeError),
+    (torch.full((2, 4, 4, 4), float("nan")), ValueError),
+    (torch.rand(0, 4, 4, 4), ValueError),
+])
+def test_a_glow_step_checks_before_its_actnorm_initialises(bad, error):
+    step = GlowStep(4, 8)
+    untouched = copy.deepcopy(step)
+    with pytest.raises(error):
+        step.inverse(bad)
+    x = torch.rand(2, 4, 4, 4)
+    torch.testing.assert_close(step.inverse(x), untouched.inverse(x))
