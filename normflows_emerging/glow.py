@@ -13,7 +13,7 @@ import normflows as nf
 import torch
 from torch import nn
 
-from ._checks import check_positive_int
+from ._checks import check_bool, check_positive_int
 from .flows.utils import check_image
 from .mixing import build_mixing
 
@@ -52,9 +52,13 @@ def glow_coupling(
     Raises:
       ValueError: if a size is not a positive int, ``scale_map`` or ``split_mode`` is unknown,
         or a channel split gets a single channel (one half would be empty)
+      TypeError: if ``scale``, ``init_zeros`` or ``net_actnorm`` is not a bool
     """
-    check_positive_int("channels", channels)
-    check_positive_int("hidden_channels", hidden_channels)
+    channels = check_positive_int("channels", channels)
+    hidden_channels = check_positive_int("hidden_channels", hidden_channels)
+    scale = check_bool("scale", scale)
+    init_zeros = check_bool("init_zeros", init_zeros)
+    net_actnorm = check_bool("net_actnorm", net_actnorm)
     if split_mode not in SPLIT_MODES:
         raise ValueError(f"split_mode must be one of {SPLIT_MODES}, got {split_mode!r}")
     if scale_map not in SCALE_MAPS:

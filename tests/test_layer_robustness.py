@@ -9,11 +9,13 @@ import torch.nn.functional as F
 from brute_force import perturb_
 from normflows_emerging import (
     EmergingConv2d,
+    GlowStep,
     MaskedAffineAutoregressiveConv2d,
     PeriodicConv2d,
     QR1x1,
     SquareAutoregressiveConv2d,
 )
+from normflows_emerging.mixing import MAFMixing
 
 LAYERS = {
     "qr": lambda: QR1x1(3),
@@ -204,3 +206,14 @@ def test_second_derivatives_through_the_solve_are_refused():
     x, _ = layer(z)  # first derivatives still work
     (grad,) = torch.autograd.grad(x.square().sum(), layer.weight)
     assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("build,error,message", [
+    (lambda: MAFMixing(True), ValueError, "num_channels must be a positive int"),
+    (lambda: MAFMixing(2, 0), ValueError, "maf_hidden_channels must be a positive int"),
+    (lambda: GlowStep(4, 8, scale="no"), TypeError, "scale must be True or False"),
+    (lambda: GlowStep(4, 8, net_actnorm=1), TypeError, "net_actnorm must be True or False"),
+])
+def test_bad_step_arguments_are_named(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
