@@ -13,7 +13,8 @@ import normflows as nf
 import torch
 from torch import nn
 
-from ._checks import check_positive_int
+from ._checks import check_bool, check_positive_int
+from .flows.utils import check_image
 from .mixing import build_mixing
 
 SPLIT_MODES = ("channel", "channel_inv", "checkerboard", "checkerboard_inv")
@@ -51,9 +52,13 @@ def glow_coupling(
     Raises:
       ValueError: if a size is not a positive int, ``scale_map`` or ``split_mode`` is unknown,
         or a channel split gets a single channel (one half would be empty)
+      TypeError: if ``scale``, ``init_zeros`` or ``net_actnorm`` is not a bool
     """
-    check_positive_int("channels", channels)
-    check_positive_int("hidden_channels", hidden_channels)
+    channels = check_positive_int("channels", channels)
+    hidden_channels = check_positive_int("hidden_channels", hidden_channels)
+    scale = check_bool("scale", scale)
+    init_zeros = check_bool("init_zeros", init_zeros)
+    net_actnorm = check_bool("net_actnorm", net_actnorm)
     if split_mode not in SPLIT_MODES:
         raise ValueError(f"split_mode must be one of {SPLIT_MODES}, got {split_mode!r}")
     if scale_map not in SCALE_MAPS:
@@ -130,6 +135,23 @@ class GlowStep(nf.flows.Flow):
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Before any sub-layer runs: no sub-layer (the ActNorm's initialisation above all) may
+        see an input that another one then refuses."""
+        actnorm = self.flows[-1]
+        check_image(x, self.channels, type(self).__name__, actnorm.s)
+        if not actnorm.data_dep_init_done > 0:
+            if x.shape[0] == 0:
+                raise ValueError(
+                    f"{type(self).__name__}: the first batch initialises its ActNorm and must not "
+                    f"be empty"
+                )
+            if not torch.isfinite(x).all():
+                raise ValueError(
+                    f"{type(self).__name__}: the first batch initialises its ActNorm and must be "
+                    f"finite, got inf or NaN values"
+                )
+
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction.
 
@@ -138,7 +160,11 @@ class GlowStep(nf.flows.Flow):
 
         Returns:
           x and log|det dx/dz| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: see :meth:`inverse`
         """
+        self._check_input(z)
         log_det = z.new_zeros(z.shape[0])
         for flow in self.flows:
             z, part = flow(z)
@@ -153,7 +179,13 @@ class GlowStep(nf.flows.Flow):
 
         Returns:
           z and log|det dz/dx| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype (float32/float64,
+            the step's) or device; while the ActNorm is not initialised yet, also for an empty
+            batch or inf/NaN values (its data-dependent initialisation would keep them for good)
         """
+        self._check_input(x)
         log_det = x.new_zeros(x.shape[0])
         for flow in reversed(self.flows):
             x, part = flow.inverse(x)

@@ -62,7 +62,7 @@ def bits_per_dim(
         log_p = model.log_prob(x, y)
     else:
         log_p = model.log_prob(x)
-    return bits_per_dim_from_nll(-log_p, x[0].numel(), num_bins)
+    return bits_per_dim_from_nll(-log_p, math.prod(x.shape[1:]), num_bins)
 
 
 def _check_num_bins(num_bins: object) -> None:

@@ -133,7 +133,12 @@ class MAFMixing(Chain):
           maf_hidden_channels: hidden channels of the autoregressive layers' networks (named
             apart from the coupling's ``hidden_channels`` of ``build_multiscale_flow`` and
             ``GlowStep``)
+
+        Raises:
+          ValueError: unless both channel counts are positive ints
         """
+        num_channels = check_positive_int("num_channels", num_channels)
+        maf_hidden_channels = check_positive_int("maf_hidden_channels", maf_hidden_channels)
         super().__init__(
             [
                 plu_1x1_conv(num_channels),

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from numbers import Real
 from typing import Any
 
 import normflows as nf
@@ -24,9 +26,16 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
 
     Its methods are MultiscaleFlow's; before any layer runs, ``log_prob``, ``forward``,
     ``forward_kld``, ``inverse_and_log_det``, ``forward_and_log_det`` and ``sample`` check the
-    images' shape (channels, height, width), the latents' shapes and the class labels, so a wrong
-    input is reported in the model's terms and no layer (e.g. an ActNorm's data-dependent
-    initialisation) sees it.
+    images and latents (shape, dtype and device those of the model's parameters, at least one
+    example, all values finite), the class labels (integer indices in [0, num_classes) or
+    finite class weights, on the model's device) and the sampling temperature (a finite
+    number > 0), so a wrong input is reported in the model's terms and no layer (e.g. an
+    ActNorm's data-dependent initialisation, which a float64, empty or NaN batch would corrupt
+    for good) sees it.
+
+    The value checks (finiteness, label range) read one value per tensor: on CUDA that is a
+    synchronisation per call, accepted because a NaN batch or an out-of-range label otherwise
+    corrupts the model or gives a device-side assert far from its cause.
     """
 
     def __init__(
@@ -62,6 +71,27 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
                 f"model expects images of shape (batch, {', '.join(map(str, self.input_shape))}), "
                 f"got shape {tuple(x.shape)}"
             )
+        self._check_values("images", x)
+
+    def _check_values(self, what: str, x: torch.Tensor) -> None:
+        """Dtype and device of the model's parameters, a non-empty batch, finite values."""
+        like = next(self.parameters(), x)  # a model without parameters takes any float dtype
+        if x.dtype != like.dtype:
+            raise TypeError(
+                f"model has {like.dtype} parameters but got {what} of dtype {x.dtype}; convert "
+                f"them (e.g. x.to({like.dtype})) or the model"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"model expects {what} of a floating-point dtype, got {x.dtype}")
+        if x.device != like.device:
+            raise ValueError(
+                f"model has parameters on {like.device} but got {what} on {x.device}; move one "
+                f"of them"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"model expects a batch of at least one example, got empty {what}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"model expects finite {what}, got inf or NaN values")
 
     def _check_labels(self, y: Any, batch: int | None) -> None:
         """Labels: None for an unconditional model; class indices of shape (batch,) or class
@@ -74,7 +104,8 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             raise TypeError(
                 f"class-conditional model needs labels y as a torch.Tensor, got {type(y).__name__}"
             )
-        indices = y.dim() == 1 and not y.is_floating_point() and not y.is_complex()
+        indices = (y.dim() == 1 and not y.is_floating_point() and not y.is_complex()
+                   and y.dtype != torch.bool)
         weights = y.dim() == 2 and y.is_floating_point() and y.shape[1] == self.num_classes
         if not (indices or weights) or (batch is not None and y.shape[0] != batch):
             size = "batch" if batch is None else batch
@@ -83,13 +114,25 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
                 f"or class weights of shape ({size}, {self.num_classes}); got shape "
                 f"{tuple(y.shape)}, dtype {y.dtype}"
             )
+        if weights:
+            self._check_values("class weights y", y)
+            return
+        device = next(self.parameters(), y).device
+        if y.device != device:
+            raise ValueError(f"model has parameters on {device} but got labels y on {y.device}")
+        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(
+                f"class labels y must lie in [0, {self.num_classes}), got values from "
+                f"{int(y.min())} to {int(y.max())}"
+            )
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Log-density of images, shape (batch,); see ``normflows.MultiscaleFlow.log_prob``.
 
         Raises:
-          TypeError, ValueError: if ``x`` is not of shape (batch, *input_shape) or ``y`` does not
-            fit the model (see the class docstring)
+          TypeError, ValueError: if ``x`` is not a non-empty finite batch of shape
+            (batch, *input_shape) with the model's dtype and device, or ``y`` does not fit the
+            model (see the class docstring)
         """
         self._check_images(x)
         self._check_labels(y, x.shape[0])
@@ -99,7 +142,8 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         """Latents (in ``q0``'s order) and log|det dz/dx|; see ``normflows.MultiscaleFlow``.
 
         Raises:
-          TypeError, ValueError: if ``x`` is not of shape (batch, *input_shape)
+          TypeError, ValueError: if ``x`` is not a non-empty finite batch of shape
+            (batch, *input_shape) with the model's dtype and device
         """
         self._check_images(x)
         return super().inverse_and_log_det(x)
@@ -109,7 +153,8 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
 
         Raises:
           ValueError: unless ``z`` holds one latent per level, of shapes
-            (batch, *latent_shapes[i]) with one batch size
+            (batch, *latent_shapes[i]) with one batch size >= 1, finite, on the model's device
+          TypeError: for latents of another dtype than the model's
         """
         shapes = [tuple(latent.shape) if isinstance(latent, torch.Tensor) else None for latent in z]
         batch = shapes[0][0] if shapes and shapes[0] else None
@@ -119,6 +164,8 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
                 f"model expects latents of shapes {[('batch', *s) for s in self.latent_shapes]} "
                 f"with one batch size, got {shapes}"
             )
+        for level, latent in enumerate(z):
+            self._check_values(f"latents (level {level})", latent)
         return super().forward_and_log_det(z)
 
     def sample(
@@ -133,14 +180,31 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         samples (normflows' rule: ``num_samples`` left at 1 takes ``len(y)``); else classes are
         drawn uniformly.
 
+        ``temperature`` (None: 1) scales the base distributions' standard deviations for this
+        call only; it is reset even when a layer raises.
+
         Raises:
-          ValueError: if ``num_samples`` is not a positive int, or ``y`` does not fit the model
-            or, with ``num_samples`` other than 1, has another number of entries
+          ValueError: if ``num_samples`` is not a positive int, ``temperature`` not a finite
+            number > 0, or ``y`` does not fit the model (see the class docstring) or, with
+            ``num_samples`` other than 1, has another number of entries
         """
         check_positive_int("num_samples", num_samples)
+        if temperature is not None and (
+            isinstance(temperature, bool) or not isinstance(temperature, Real)
+            or not math.isfinite(temperature) or temperature <= 0
+        ):
+            raise ValueError(
+                f"temperature must be a finite number > 0 or None, got {temperature!r}"
+            )
         if y is not None:
             self._check_labels(y, None if num_samples == 1 else num_samples)
-        return super().sample(num_samples, y, temperature)
+        if temperature is None:
+            return super().sample(num_samples, y)
+        self.set_temperature(float(temperature))
+        try:
+            return super().sample(num_samples, y)
+        finally:
+            self.reset_temperature()
 
 
 def build_glow(

@@ -506,7 +506,7 @@ def test_layout_keeps_every_dimension(channels, levels, rows, columns, batch):
     """With steps that only permute channels the model is a permutation of the pixels: latents of
     the stated shapes holding all C*H*W values, an exact round trip and log_det 0."""
     shape = (channels, rows * 2**levels, columns * 2**levels)
-    model = build_glow(shape, levels, 1, ChannelFlip)
+    model = build_glow(shape, levels, 1, ChannelFlip).double()  # inputs must match the model
     x = torch.randn(batch, *shape, dtype=torch.float64)
     z, log_det = model.inverse_and_log_det(x)
     assert [tuple(latent.shape[1:]) for latent in z] == model.latent_shapes

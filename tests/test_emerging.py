@@ -54,7 +54,7 @@ def test_backend_argument_reaches_both_solves(solve_spy):
 
 @pytest.mark.parametrize("kernel_size", [1, 2, 4, 3.0])
 def test_kernel_size_must_be_odd_and_at_least_3(kernel_size):
-    with pytest.raises(ValueError, match="odd integer >= 3"):
+    with pytest.raises(ValueError, match="odd int >= 3"):
         EmergingConv2d(3, kernel_size)
 
 

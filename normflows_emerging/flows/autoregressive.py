@@ -7,16 +7,18 @@ import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
 
+from .._checks import check_bool, check_positive_int
 from ..inverse import solve_autoregressive
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
 from .cache import ValueKeyedCache, reusable
 from .solver import AUTOREGRESSIVE_SOLVERS, check_solver, chosen_backend
-from .utils import check_finite_output, check_image
-
-
-def _check_positive_int(value, name):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+from .utils import (
+    check_finite_output,
+    check_image,
+    empty_result,
+    is_empty,
+    register_constant_buffer,
+)
 
 
 class SquareAutoregressiveConv2d(Flow):
@@ -55,14 +57,19 @@ class SquareAutoregressiveConv2d(Flow):
             ``"naive"``; also settable later as the ``solver`` attribute.
             :func:`normflows_emerging.use_backend` overrides it.
 
+        The ``mask`` and ``corner_diagonal`` buffers follow from the arguments: they are not
+        saved in the state dict, and ones in older checkpoints are ignored when loading.
+
         Raises:
-          ValueError: for a non-positive or non-integer size, channel count or dilation, or an
-            unknown solver
+          ValueError: unless size, channel count and dilation are positive ints (bools refused,
+            numpy ints accepted), or for an unknown solver
+          TypeError: if ``flip`` is not a bool
         """
         super().__init__()
-        _check_positive_int(num_channels, "num_channels")
-        _check_positive_int(size, "size")
-        _check_positive_int(dilation, "dilation")
+        num_channels = check_positive_int("num_channels", num_channels)
+        size = check_positive_int("size", size)
+        dilation = check_positive_int("dilation", dilation)
+        flip = check_bool("flip", flip)
         self.num_channels, self.size, self.flip, self.dilation = num_channels, size, flip, dilation
         self.solver = solver
         # Parameters are stored in causal (flip=False) orientation; flip=True mirrors them.
@@ -73,10 +80,10 @@ class SquareAutoregressiveConv2d(Flow):
         accept_unbounded_checkpoints(self, "log_d", "raw_log_d")
         mask = torch.ones(num_channels, num_channels, size, size)
         mask[:, :, -1, -1] = torch.ones(num_channels, num_channels).tril(-1)
-        self.register_buffer("mask", mask)
+        register_constant_buffer(self, "mask", mask)
         corner_diagonal = torch.zeros(num_channels, num_channels, size, size)
         corner_diagonal[:, :, -1, -1] = torch.eye(num_channels)
-        self.register_buffer("corner_diagonal", corner_diagonal)
+        register_constant_buffer(self, "corner_diagonal", corner_diagonal)
         self._cache = ValueKeyedCache()
 
     @property
@@ -104,10 +111,12 @@ class SquareAutoregressiveConv2d(Flow):
     def _kernel_and_log_d_sum(self):
         """``causal_kernel()`` and ``log_d.sum()``; in eval mode without gradients to the
         parameters, computed once for as long as the parameters keep their values."""
-        parameters = [self.weight, self.raw_log_d]  # the buffers are fixed by the constructor
+        parameters = [self.weight, self.raw_log_d]
         entry = {}
         if reusable(self, parameters):
-            entry = self._cache.entry(parameters, torch.is_inference_mode_enabled())
+            # The buffers too: nothing should change them, but the cache must not hide it if so.
+            entry = self._cache.entry(parameters + [self.mask, self.corner_diagonal],
+                                      torch.is_inference_mode_enabled())
         if "kernel" not in entry:
             entry["kernel"], entry["log_d_sum"] = self.causal_kernel(), self.log_d.sum()
         return entry["kernel"], entry["log_d_sum"]
@@ -134,8 +143,13 @@ class SquareAutoregressiveConv2d(Flow):
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
         """
         check_image(x, self.num_channels, type(self).__name__, self.weight)
+        if is_empty(x):
+            return empty_result(x)
         kernel, log_d_sum = self._kernel_and_log_d_sum()
-        pad = self.dilation * (self.size - 1)
+        # As in the solve: taps at least max(H, W) away read only padding, whatever the dilation,
+        # so capping it keeps the padding small (a huge dilation would overflow its size).
+        dilation = min(self.dilation, max(x.shape[2], x.shape[3]))
+        pad = dilation * (self.size - 1)
         if self.flip:
             x_padded, kernel = F.pad(x, (0, pad, 0, pad)), kernel.flip(0, 1, 2, 3)
         else:
@@ -143,7 +157,7 @@ class SquareAutoregressiveConv2d(Flow):
         if premix is not None:
             # contiguous: a permuted kernel would make conv2d return a channels-last output
             kernel = torch.einsum("oeab,ec->ocab", kernel, premix).contiguous()
-        y = F.conv2d(x_padded, kernel, self.bias, dilation=self.dilation)
+        y = F.conv2d(x_padded, kernel, self.bias, dilation=dilation)
         return y, self._log_det(log_d_sum, x)
 
     def forward(self, z: torch.Tensor,
@@ -164,6 +178,8 @@ class SquareAutoregressiveConv2d(Flow):
           torch.linalg.LinAlgError: if the solve overflows (finite z, non-finite x)
         """
         check_image(z, self.num_channels, type(self).__name__, self.weight)
+        if is_empty(z):
+            return empty_result(z)
         rhs = z - self.bias[:, None, None]
         if self.flip:
             rhs = rhs.flip(1, 2, 3)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from normflows.flows import Flow
 
+from .._checks import check_odd_int, check_positive_int
 from .autoregressive import SquareAutoregressiveConv2d
 from .qr import QR1x1
-from .utils import check_finite_output, check_image, plu_1x1_conv
+from .utils import check_finite_output, check_image, empty_result, is_empty, plu_1x1_conv
 
 ONE_BY_ONE_CHOICES = ("qr", "plu", "none")
 
@@ -42,11 +43,13 @@ class EmergingConv2d(Flow):
             the ``solver`` attribute. :func:`normflows_emerging.use_backend` overrides it.
 
         Raises:
-          ValueError: for an even or too small kernel size, an unknown ``one_by_one`` or solver
+          ValueError: for a channel count that is not a positive int, a kernel size that is not
+            an odd int >= 3 (bools refused, numpy ints accepted), an unknown ``one_by_one`` or
+            solver
         """
         super().__init__()
-        if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be an odd integer >= 3, got {kernel_size!r}")
+        num_channels = check_positive_int("num_channels", num_channels)
+        kernel_size = check_odd_int("kernel_size", kernel_size, 3)
         if one_by_one not in ONE_BY_ONE_CHOICES:
             raise ValueError(f"one_by_one must be one of {ONE_BY_ONE_CHOICES}, got {one_by_one!r}")
         self.num_channels, self.kernel_size = num_channels, kernel_size
@@ -81,8 +84,12 @@ class EmergingConv2d(Flow):
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if a reflection vector of the QR 1x1 layer is zero or not
+            finite
         """
         check_image(x, self.num_channels, type(self).__name__, self.causal.weight)
+        if is_empty(x):
+            return empty_result(x)
         if isinstance(self.one_by_one, QR1x1):  # folded into the causal kernel: one conv less
             log_det = self.one_by_one.log_det(x)
             x, ld = self.causal.inverse(x, premix=self.one_by_one.weight())
@@ -113,6 +120,8 @@ class EmergingConv2d(Flow):
           torch.linalg.LinAlgError: if a step turns finite values into inf/NaN
         """
         check_image(z, self.num_channels, type(self).__name__, self.causal.weight)
+        if is_empty(z):
+            return empty_result(z)
         z, log_det = self.anticausal(z, backend=backend)
         z, ld = self.causal(z, backend=backend)
         log_det = log_det + ld

@@ -19,8 +19,15 @@ import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
 
+from .._checks import check_bool, check_positive_int
 from .solver import check_solver, chosen_backend
-from .utils import check_finite_output, check_image
+from .utils import (
+    check_finite_output,
+    check_image,
+    empty_result,
+    is_empty,
+    register_constant_buffer,
+)
 
 # Window taps of a causal 3x3 mask, as (row, column) kernel positions: the row above and the left
 # neighbour. The centre tap (1, 1) is handled separately, with a channel mask.
@@ -46,12 +53,13 @@ def _autoregressive_mask(in_degrees, out_degrees, kernel_size, strict):
 
 
 class _MaskedConv2d(nn.Conv2d):
-    """Same-size convolution whose weight is multiplied by a fixed mask."""
+    """Same-size convolution whose weight is multiplied by a fixed mask (not saved: it follows
+    from the degrees; a mask in an older checkpoint is ignored)."""
 
     def __init__(self, in_degrees, out_degrees, kernel_size, strict):
         super().__init__(len(in_degrees), len(out_degrees), kernel_size, padding=kernel_size // 2)
         mask = _autoregressive_mask(in_degrees, out_degrees, kernel_size, strict)
-        self.register_buffer("mask", mask)
+        register_constant_buffer(self, "mask", mask)
 
     def masked_weight(self):
         """The effective weight, shape (out, in, k, k)."""
@@ -97,14 +105,14 @@ class MaskedAffineAutoregressiveConv2d(Flow):
             ``"naive"`` and ``"fast"`` otherwise, whatever this says.
 
         Raises:
-          ValueError: for non-positive channel counts or an unknown solver
+          ValueError: unless both channel counts are positive ints (bools refused, numpy ints
+            accepted), or for an unknown solver
+          TypeError: if ``reverse`` is not a bool
         """
         super().__init__()
-        if num_channels < 1 or hidden_channels < 1:
-            raise ValueError(
-                f"num_channels and hidden_channels must be positive, "
-                f"got {num_channels} and {hidden_channels}"
-            )
+        num_channels = check_positive_int("num_channels", num_channels)
+        hidden_channels = check_positive_int("hidden_channels", hidden_channels)
+        reverse = check_bool("reverse", reverse)
         self.num_channels = num_channels
         self.hidden_channels = hidden_channels
         self.reverse = reverse
@@ -156,6 +164,8 @@ class MaskedAffineAutoregressiveConv2d(Flow):
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
         """
         check_image(x, self.num_channels, type(self).__name__, self.conv_in.weight)
+        if is_empty(x):
+            return empty_result(x)
         x = self._flip(x)
         shift, log_scale = self._shift_log_scale(x)
         z = (x - shift) * torch.exp(-log_scale)
@@ -193,6 +203,8 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         backend = chosen_backend(self.solver, backend)
         backend = "naive" if backend == "naive" else "fast"
         check_image(z, self.num_channels, type(self).__name__, self.conv_in.weight)
+        if is_empty(z):
+            return empty_result(z)
         given = z
         z = self._flip(z)
         if backend == "fast":

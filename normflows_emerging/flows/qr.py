@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
 
+from .._checks import check_int, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
 from .cache import ValueKeyedCache, reusable
-from .utils import check_finite_output, check_image
+from .utils import check_finite_output, check_image, empty_result, is_empty
 
 
 class QR1x1(Flow):
@@ -38,16 +39,14 @@ class QR1x1(Flow):
             matrix up to reflection); 0 makes Q the identity
 
         Raises:
-          ValueError: for a non-positive channel count or a negative number of reflections
+          ValueError: unless the channel count is a positive int and the number of reflections
+            an int >= 0 (bools refused, numpy ints accepted)
         """
         super().__init__()
-        if not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(f"num_channels must be a positive integer, got {num_channels!r}")
+        num_channels = check_positive_int("num_channels", num_channels)
         if num_reflections is None:
             num_reflections = num_channels
-        if not isinstance(num_reflections, int) or num_reflections < 0:
-            raise ValueError(f"num_reflections must be a non-negative integer, got "
-                             f"{num_reflections!r}")
+        num_reflections = check_int("num_reflections", num_reflections, 0)
         self.num_channels, self.num_reflections = num_channels, num_reflections
         self.reflections = nn.Parameter(torch.randn(num_reflections, num_channels))
         self.upper = nn.Parameter(torch.zeros(num_channels, num_channels))
@@ -66,11 +65,29 @@ class QR1x1(Flow):
         Compact WY form (Joffrain et al. 2006, "Accumulating Householder transformations,
         revisited"): with unit vectors u_i as the columns of U, ``Q = I - U T U^T`` where
         ``T^-1 = strictly_upper(U^T U) + I / 2``; one triangular solve instead of n products.
+
+        Each vector is divided by its largest magnitude before it is normalised, so tiny or
+        huge vectors neither underflow nor overflow. A zero vector defines no reflection (and
+        no limit: the reflection depends on its direction), so it is an error, as is a
+        non-finite one. Checking reads one value (a synchronisation on CUDA).
+
+        Raises:
+          torch.linalg.LinAlgError: if a reflection vector is zero or has inf/NaN entries
         """
         eye = torch.eye(self.num_channels, dtype=self.upper.dtype, device=self.upper.device)
         if self.num_reflections == 0:
             return eye
-        u = self.reflections / torch.linalg.vector_norm(self.reflections, dim=1, keepdim=True)
+        largest = self.reflections.abs().amax(dim=1, keepdim=True)
+        with torch.no_grad():
+            usable = (largest > 0) & torch.isfinite(self.reflections).all(dim=1, keepdim=True)
+        if not usable.all():
+            index = int((~usable).nonzero()[0, 0])
+            raise torch.linalg.LinAlgError(
+                f"{type(self).__name__}: reflection vector {index} is zero or not finite, so it "
+                f"defines no Householder reflection; reinitialise reflections[{index}]"
+            )
+        scaled = self.reflections / largest
+        u = scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
         t_inv = (u @ u.T).triu(1) + 0.5 * torch.eye(self.num_reflections, dtype=u.dtype,
                                                      device=u.device)
         return eye - u.T @ torch.linalg.solve_triangular(t_inv, u, upper=True)
@@ -80,14 +97,18 @@ class QR1x1(Flow):
         return self.upper.triu(1) + torch.diag(self.log_s.exp())
 
     def weight(self) -> torch.Tensor:
-        """W = Q R, shape (C, C); ``inverse`` computes ``y[:, o] = sum_c W[o, c] x[:, c]``."""
-        return self._matrix("weight")
+        """W = Q R, shape (C, C); ``inverse`` computes ``y[:, o] = sum_c W[o, c] x[:, c]``.
+
+        A new tensor on every call (never the cached one, which a caller could change in place).
+        """
+        return self._matrix("weight").clone()
 
     def weight_inverse(self) -> torch.Tensor:
-        """W^-1 = R^-1 Q^T, shape (C, C)."""
-        return self._matrix("weight_inverse")
+        """W^-1 = R^-1 Q^T, shape (C, C); a new tensor on every call, as for :meth:`weight`."""
+        return self._matrix("weight_inverse").clone()
 
     def _matrix(self, name):
+        """W or W^-1, the cached tensor itself in eval mode: only for use inside the package."""
         parameters = [self.reflections, self.upper, self.raw_log_s]
         entry = {}
         if reusable(self, parameters):
@@ -115,9 +136,12 @@ class QR1x1(Flow):
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if a reflection vector is zero or not finite
         """
         check_image(x, self.num_channels, type(self).__name__, self.upper)
-        return F.conv2d(x, self.weight()[:, :, None, None]), self.log_det(x)
+        if is_empty(x):
+            return empty_result(x)
+        return F.conv2d(x, self._matrix("weight")[:, :, None, None]), self.log_det(x)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: apply W^-1 = R^-1 Q^T.
@@ -130,10 +154,13 @@ class QR1x1(Flow):
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
-          torch.linalg.LinAlgError: if applying W^-1 overflows (finite z, non-finite output)
+          torch.linalg.LinAlgError: if applying W^-1 overflows (finite z, non-finite output) or
+            a reflection vector is zero or not finite
         """
         check_image(z, self.num_channels, type(self).__name__, self.upper)
-        x = F.conv2d(z, self.weight_inverse()[:, :, None, None])
+        if is_empty(z):
+            return empty_result(z)
+        x = F.conv2d(z, self._matrix("weight_inverse")[:, :, None, None])
         check_finite_output(x, z, type(self).__name__)
         return x, -self.log_det(z)
 

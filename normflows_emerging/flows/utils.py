@@ -2,7 +2,12 @@
 
 Dtype and device rule (every layer): the input must have the dtype and device of the layer's
 parameters. A mismatch is a ``TypeError`` (dtype) or ``ValueError`` (device) naming both, never
-a silent cast: convert the layer (``layer.double()``, ``layer.to(device)``) or the input.
+a silent cast: convert the layer (``layer.double()``, ``layer.to(device)``) or the input. Only
+float32 and float64 are supported (torch lacks several of the layers' operations in half
+precision); other dtypes are a ``TypeError`` naming these two.
+
+Empty batches (batch 0, or an image side 0 where the layer allows it) are valid in both
+directions: every layer returns an empty output of the same shape and a log-det of shape (batch,).
 """
 
 import math
@@ -10,6 +15,8 @@ import warnings
 
 import torch
 from normflows.flows import Invertible1x1Conv
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 def check_image(x: torch.Tensor, num_channels: int, layer: str, like: torch.Tensor) -> None:
@@ -22,18 +29,25 @@ def check_image(x: torch.Tensor, num_channels: int, layer: str, like: torch.Tens
       like: one of the layer's parameters; ``x`` must have its dtype and device
 
     Raises:
-      TypeError: if ``x`` is not a floating-point tensor or its dtype differs from ``like``'s
+      TypeError: if ``x`` is not a float32/float64 tensor or its dtype differs from ``like``'s
       ValueError: if ``x`` is not 4-D, has the wrong number of channels or lives on another
         device than ``like``
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{layer} expects a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{layer} supports float32 and float64 tensors only, got dtype {x.dtype}"
+        )
     if x.dim() != 4 or x.shape[1] != num_channels:
         raise ValueError(
             f"{layer} expects a tensor of shape (batch, {num_channels}, height, width), "
             f"got shape {tuple(x.shape)}"
+        )
+    if like.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{layer} supports float32 and float64 parameters only, it has {like.dtype}; "
+            f"convert it (e.g. layer.float())"
         )
     if x.dtype != like.dtype:
         raise TypeError(
@@ -45,6 +59,17 @@ def check_image(x: torch.Tensor, num_channels: int, layer: str, like: torch.Tens
             f"{layer} has parameters on {like.device} but got an input on {x.device}; move one "
             f"of them (e.g. layer.to(x.device))"
         )
+
+
+def is_empty(x: torch.Tensor) -> bool:
+    """Whether the (batch, C, H, W) batch has no element (the layers then skip their work)."""
+    return x.numel() == 0
+
+
+def empty_result(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and log-det of any layer on an empty batch: an empty copy, and zeros of shape
+    (batch,) (an empty Jacobian has determinant 1)."""
+    return x.clone(), x.new_zeros(x.shape[0])
 
 
 def check_finite_output(output: torch.Tensor, given: torch.Tensor, layer: str) -> None:
@@ -70,6 +95,21 @@ def check_finite_output(output: torch.Tensor, given: torch.Tensor, layer: str) -
         f"{layer}: inverting the layer turned a finite input into inf/NaN values; its current "
         f"parameters make the inverse numerically singular (overflow), so no sample is returned"
     )
+
+
+def register_constant_buffer(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    """Register ``value`` as a buffer that is not saved and is dropped from loaded checkpoints.
+
+    For constants of the constructor arguments (masks): a checkpoint must not be able to replace
+    them. Checkpoints written while they were still saved load unchanged (also with
+    ``strict=True``): the stored copy is ignored.
+    """
+    module.register_buffer(name, value, persistent=False)
+
+    def drop(module, state_dict, prefix, *args):
+        state_dict.pop(prefix + name, None)
+
+    module.register_load_state_dict_pre_hook(drop)
 
 
 def plu_1x1_conv(num_channels: int) -> Invertible1x1Conv:

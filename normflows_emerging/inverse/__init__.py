@@ -99,7 +99,8 @@ def solve_autoregressive(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 
     Returns:
       x of shape (B, C, H, W), contiguous. Gradients with respect to ``y`` and ``kernel`` come from
       an implicit backward (one transposed solve and one convolution weight gradient); kernel
-      entries the solve does not read get zero gradient.
+      entries the solve does not read get zero gradient. First derivatives only: a backward
+      with ``create_graph=True`` raises RuntimeError.
 
     Raises:
       TypeError: non-floating ``y``, a kernel of another dtype, a non-int dilation, or a dtype
@@ -132,8 +133,15 @@ class _AutoregressiveSolve(torch.autograd.Function):
         return x
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_x):
+        if torch.is_grad_enabled():
+            # once_differentiable alone only fails when grad_x itself needs a gradient; otherwise
+            # second derivatives would come back silently missing (None or zero).
+            raise RuntimeError(
+                "solve_autoregressive (the sampling direction of the autoregressive layers) has "
+                "no second derivatives: backward with create_graph=True through it is not "
+                "supported"
+            )
         x, kernel = ctx.saved_tensors
         dilation = ctx.dilation
         # grad_y = A^-T grad_x. A^T is anti-causal; mirrored in channels and space it is the causal

@@ -1,0 +1,108 @@
+"""ImageMultiscaleFlow refuses what no layer may see, and a refused call leaves it unchanged."""
+
+import copy
+
+import pytest
+import torch
+
+from normflows_emerging import GlowStep, bits_per_dim, build_multiscale_flow
+
+
+def _model(num_classes=None):
+    return build_multiscale_flow((1, 8, 8), 1, 1, 4, num_classes=num_classes)
+
+
+GOOD = torch.rand(2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("bad,error,message", [
+    (GOOD.double(), TypeError, "float32 parameters but got images of dtype torch.float64"),
+    ((GOOD * 255).to(torch.uint8), TypeError, "dtype torch.uint8"),
+    (torch.full((2, 1, 8, 8), float("nan")), ValueError, "finite images"),
+    (GOOD.clone().index_fill_(0, torch.tensor([1]), float("inf")), ValueError, "finite images"),
+    (GOOD[:0], ValueError, "at least one example"),
+])
+def test_a_refused_batch_reaches_no_layer(bad, error, message):
+    """The first batch initialises ActNorm: a refused one must not, nor change anything else."""
+    model = _model()
+    untouched = copy.deepcopy(model)
+    with pytest.raises(error, match=message):
+        model.log_prob(bad)
+    with pytest.raises(error, match=message):
+        model.inverse_and_log_det(bad)
+    with pytest.raises(error, match=message):
+        model.forward_kld(bad)
+    for name, value in untouched.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    torch.testing.assert_close(model.log_prob(GOOD), untouched.log_prob(GOOD))
+
+
+def test_latents_are_checked_like_images():
+    model = _model()
+    model.log_prob(GOOD)  # initialise ActNorm
+    z, _ = model.inverse_and_log_det(GOOD)
+    with pytest.raises(TypeError, match="latents"):
+        model.forward_and_log_det([latent.double() for latent in z])
+    with pytest.raises(ValueError, match="finite latents"):
+        model.forward_and_log_det([latent * float("nan") for latent in z])
+    with pytest.raises(ValueError, match="at least one example"):
+        model.forward_and_log_det([latent[:0] for latent in z])
+
+
+@pytest.mark.parametrize("temperature", [-1.0, 0, float("nan"), float("inf"), True, "1"])
+def test_sampling_temperature_must_be_a_positive_number(temperature):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        _model().sample(2, temperature=temperature)
+
+
+def test_temperature_is_reset_when_sampling_fails():
+    model = _model()
+    model.log_prob(GOOD)
+    expected = model.log_prob(GOOD)
+
+    def fail(z):
+        raise torch.linalg.LinAlgError("injected")
+
+    model.flows[0][0].forward = fail
+    with pytest.raises(torch.linalg.LinAlgError, match="injected"):
+        model.sample(2, temperature=0.5)
+    assert all(q0.temperature is None for q0 in model.q0)
+    torch.testing.assert_close(model.log_prob(GOOD), expected)
+
+
+@pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [7, 7]])
+def test_class_labels_out_of_range_are_named(labels):
+    model = _model(num_classes=3)
+    y = torch.tensor(labels)
+    with pytest.raises(ValueError, match=r"class labels y must lie in \[0, 3\)"):
+        model.sample(2, y)
+    with pytest.raises(ValueError, match=r"class labels y must lie in \[0, 3\)"):
+        model.log_prob(GOOD, y)
+
+
+def test_class_weights_must_be_finite_and_of_the_model_dtype():
+    model = _model(num_classes=3)
+    weights = torch.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match="finite class weights"):
+        model.log_prob(GOOD, weights * float("nan"))
+    with pytest.raises(TypeError, match="class weights"):
+        model.log_prob(GOOD, weights.double())
+
+
+def test_bits_per_dim_of_an_empty_batch_is_refused_by_the_model():
+    with pytest.raises(ValueError, match="at least one example"):
+        bits_per_dim(_model(), torch.rand(0, 1, 8, 8))
+
+
+@pytest.mark.parametrize("bad,error", [
+    (torch.rand(2, 4, 4, 4).double(), TypeError),
+    (torch.full((2, 4, 4, 4), float("nan")), ValueError),
+    (torch.rand(0, 4, 4, 4), ValueError),
+])
+def test_a_glow_step_checks_before_its_actnorm_initialises(bad, error):
+    step = GlowStep(4, 8)
+    untouched = copy.deepcopy(step)
+    with pytest.raises(error):
+        step.inverse(bad)
+    x = torch.rand(2, 4, 4, 4)
+    torch.testing.assert_close(step.inverse(x), untouched.inverse(x))
