@@ -27,6 +27,11 @@ class NumericalInvertibilityWarning(UserWarning):
     """A model's round trip data -> latents -> data loses more than the threshold."""
 
 
+def non_finite_parameters(model) -> list[str]:
+    """Names of a model's parameters that hold a NaN or an infinity (empty: all finite)."""
+    return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+
+
 def is_checkable(model) -> bool:
     """Whether :func:`inverse_error` can check a model (a normflows model with ``flows``)."""
     return _is_multiscale(model) or _is_normalizing_flow(model)
