@@ -150,10 +150,18 @@ class ImageFileDataset(Dataset):
 
 
 def _pixel_format(path: Path) -> PixelFormat:
-    """The pixel format of an image file, from its header."""
-    with _pillow().open(path) as img:  # reads the header only
-        mode = img.mode
-        tile = img.tile[0][3] if img.tile else ""  # the decoder's arguments
+    """The pixel format of an image file, from its header.
+
+    Raises:
+      OSError: naming the file, if its header cannot be read
+      ValueError: for a mode without integer levels
+    """
+    try:
+        with _pillow().open(path) as img:  # reads the header only
+            mode = img.mode
+            tile = img.tile[0][3] if img.tile else ""  # the decoder's arguments
+    except OSError as err:  # e.g. "Truncated File Read", which omits the file
+        raise OSError(f"cannot read image {path}: {err}") from err
     rawmode = tile if isinstance(tile, str) else str(tile[0])
     if mode in GREY_16:
         return PixelFormat(grey=True, depth=16, readable_depth=16)
