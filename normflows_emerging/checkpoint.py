@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from .config import TrainConfig, build_model
-from .errors import CheckpointError
+from .diagnostics import non_finite_parameters
+from .errors import CheckpointError, NonFiniteError
 
 CHECKPOINT = "checkpoint.pt"
 # Version of the checkpoint layout; bump it when the layout changes.
@@ -61,8 +62,15 @@ def atomic_write(path, write) -> None:
     Args:
       path: file to write
       write: function called with the temporary file opened for binary writing
+
+    Raises:
+      ValueError: if ``path`` is empty or names a folder (nothing is written)
     """
+    if not str(path):
+        raise ValueError("the output file name is empty")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     # os.open with mode 0o666 honours the umask; tempfile.mkstemp would force 0600.
@@ -135,7 +143,14 @@ def save_checkpoint(path, model, optimizer, scheduler, step, config, rng, extra=
       config: :class:`~normflows_emerging.config.TrainConfig`
       rng: random and data-order state, see :func:`rng_state`
       extra: further entries (input shape, number of bins, elapsed seconds, ...)
+
+    Raises:
+      NonFiniteError: if a parameter of the model is NaN or infinite (nothing is written)
     """
+    bad = non_finite_parameters(model)
+    if bad:
+        raise NonFiniteError(f"not saving {path}: {len(bad)} parameter tensors of the model are "
+                             f"non-finite (e.g. {bad[0]!r})")
     checkpoint = {
         "format_version": FORMAT_VERSION,
         "model": model.state_dict(),
@@ -252,8 +267,8 @@ def load_checkpoint(path, device="cpu"):
 
     Raises:
       FileNotFoundError: if there is no such file
-      CheckpointError: if the file is not a usable checkpoint (see :func:`read_checkpoint`) or
-        its parameters do not fit the model its config describes
+      CheckpointError: if the file is not a usable checkpoint (see :func:`read_checkpoint`),
+        its parameters do not fit the model its config describes or are NaN or infinite
     """
     checkpoint = read_checkpoint(path)
     try:
@@ -261,6 +276,10 @@ def load_checkpoint(path, device="cpu"):
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its settings do not build a model: {err}") from None
     load_state(model, checkpoint["model"], path)
+    bad = non_finite_parameters(model)
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} parameter tensors are NaN or infinite (e.g. "
+                              f"{bad[0]!r}); the run that wrote it diverged")
     return model.to(device).eval(), checkpoint
 
 

@@ -18,9 +18,10 @@ import argparse
 import ast
 import dataclasses
 import json
+import math
 import sys
 
-from .commands import evaluate_checkpoint, sample_checkpoint
+from .commands import MAX_SAMPLE_IMAGES, evaluate_checkpoint, sample_checkpoint
 from .config import MAX_BITS, TrainConfig
 from .data import dataset_names
 from .errors import MissingDependencyError
@@ -54,11 +55,17 @@ def _int(text):
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def _bits(text):
-    value = _int(text)
-    if not 1 <= value <= MAX_BITS:
-        raise argparse.ArgumentTypeError(f"expected an integer in 1 .. {MAX_BITS}, got {text!r}")
-    return value
+def _int_in(low, high):
+    """Argument type: an integer in ``low .. high``."""
+
+    def parse(text):
+        value = _int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in {low} .. {high}, "
+                                             f"got {text!r}")
+        return value
+
+    return parse
 
 
 def _positive_float(text):
@@ -66,8 +73,8 @@ def _positive_float(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
     return value
 
 
@@ -113,7 +120,7 @@ def add_config_arguments(parser, defaults=None, exclude=()):
     add("--hidden-channels", "hidden channels of the coupling networks", type=_positive_int)
     add("--image-size", "side length of the images", type=_positive_int)
     add("--bits", f"intensity resolution: quantise the images to 2**BITS levels (1 .. {MAX_BITS})",
-        type=_bits)
+        type=_int_in(1, MAX_BITS))
     add("--batch-size", "examples per step (per process under torchrun)", type=_positive_int)
     add("--steps", "total optimisation steps (with --resume: the new total)",
         type=_positive_int)
@@ -142,7 +149,7 @@ def config_from_args(args, parser, defaults=None):
 
     Args:
       args: ``argparse.Namespace``
-      parser: the parser, used to report a bad ``--mixing-arg``
+      parser: the (sub)parser that defined the flags, used to report a bad ``--mixing-arg``
       defaults: the ``TrainConfig`` given to :func:`add_config_arguments`
 
     Returns:
@@ -202,6 +209,7 @@ def build_parser():
                     help="hide the progress (a bar on a terminal, else a plain line every few "
                          "steps)")
     add_device_argument(tr)
+    tr.set_defaults(command_parser=tr)
 
     ev = commands.add_parser("evaluate", help="evaluate a checkpoint",
                              description="Print one JSON line: bits/dim over the whole split, "
@@ -217,17 +225,20 @@ def build_parser():
     ev.add_argument("--data-root", default=None,
                     help="folder of the dataset files (default: the training run's)")
     add_device_argument(ev)
+    ev.set_defaults(command_parser=ev)
 
     sa = commands.add_parser("sample", help="save samples of a checkpoint as a PNG grid",
                              description="Draw seeded samples of a checkpoint at a temperature "
                                          "and save them as one PNG grid; prints the file name.")
     sa.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
-    sa.add_argument("--num", type=_positive_int, default=64, help="number of images (default: 64)")
+    sa.add_argument("--num", type=_int_in(1, MAX_SAMPLE_IMAGES), default=64,
+                    help=f"number of images, 1 .. {MAX_SAMPLE_IMAGES} (default: 64)")
     sa.add_argument("--temperature", type=_positive_float, default=1.0,
                     help="sampling temperature (default: 1.0)")
     sa.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
-    sa.add_argument("--out", required=True, help="output PNG file")
+    sa.add_argument("--out", required=True, help="output file, ending in .png")
     add_device_argument(sa)
+    sa.set_defaults(command_parser=sa)
     return parser
 
 
@@ -240,8 +251,8 @@ def main(argv=None):
     Returns:
       exit status 0; errors exit with status 2 and a message
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    parser = args.command_parser
     try:
         if args.command == "train":
             config = config_from_args(args, parser)
@@ -258,7 +269,7 @@ def main(argv=None):
             print(args.out)
     except USER_ERRORS as err:
         message = " ".join(str(err).split())  # one line, whatever the message holds
-        parser.exit(2, f"{parser.prog} {args.command}: error: {message}\n")
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
     return 0
 
 

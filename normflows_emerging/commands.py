@@ -1,9 +1,12 @@
 """What the ``evaluate`` and ``sample`` commands do with a checkpoint (see :mod:`.cli`)."""
 
+import math
+
 from .checkpoint import load_checkpoint
 from .data import get_dataset
 from .diagnostics import inverse_error, warn_if_not_invertible
 from .evaluation import (
+    check_png_path,
     evaluate_bpd,
     probe_batch,
     sample,
@@ -15,6 +18,8 @@ from .train import check_device
 
 # Images of the evaluated split in the round-trip check.
 PROBE_IMAGES = 64
+# Most images :func:`sample_checkpoint` puts in one grid (64 x 64 cells; drawn in one batch).
+MAX_SAMPLE_IMAGES = 4096
 
 
 def evaluate_checkpoint(path, dataset=None, split="test", device="cpu", data_root=None,
@@ -77,15 +82,25 @@ def sample_checkpoint(path, out, num_samples=16, temperature=1.0, seed=0, device
 
     Args:
       path: checkpoint written by training
-      out: output PNG
-      num_samples: number of images
-      temperature: sampling temperature
+      out: output file, ending in ``.png``
+      num_samples: number of images, 1 .. ``MAX_SAMPLE_IMAGES``
+      temperature: sampling temperature, finite and positive
       seed: seed of the samples
       device: device to sample on
 
     Raises:
       FileNotFoundError, CheckpointError: for a missing or unusable checkpoint
+      ValueError: for an ``out`` that is not a ``.png`` file name, or a number of images or
+        temperature out of range (checked before the checkpoint is read)
+      NonFiniteError: if a sample is NaN or infinite (nothing is written)
     """
+    check_png_path(out)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not (
+            1 <= num_samples <= MAX_SAMPLE_IMAGES):
+        raise ValueError(f"num_samples must be an int in 1 .. {MAX_SAMPLE_IMAGES}, got "
+                         f"{num_samples!r}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and positive, got {temperature!r}")
     device = check_device(device)
     model, _ = load_checkpoint(path, device)
     images = sample(model, num_samples, temperature, seed, device)

@@ -7,6 +7,7 @@ settings a resumed run may change.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -84,8 +85,9 @@ class TrainConfig:
                 _check_int(name, getattr(self, name), minimum=1)
         if self.bits is not None:
             _check_int("bits", self.bits, minimum=1, maximum=MAX_BITS)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                or not (math.isfinite(self.lr) and self.lr > 0)):
+            raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
 
 
 def _check_int(name, value, minimum, maximum=None):

@@ -15,6 +15,7 @@ import math
 import warnings
 
 import torch
+from torch.nn.utils import parameters_to_vector
 
 from .modes import eval_mode
 
@@ -25,6 +26,18 @@ INVERSE_ERROR_THRESHOLD = 1e-3
 
 class NumericalInvertibilityWarning(UserWarning):
     """A model's round trip data -> latents -> data loses more than the threshold."""
+
+
+def non_finite_parameters(model) -> list[str]:
+    """Names of a model's parameters that hold a NaN or an infinity (empty: all finite).
+
+    Checked every training step, so all parameters are tested at once (one concatenation, one
+    device sync) and only a failing model is searched tensor by tensor.
+    """
+    named = [(name, p.detach()) for name, p in model.named_parameters()]
+    if not named or torch.isfinite(parameters_to_vector(p for _, p in named)).all():
+        return []
+    return [name for name, p in named if not torch.isfinite(p).all()]
 
 
 def is_checkable(model) -> bool:

@@ -21,5 +21,10 @@ class RunFolderError(ValueError):
     """A training output folder cannot be used as asked (e.g. it holds another run)."""
 
 
+class NonFiniteError(ValueError):
+    """Numbers that must be finite are NaN or infinite: samples, or a model's parameters after a
+    training step (training stops rather than save them)."""
+
+
 class IncompatibleResumeError(ValueError):
     """``--resume`` asked for settings the checkpoint cannot continue with."""

@@ -14,6 +14,7 @@ and ``sample(num_samples, y=None, temperature=None)`` returning ``(x, log_q)``.
 
 import contextlib
 import math
+from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
@@ -21,6 +22,7 @@ from torch.utils import benchmark
 from torch.utils.data import DataLoader
 
 from .checkpoint import EVAL_NOISE, SAMPLING, atomic_write, derive_seed
+from .errors import NonFiniteError
 from .inverse import use_backend
 from .likelihood import bits_per_dim_from_nll
 from .modes import eval_mode
@@ -88,11 +90,19 @@ def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
 
     Returns:
       float tensor (num_samples, C, H, W) on the CPU
+
+    Raises:
+      NonFiniteError: if a sample holds a NaN or an infinity (clamping would hide it)
     """
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(seed, SAMPLING))
         x, _ = model.sample(num_samples, temperature=temperature)
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise NonFiniteError(f"{bad} of the {x.numel()} sampled values are NaN or infinite at "
+                             f"temperature {temperature} (a lower temperature may help; a model "
+                             f"with non-finite parameters cannot sample)")
     return x.clamp(0, 1).cpu()
 
 
@@ -116,14 +126,34 @@ def tile_images(images, padding=1):
                                                  channels)
 
 
+def check_png_path(path) -> None:
+    """Refuse an output name that is not a ``.png`` file (before any work is done).
+
+    Raises:
+      ValueError: if ``path`` is empty, names a folder or does not end in ``.png``
+    """
+    if not str(path) or Path(path).is_dir():
+        raise ValueError(f"output {str(path)!r} is not a file name; expected a name ending "
+                         f"in .png")
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"output {path} does not end in .png; sample grids are written as PNG")
+
+
 def save_image_grid(images, path, titles=None):
     """Save images as a PNG grid, one panel per group, written atomically.
 
     Args:
       images: list of float tensors (n, C, H, W) in [0, 1], one per panel
-      path: output file
+      path: output file, ending in ``.png``
       titles: one title per panel, or None
+
+    Raises:
+      ValueError: for a ``path`` refused by :func:`check_png_path`
+      NonFiniteError: if an image holds a NaN or an infinity (nothing is written)
     """
+    check_png_path(path)
+    if not all(torch.isfinite(batch).all() for batch in images):
+        raise NonFiniteError(f"not writing {path}: the images hold NaN or infinite values")
     fig = Figure(figsize=(4 * len(images), 4))
     axes = fig.subplots(1, len(images), squeeze=False)
     for i, (ax, batch) in enumerate(zip(axes[0], images)):

@@ -28,9 +28,11 @@ def prepare_run_folder(out, resume=False, overwrite=False, remove=True) -> None:
 
     Raises:
       ValueError: if both ``resume`` and ``overwrite`` are asked for
-      RunFolderError: if ``out`` is not a folder, or holds a run and neither ``resume`` nor
-        ``overwrite`` is given
+      RunFolderError: if ``out`` is empty or not a folder, or holds a run and neither
+        ``resume`` nor ``overwrite`` is given
     """
+    if not str(out):
+        raise RunFolderError("the output folder name is empty")
     out = Path(out)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
@@ -58,6 +60,10 @@ def truncate_metrics(out, step) -> None:
     """Drop metrics lines after ``step`` (written by a run that stopped before checkpointing).
 
     A last line cut short by a crash is dropped too; the file is rewritten atomically.
+
+    Raises:
+      RunFolderError: naming the file and line, for a line that is not a JSON object with an
+        integer ``step``
     """
     path = Path(out) / METRICS
     if not path.is_file():
@@ -73,6 +79,9 @@ def truncate_metrics(out, step) -> None:
             if number == len(lines) - 1:
                 break  # cut short by a crash while appending
             raise RunFolderError(f"{path} line {number + 1} is not JSON") from None
+        if not (isinstance(record, dict) and isinstance(record.get("step"), int)):
+            raise RunFolderError(f"{path} line {number + 1} is not a metrics record (a JSON "
+                                 f"object with an integer \"step\")")
         if record["step"] <= step:
             kept.append(line + "\n")
     atomic_write(path, lambda f: f.write("".join(kept).encode()))

@@ -37,8 +37,13 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig, build_model, check_resumable, load_datasets
-from .diagnostics import inverse_error, is_checkable, warn_if_not_invertible
-from .errors import IncompatibleResumeError
+from .diagnostics import (
+    inverse_error,
+    is_checkable,
+    non_finite_parameters,
+    warn_if_not_invertible,
+)
+from .errors import IncompatibleResumeError, NonFiniteError
 from .evaluation import evaluate_bpd, probe_batch, save_samples
 from .likelihood import bits_per_dim_from_nll
 from .progress import Progress
@@ -184,6 +189,9 @@ def fit(model, train_set, test_set, config, out, device="cpu", resume=False, pro
       RunFolderError: when ``out`` holds a run and neither resuming nor overwriting
       CheckpointError: when the checkpoint cannot be read or does not fit the model
       IncompatibleResumeError: when resuming with different settings or a finished run
+      NonFiniteError: when a step (or the ActNorm initialisation) makes a parameter NaN or
+        infinite, or an evaluation's test bits/dim is not finite; training stops there and the
+        last checkpoint in ``out`` is kept
       ValueError: for a bad device
     """
     out = Path(out)
@@ -231,6 +239,7 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
         x = order.noisy_batch(images, num_bins, config.seed, 0, whole=True).to(device)
         with torch.no_grad():
             model(x, _labels(labels, config, device))
+        _check_parameters(model, "the data-dependent initialisation", out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     net = model
@@ -256,6 +265,7 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
                           f"({skipped} so far)")
         else:
             train_bpds.append(result[1])
+            _check_parameters(model, f"step {step}", out)
         bar.update(step, *(result or ()))
         if step % config.eval_every == 0 or step == config.steps:
             seconds = time.perf_counter() - start
@@ -274,10 +284,19 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
                     "seconds": round(seconds, 3),
                     "skipped": skipped,
                 }
+                if not math.isfinite(last["test_bpd"]):
+                    raise NonFiniteError(
+                        f"step {step}: test bits/dim is {last['test_bpd']}, the model diverged; "
+                        f"training stopped without saving, {out / CHECKPOINT} (if any) is the "
+                        f"last good state; lower the learning rate or lengthen the warm-up")
                 # The checkpoint comes last: a crash before it resumes from the previous one,
                 # which drops this metrics line and redoes the samples.
                 append_metrics(out, last)
-                save_samples(model, out / SAMPLES, seed=config.seed, device=device)
+                try:
+                    save_samples(model, out / SAMPLES, seed=config.seed, device=device)
+                except NonFiniteError as err:  # finite parameters, but sampling overflows
+                    (out / SAMPLES).unlink(missing_ok=True)  # never show an older model's
+                    bar.write(f"step {step}: {SAMPLES} not written: {err}")
                 save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, step, config, rng,
                                 {"input_shape": input_shape, "num_bins": num_bins,
                                  "elapsed": seconds, "skipped": skipped})
@@ -290,6 +309,16 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
             train_bpds = []
     bar.close()
     return last
+
+
+def _check_parameters(model, when, out):
+    """Stop training (before anything is saved) if ``when`` made a parameter non-finite."""
+    bad = non_finite_parameters(model)
+    if bad:
+        raise NonFiniteError(
+            f"{when} made {len(bad)} parameter tensors NaN or infinite (e.g. {bad[0]!r}); "
+            f"training stopped without saving, {out / CHECKPOINT} (if any) is the last good "
+            f"state; lower the learning rate or lengthen the warm-up")
 
 
 def _labels(labels, config, device):

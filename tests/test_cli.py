@@ -158,9 +158,24 @@ def test_evaluate_and_sample_class_conditional(tmp_path, capsys):
         (["train", "--out", "x", "--mixing", "nope"], "invalid choice: 'nope'"),
         (["train", "--out", "x", "--dataset", "nope"], "invalid choice: 'nope'"),
         (["train", "--out", "x", "--steps", "0"], "expected a positive integer"),
-        (["train", "--out", "x", "--lr", "-1"], "expected a positive number"),
+        (["train", "--out", "x", "--lr", "-1"], "expected a finite positive number"),
+        (["train", "--out", "x", "--lr", "inf"], "--lr: expected a finite positive number"),
+        (["train", "--out", "x", "--lr", "nan"], "--lr: expected a finite positive number"),
+        (["sample", "--checkpoint", "x.pt", "--out", "s.png", "--temperature", "inf"],
+         "--temperature: expected a finite positive number"),
+        (["sample", "--checkpoint", "x.pt", "--out", "s.png", "--temperature=-inf"],
+         "--temperature: expected a finite positive number"),
+        (["sample", "--checkpoint", "x.pt", "--out", "s.png", "--num", "100000000000"],
+         "--num: expected an integer in 1 .. 4096"),
+        (["sample", "--checkpoint", "x.pt", "--out", "s.png", "--num", "0"],
+         "--num: expected an integer in 1 .. 4096"),
+        (["train", "--out", ""],
+         "normflows-emerging train: error: the output folder name is empty"),
         (["train", "--out", "x", "--mixing-arg", "kernel_size"], "expected NAME=VALUE"),
-        (["train", "--out", "x", "--mixing-arg", "bogus=1"], "bad --mixing-arg"),
+        (["train", "--out", "x", "--mixing-arg", "bogus=1"],
+         "usage: normflows-emerging train [-h]"),
+        (["train", "--out", "x", "--mixing-arg", "kernel_size=-1"],
+         "normflows-emerging train: error: bad --mixing-arg"),
         (["train", "--out", "x", "--image-size", "12", "--levels", "3"], "divisible by"),
         (["train", "--out", "x", "--num-classes", "3"], "has 10 classes"),
         (["train", "--out", "x"] + ["--batch-size", "5000"], "fewer than one batch"),
@@ -174,8 +189,50 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys, tmp_path
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even into the current folder
 
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A checkpoint of a tiny model trained for one step."""
+    out = tmp_path_factory.mktemp("trained")
+    assert main(["train", "--dataset", "digits", "--levels", "1", "--flows-per-level", "1",
+                 "--hidden-channels", "4", "--steps", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    return out / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "output '' is not a file name"),
+    (".", "is not a file name; expected a name ending in .png"),
+    ("s.jpg", "s.jpg does not end in .png"),
+    ("s", "does not end in .png"),
+])
+def test_sample_refuses_an_output_that_is_not_a_png_file(name, message, trained, tmp_path,
+                                                         monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--checkpoint", str(trained), "--num", "4", "--out", name])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("normflows-emerging sample: error: ")
+    assert message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_refuses_non_finite_samples(trained, tmp_path, capsys):
+    png = tmp_path / "s.png"
+    with pytest.raises(SystemExit) as exc:  # overflows to inf, and inf - inf to NaN
+        main(["sample", "--checkpoint", str(trained), "--num", "4", "--temperature", "1e30",
+              "--out", str(png)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NaN or infinite at temperature 1e+30" in err
+    assert not png.exists()
+    assert main(["sample", "--checkpoint", str(trained), "--num", "4", "--out", str(png)]) == 0
+    assert png.exists()
 
 def test_tile_images_places_each_image_in_its_cell():
     images = torch.arange(1, 4, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 1, 2, 3) / 4

@@ -70,3 +70,33 @@ def test_imagenet_values_beyond_8_bits(tmp_path):
     with pytest.raises(ValueError, match="ImageNet32 image 1 has values 0 .. 256, outside the "
                                          "0 .. 255 of its 256 levels"):
         dataset[1]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_truncated_image_is_named(tmp_path, suffix):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        for i in range(2):
+            pixels = np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / split / f"{i}{suffix}")
+    bad = tmp_path / "train" / f"1{suffix}"
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])
+    # Cut in the pixels (PNG), the error comes on reading the image; in the header (this JPEG,
+    # whose tables fill its first half), when the dataset is built.
+    with pytest.raises(OSError, match=rf"cannot read image {tmp_path / 'train'}.1\{suffix}: "):
+        data = get_dataset("folder", "train", 8, root=tmp_path)
+        assert data[0][0].shape == (3, 8, 8)
+        data[1]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", None])
+def test_a_damaged_imagenet_file_is_named(tmp_path, content):
+    path = tmp_path / "val_data.npz"
+    if content is None:  # a valid .npz without the expected keys
+        np.savez(path, images=np.zeros((1, 3 * 32 * 32), np.uint8))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(OSError, match=f"cannot read {path} as an ImageNet32 .npz file"):
+        get_dataset("imagenet32", "test", root=tmp_path)

@@ -89,3 +89,34 @@ def test_truncate_metrics_drops_later_steps_and_a_line_cut_by_a_crash(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"st\n' + lines[0] + "\n")
     with pytest.raises(RunFolderError, match="line 1 is not JSON"):
         truncate_metrics(tmp_path, 4)
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", '"text"', "7", '{"test_bpd": 1.0}', '{"step": "2"}',
+                                  "null"])
+def test_truncate_metrics_names_a_line_that_is_not_a_record(tmp_path, line, capsys):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2}) + "\n" + line + "\n"
+                                            + json.dumps({"step": 4}) + "\n")
+    with pytest.raises(RunFolderError, match=r"metrics\.jsonl line 2 is not a metrics record"):
+        truncate_metrics(tmp_path, 4)
+
+
+def test_resume_with_a_metrics_line_that_is_not_a_record_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--steps", "1", "--out", str(out)]) == 0
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write("[1, 2]\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *TINY, "--steps", "2", "--resume", "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (f"normflows-emerging train: error: {out / 'metrics.jsonl'} line 2 is not a "
+                   f"metrics record (a JSON object with an integer \"step\")\n")
+
+
+@pytest.mark.parametrize("name", ["", "."])
+def test_atomic_write_refuses_an_empty_name_or_a_folder(tmp_path, name, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="file name is empty|is a folder; expected a file name"):
+        atomic_write(name, lambda f: f.write(b"x"))
+    assert list(tmp_path.iterdir()) == []

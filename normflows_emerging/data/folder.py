@@ -110,7 +110,29 @@ class ImageFileDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """The image (integer tensor (channels, image_size, image_size)) and label of a file.
+
+        Raises:
+          OSError: naming the file, if Pillow cannot decode it (truncated, damaged)
+          ValueError: for a 32-bit integer image with values outside 0 .. 65535
+        """
         path = self.files[index]
+        try:
+            array = self._read(path, index)
+        except OSError as err:  # Pillow's messages ("image file is truncated") omit the file
+            raise OSError(f"cannot read image {path}: {err}") from err
+        image = torch.from_numpy(array.astype(np.int64))
+        if image.shape[0] < self.channels:
+            image = image.expand(self.channels, -1, -1)
+        height, width = image.shape[1:]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        image = image[:, top : top + side, left : left + side]
+        return to_levels(image, self.file_bins[index], self.num_bins, self.image_size,
+                         nearest=False), self.labels[index]
+
+    def _read(self, path: Path, index: int) -> np.ndarray:
+        """The decoded pixels of a file, (channels, height, width)."""
         with _pillow().open(path) as img:
             if img.mode in GREY_16:
                 array = np.asarray(img).astype(np.int64)[None]
@@ -124,22 +146,22 @@ class ImageFileDataset(Dataset):
                 array = np.asarray(img.convert("RGB"))[None, :, :, 0]
             else:
                 array = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
-        image = torch.from_numpy(array.astype(np.int64))
-        if image.shape[0] < self.channels:
-            image = image.expand(self.channels, -1, -1)
-        height, width = image.shape[1:]
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        image = image[:, top : top + side, left : left + side]
-        return to_levels(image, self.file_bins[index], self.num_bins, self.image_size,
-                         nearest=False), self.labels[index]
+        return array
 
 
 def _pixel_format(path: Path) -> PixelFormat:
-    """The pixel format of an image file, from its header."""
-    with _pillow().open(path) as img:  # reads the header only
-        mode = img.mode
-        tile = img.tile[0][3] if img.tile else ""  # the decoder's arguments
+    """The pixel format of an image file, from its header.
+
+    Raises:
+      OSError: naming the file, if its header cannot be read
+      ValueError: for a mode without integer levels
+    """
+    try:
+        with _pillow().open(path) as img:  # reads the header only
+            mode = img.mode
+            tile = img.tile[0][3] if img.tile else ""  # the decoder's arguments
+    except OSError as err:  # e.g. "Truncated File Read", which omits the file
+        raise OSError(f"cannot read image {path}: {err}") from err
     rawmode = tile if isinstance(tile, str) else str(tile[0])
     if mode in GREY_16:
         return PixelFormat(grey=True, depth=16, readable_depth=16)

@@ -3,6 +3,7 @@ Hubble Deep Field and digits images bundled with scikit-image and scikit-learn."
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ def imagenet(
 
     Raises:
       FileNotFoundError: when there are no ``.npz`` files of the split in ``root``
+      OSError: naming the file, when one cannot be read (truncated, damaged, keys missing)
       ValueError: when a file's ``data`` has the wrong shape
     """
     pattern = "train_data_batch_*.npz" if split == "train" else "val_data.npz"
@@ -73,8 +75,13 @@ def imagenet(
         files.sort(key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     chunks, labels = [], []
     for path in files:
-        with np.load(path) as npz:
-            data, file_labels = npz["data"], npz["labels"]
+        try:
+            with np.load(path) as npz:
+                data, file_labels = npz["data"], npz["labels"]
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+            # numpy's messages (e.g. "File is not a zip file") omit the file
+            raise OSError(f"cannot read {path} as an ImageNet{size} .npz file with 'data' and "
+                          f"'labels': {err}") from err
         if data.ndim != 2 or data.shape[1] != 3 * size * size:
             raise ValueError(
                 f"{path}: expected 'data' of shape (N, {3 * size * size}) for ImageNet{size}, "
