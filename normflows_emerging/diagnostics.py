@@ -15,7 +15,6 @@ import math
 import warnings
 
 import torch
-from torch.nn.utils import parameters_to_vector
 
 from .modes import eval_mode
 
@@ -35,7 +34,8 @@ def non_finite_parameters(model) -> list[str]:
     device sync) and only a failing model is searched tensor by tensor.
     """
     named = [(name, p.detach()) for name, p in model.named_parameters()]
-    if not named or torch.isfinite(parameters_to_vector(p for _, p in named)).all():
+    # reshape, not parameters_to_vector's view: parameters may be non-contiguous
+    if not named or torch.isfinite(torch.cat([p.reshape(-1) for _, p in named])).all():
         return []
     return [name for name, p in named if not torch.isfinite(p).all()]
 
@@ -80,9 +80,14 @@ def inverse_error(model, x) -> dict:
     with eval_mode(model):
         flow_errors = _per_flow_errors(model, x)
         z, _ = model.inverse_and_log_det(x)
-        x_again, _ = model.forward_and_log_det(z)
+        latents = z if isinstance(z, (list, tuple)) else [z]
+        if all(torch.isfinite(part).all() for part in latents):
+            x_again, _ = model.forward_and_log_det(z)
+            model_error = _max_abs(x_again - x)
+        else:  # the model refuses non-finite latents; the round trip is lost either way
+            model_error = float("inf")
     worst = max(flow_errors, key=flow_errors.get) if flow_errors else None
-    return {"model": _max_abs(x_again - x), "flows": flow_errors, "worst_flow": worst}
+    return {"model": model_error, "flows": flow_errors, "worst_flow": worst}
 
 
 def _per_flow_errors(model, x):

@@ -10,6 +10,7 @@ from normflows_emerging import train as training
 from normflows_emerging.checkpoint import CHECKPOINT, save_checkpoint
 from normflows_emerging.cli import main
 from normflows_emerging.config import TrainConfig, build_model
+from normflows_emerging.diagnostics import inverse_error, non_finite_parameters
 from normflows_emerging.errors import NonFiniteError
 from normflows_emerging.multiscale import ImageMultiscaleFlow
 
@@ -130,3 +131,24 @@ def test_non_finite_parameters_are_never_saved_nor_loaded(tmp_path, capsys):
         save_checkpoint(tmp_path / "new.pt", model, optimizer,
                         training.warmup_schedule(optimizer, 0), 1, TrainConfig(), {})
     assert not (tmp_path / "new.pt").exists()
+
+
+def test_non_finite_parameters_handles_non_contiguous_parameters():
+    module = torch.nn.Module()
+    module.weight = torch.nn.Parameter(torch.randn(3, 4).T)  # a transposed (strided) parameter
+    assert not module.weight.is_contiguous()
+    assert non_finite_parameters(module) == []
+    with torch.no_grad():
+        module.weight[1, 2] = float("nan")
+    assert non_finite_parameters(module) == ["weight"]
+
+
+def test_round_trip_of_a_model_with_non_finite_latents_is_infinitely_wrong():
+    config = TrainConfig(levels=1, flows_per_level=1, hidden_channels=4, mixing="1x1")
+    model = build_model(config, (1, 4, 4))
+    x = torch.rand(4, 1, 4, 4)
+    with torch.no_grad():
+        model(x, None)  # ActNorm initialisation
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    assert inverse_error(model, x)["model"] == math.inf
