@@ -14,6 +14,7 @@ import argparse
 import torch
 
 from normflows_emerging.cli import (
+    CommandLineParser,
     add_config_arguments,
     add_device_argument,
     config_from_args,
@@ -36,8 +37,8 @@ def example_parser(description: str, defaults: TrainConfig, out: str, exclude: t
     Returns:
       ``argparse.ArgumentParser``; add the example's own flags, then call :func:`parse_config`
     """
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(description=description,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, defaults, exclude=exclude)
     parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
     existing = parser.add_mutually_exclusive_group()

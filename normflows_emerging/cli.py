@@ -175,13 +175,29 @@ def add_device_argument(parser):
                         help="device to run on (default: cpu)")
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` for the command line and the examples.
+
+    A user error is one line on stderr, ``PROG: error: MESSAGE (see PROG --help)``, exit code 2
+    (argparse prints the whole usage above it), and flags must be spelt out: argparse would take
+    any unambiguous prefix, so ``--step 60`` would silently mean ``--steps 60``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
     """The argument parser of the command line.
 
     Returns:
       argparse.ArgumentParser
     """
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="normflows-emerging",
         description="Train, evaluate and sample multiscale flows with emerging, periodic and "
                     "QR invertible convolutions.",

@@ -12,13 +12,15 @@ Models are ``normflows.MultiscaleFlow``\\ s or any module with the same two meth
 and ``sample(num_samples, y=None, temperature=None)`` returning ``(x, log_q)``.
 """
 
+from __future__ import annotations
+
 import contextlib
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from matplotlib.figure import Figure
-from torch.utils import benchmark
 from torch.utils.data import DataLoader
 
 from .checkpoint import EVAL_NOISE, SAMPLING, atomic_write, derive_seed
@@ -26,6 +28,9 @@ from .errors import NonFiniteError
 from .inverse import use_backend
 from .likelihood import bits_per_dim_from_nll
 from .modes import eval_mode
+
+if TYPE_CHECKING:
+    from torch.utils import benchmark
 
 SAMPLE_TEMPERATURES = (1.0, 0.7)
 
@@ -204,6 +209,10 @@ def sample_timing(model, num_samples=16, device="cpu", backend=None, seed=0,
       ``torch.utils.benchmark.Measurement`` of one draw of ``num_samples`` images (seconds):
       ``median``, ``iqr``, ``times``
     """
+    # Imported here: importing torch.utils.benchmark logs a CUDA_HOME warning on machines
+    # without CUDA, which every command would otherwise print.
+    from torch.utils import benchmark
+
     timer = benchmark.Timer(
         stmt="sample(model, num_samples, 1.0, seed, device)",
         globals={"sample": sample, "model": model, "num_samples": num_samples, "seed": seed,

@@ -173,7 +173,8 @@ def test_evaluate_and_sample_class_conditional(tmp_path, capsys):
          "normflows-emerging train: error: the output folder name is empty"),
         (["train", "--out", "x", "--mixing-arg", "kernel_size"], "expected NAME=VALUE"),
         (["train", "--out", "x", "--mixing-arg", "bogus=1"],
-         "usage: normflows-emerging train [-h]"),
+         "normflows-emerging train: error: bad --mixing-arg for mixing 'emerging'"),
+        (["train", "--out", "x", "--step", "5"], "unrecognized arguments: --step 5 (see"),
         (["train", "--out", "x", "--mixing-arg", "kernel_size=-1"],
          "normflows-emerging train: error: bad --mixing-arg"),
         (["train", "--out", "x", "--image-size", "12", "--levels", "3"], "divisible by"),
@@ -191,6 +192,7 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys, tmp_path
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err  # one line, not argparse's usage block
     assert list(tmp_path.iterdir()) == []  # nothing written, not even into the current folder
 
 
