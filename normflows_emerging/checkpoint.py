@@ -188,7 +188,8 @@ def read_checkpoint(path) -> dict:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
         if damaged is not None:
-            raise CheckpointError(f"{path} is corrupted: its entry {damaged} fails the CRC check")
+            raise CheckpointError(f"{path} is corrupted: its entry {damaged} fails the archive's "
+                                  "header or CRC check")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise

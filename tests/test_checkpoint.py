@@ -4,9 +4,11 @@ import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -153,14 +155,33 @@ def test_kill_during_an_evaluation_loses_no_metrics_line(tmp_path, reference):
     assert_same_run(reference, out)
 
 
+def largest_entry_data_offset(path, header=False):
+    """Offset of the stored data (or ``header``) of the largest entry of the zip at ``path``."""
+    with zipfile.ZipFile(path) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.compress_size)
+    if header:
+        return entry.header_offset
+    with open(path, "rb") as file:
+        file.seek(entry.header_offset + 26)  # local header: name and extra-field lengths
+        name_length, extra_length = struct.unpack("<HH", file.read(4))
+    return entry.header_offset + 30 + name_length + extra_length
+
+
 def damaged(path, how):
     data = path.read_bytes()
     if how == "truncated":
         path.write_bytes(data[: len(data) // 2])
     elif how == "corrupted":
-        middle = len(data) // 3
-        path.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64])
-                         + data[middle + 64:])
+        # Flip bytes inside the largest tensor's stored data, so the archive's directory and
+        # headers stay readable and only the CRC check can notice (a fixed offset sometimes hit
+        # a header, which fails differently depending on the checkpoint's size).
+        start = largest_entry_data_offset(path)
+        path.write_bytes(data[:start] + bytes(b ^ 0xFF for b in data[start:start + 64])
+                         + data[start + 64:])
+    elif how == "header corrupted":  # the signature of the largest entry's local header
+        start = largest_entry_data_offset(path, header=True)
+        path.write_bytes(data[:start] + bytes(b ^ 0xFF for b in data[start:start + 4])
+                         + data[start + 4:])
     elif how == "not a checkpoint":
         path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
     else:
@@ -177,6 +198,7 @@ def damaged(path, how):
 @pytest.mark.parametrize("how, problem", [
     ("truncated", "cannot be read as a checkpoint"),
     ("corrupted", "is corrupted: its entry"),
+    ("header corrupted", "is corrupted: its entry"),
     ("not a checkpoint", "cannot be read as a checkpoint"),
     ("plain dict", "is not a checkpoint written by normflows_emerging"),
     ("newer format", (f"format version {FORMAT_VERSION + 1}, newer than the version "
