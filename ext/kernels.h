@@ -32,7 +32,9 @@ typedef double nfe_vec_f64 __attribute__((vector_size(NFE_LANES * sizeof(double)
  * multiple of NFE_LANES, rows aligned like VEC; tap_di/tap_dj: their (non-positive) offsets;
  * lower: (C_in, C_out) corner tap, used below the diagonal; inv_diag: 1 / corner diagonal;
  * acc: scratch of `padded` values aligned like VEC. The output channels go NFE_LANES at a time,
- * two vectors at once, whose partial sums stay in registers over all taps and input channels. */
+ * two vectors at once, whose partial sums stay in registers over all taps and input channels
+ * (even and odd input channels in separate sums, so consecutive multiply-adds do not wait for
+ * each other). */
 #define NFE_DEFINE_SOLVE_PIXEL_IMAGE(NAME, REAL, VEC)                                           \
     NFE_TARGET_CLONES static void NAME(const REAL *y, REAL *x, ptrdiff_t channels,              \
                                        ptrdiff_t padded, ptrdiff_t plane, ptrdiff_t width,      \
@@ -49,21 +51,30 @@ typedef double nfe_vec_f64 __attribute__((vector_size(NFE_LANES * sizeof(double)
         VEC *acc_vectors = (VEC *)acc;                                                          \
         for (ptrdiff_t v = 0; v < vectors; v += 2) {                                            \
             ptrdiff_t pair = v + 1 < vectors;                                                   \
-            VEC a0 = acc_vectors[v], a1 = acc_vectors[v + pair];                                \
+            /* b0, b1 take the odd input channels: two independent chains per vector */        \
+            VEC a0 = acc_vectors[v], a1 = acc_vectors[v + pair], b0 = {0}, b1 = {0};            \
             for (ptrdiff_t t = 0; t < num_taps; t++) {                                          \
                 ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                               \
                 if (ii < 0 || jj < 0)                                                           \
                     continue;                                                                   \
                 const REAL *there = x + ii * width + jj;                                        \
                 const VEC *w = (const VEC *)(taps + t * channels * padded) + v;                 \
-                for (ptrdiff_t c = 0; c < channels; c++) {                                      \
+                ptrdiff_t c = 0;                                                                \
+                for (; c + 1 < channels; c += 2) {                                              \
+                    REAL value = there[c * plane], next = there[(c + 1) * plane];               \
+                    a0 -= value * w[c * vectors];                                               \
+                    a1 -= value * w[c * vectors + pair];                                        \
+                    b0 -= next * w[(c + 1) * vectors];                                          \
+                    b1 -= next * w[(c + 1) * vectors + pair];                                   \
+                }                                                                               \
+                if (c < channels) {                                                             \
                     REAL value = there[c * plane];                                              \
                     a0 -= value * w[c * vectors];                                               \
                     a1 -= value * w[c * vectors + pair];                                        \
                 }                                                                               \
             }                                                                                   \
-            acc_vectors[v + pair] = a1; /* first, so that a0 wins when there is no pair */     \
-            acc_vectors[v] = a0;                                                                \
+            acc_vectors[v + pair] = a1 + b1; /* first, so that a0 wins when there is no pair */\
+            acc_vectors[v] = a0 + b0;                                                           \
         }                                                                                       \
         for (ptrdiff_t c = 0; c < channels; c++) {                                              \
             REAL value = acc[c] * inv_diag[c];                                                  \

@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from brute_force import perturb_
-from normflows_emerging import PeriodicConv2d, QR1x1, SquareAutoregressiveConv2d
+from normflows_emerging import EmergingConv2d, PeriodicConv2d, QR1x1, SquareAutoregressiveConv2d
 
 
 def make_periodic():
@@ -22,7 +22,12 @@ def make_autoregressive():
     return perturb_(SquareAutoregressiveConv2d(4, 2, flip=True).double(), std=0.1)
 
 
-LAYERS = {"periodic": make_periodic, "qr": make_qr, "autoregressive": make_autoregressive}
+def make_emerging():
+    return perturb_(EmergingConv2d(4, 3).double(), std=0.1)
+
+
+LAYERS = {"periodic": make_periodic, "qr": make_qr, "autoregressive": make_autoregressive,
+          "emerging": make_emerging}
 
 
 def fresh_outputs(layer, z, x):
@@ -139,3 +144,42 @@ def test_autoregressive_kernel_is_assembled_once_in_eval_mode(monkeypatch):
     assert len(calls) == 1
     layer(z)  # gradients recorded: assembled again, so they reach the parameters
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("make", [make_autoregressive, make_emerging],
+                         ids=["autoregressive", "emerging"])
+def test_cache_follows_in_place_changes_of_constant_buffers(make):
+    """Masks are watched by identity and version (cheaper than values): an in-place change or a
+    replacement of a buffer is still seen."""
+    layer = make().eval()
+    z = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    for buffer_name in ("mask", "corner_diagonal"):
+        with torch.no_grad():
+            layer(z)  # fills the cache
+            for module in layer.modules():
+                if isinstance(module, SquareAutoregressiveConv2d):
+                    getattr(module, buffer_name)[0, 0, 0, 0] += 0.5
+            torch.testing.assert_close(layer(z), fresh_outputs(layer, z, z)[0])
+    for module in layer.modules():
+        if isinstance(module, SquareAutoregressiveConv2d):
+            module.mask = module.mask * 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(layer(z), fresh_outputs(layer, z, z)[0])
+
+
+def test_emerging_sampling_plan_is_built_once_in_eval_mode(monkeypatch):
+    layer = make_emerging().eval()
+    calls = []
+    original = SquareAutoregressiveConv2d.causal_kernel
+    monkeypatch.setattr(SquareAutoregressiveConv2d, "causal_kernel",
+                        lambda self: calls.append(1) or original(self))
+    z = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        first = layer(z)
+        for _ in range(3):
+            torch.testing.assert_close(layer(z), first)
+    assert len(calls) == 2  # one kernel per autoregressive layer, once
+    layer(z)  # gradients recorded: the plan is bypassed, so gradients reach the parameters
+    assert len(calls) == 4
+    with torch.no_grad():
+        torch.testing.assert_close(first, fresh_outputs(layer, z, z)[0])

@@ -100,6 +100,10 @@ class SquareAutoregressiveConv2d(Flow):
         """Log of the corner tap's diagonal, shape (C,), inside (-10, 10)."""
         return bounded_log_scale(self.raw_log_d)
 
+    def constants(self) -> list[torch.Tensor]:
+        """The constant buffers ``causal_kernel`` reads besides the parameters (mask, diagonal)."""
+        return [self.mask, self.corner_diagonal]
+
     def causal_kernel(self) -> torch.Tensor:
         """Kernel (C, C, m, m) in causal orientation: masked weight, ``exp(log_d)`` on the corner.
 
@@ -114,9 +118,8 @@ class SquareAutoregressiveConv2d(Flow):
         parameters = [self.weight, self.raw_log_d]
         entry = {}
         if reusable(self, parameters):
-            # The buffers too: nothing should change them, but the cache must not hide it if so.
-            entry = self._cache.entry(parameters + [self.mask, self.corner_diagonal],
-                                      torch.is_inference_mode_enabled())
+            entry = self._cache.entry(parameters, torch.is_inference_mode_enabled(),
+                                      constants=self.constants())
         if "kernel" not in entry:
             entry["kernel"], entry["log_d_sum"] = self.causal_kernel(), self.log_d.sum()
         return entry["kernel"], entry["log_d_sum"]
@@ -180,15 +183,28 @@ class SquareAutoregressiveConv2d(Flow):
         check_image(z, self.num_channels, type(self).__name__, self.weight)
         if is_empty(z):
             return empty_result(z)
+        kernel, log_d_sum = self._kernel_and_log_d_sum()
+        x = self.solve(z, kernel, backend)
+        check_finite_output(x, z, type(self).__name__)
+        return x, -self._log_det(log_d_sum, z)
+
+    def solve(self, z: torch.Tensor, kernel: torch.Tensor,
+              backend: str | None = None) -> torch.Tensor:
+        """The sampling direction's x for a kernel assembled by the caller, without the checks.
+
+        For callers that have checked ``z`` (a non-empty (batch, C, H, W) tensor of the layer's
+        dtype and device) and check the output themselves, as :class:`EmergingConv2d` does.
+
+        Args:
+          z: the layer's output
+          kernel: ``causal_kernel()``, or a copy computed from the same parameter values
+          backend: as in :meth:`forward`
+        """
         rhs = z - self.bias[:, None, None]
         if self.flip:
             rhs = rhs.flip(1, 2, 3)
-        kernel, log_d_sum = self._kernel_and_log_d_sum()
         x = solve_autoregressive(rhs, kernel, self.dilation, chosen_backend(self.solver, backend))
-        if self.flip:
-            x = x.flip(1, 2, 3)
-        check_finite_output(x, z, type(self).__name__)
-        return x, -self._log_det(log_d_sum, z)
+        return x.flip(1, 2, 3) if self.flip else x
 
     def extra_repr(self):
         return (f"num_channels={self.num_channels}, size={self.size}, flip={self.flip}, "

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from normflows.flows import Flow
+from torch import nn
 
 from .._checks import check_odd_int, check_positive_int
 from .autoregressive import SquareAutoregressiveConv2d
+from .cache import ValueKeyedCache, reusable
 from .qr import QR1x1
 from .utils import check_finite_output, check_image, empty_result, is_empty, plu_1x1_conv
 
@@ -62,6 +65,7 @@ class EmergingConv2d(Flow):
             self.one_by_one = None
         self.causal = SquareAutoregressiveConv2d(num_channels, size, flip=False, solver=solver)
         self.anticausal = SquareAutoregressiveConv2d(num_channels, size, flip=True, solver=solver)
+        self._cache = ValueKeyedCache()
 
     @property
     def solver(self) -> str:
@@ -122,6 +126,14 @@ class EmergingConv2d(Flow):
         check_image(z, self.num_channels, type(self).__name__, self.causal.weight)
         if is_empty(z):
             return empty_result(z)
+        plan = self._sampling_plan()
+        if plan is not None:
+            x = self.anticausal.solve(z, plan["anticausal_kernel"], backend)
+            x = self.causal.solve(x, plan["causal_kernel"], backend)
+            if plan["weight_inverse"] is not None:
+                x = F.conv2d(x, plan["weight_inverse"])
+            check_finite_output(x, z, type(self).__name__)
+            return x, (plan["log_det_per_pixel"] * (-z.shape[2] * z.shape[3])).expand(z.shape[0])
         z, log_det = self.anticausal(z, backend=backend)
         z, ld = self.causal(z, backend=backend)
         log_det = log_det + ld
@@ -131,6 +143,38 @@ class EmergingConv2d(Flow):
                 check_finite_output(x, z, type(self).__name__)
             z, log_det = x, log_det + ld
         return z, log_det
+
+    def _sampling_plan(self) -> dict | None:
+        """What sampling needs from the parameters, computed once per parameter values.
+
+        Only in eval mode without gradients to the parameters, and only with a QR or no 1x1
+        layer (normflows' LU layer keeps its own state); else None. One lookup for all three
+        layers instead of one each: at batch 1 the lookups and per-layer checks cost as much as
+        the solves. Holds both kernels, ``W^-1`` as a (C, C, 1, 1) filter and the log-det per
+        pixel of the density direction.
+        """
+        if isinstance(self.one_by_one, nn.Module) and not isinstance(self.one_by_one, QR1x1):
+            return None
+        tensors = [self.causal.weight, self.causal.raw_log_d,
+                   self.anticausal.weight, self.anticausal.raw_log_d]
+        if self.one_by_one is not None:
+            tensors += [self.one_by_one.reflections, self.one_by_one.upper,
+                        self.one_by_one.raw_log_s]
+        if not reusable(self, tensors):
+            return None
+        plan = self._cache.entry(tensors, torch.is_inference_mode_enabled(),
+                                 constants=self.causal.constants() + self.anticausal.constants())
+        if not plan:
+            with torch.no_grad():
+                log_det_per_pixel = self.causal.log_d.sum() + self.anticausal.log_d.sum()
+                weight_inverse = None
+                if self.one_by_one is not None:
+                    weight_inverse = self.one_by_one.weight_inverse()[:, :, None, None]
+                    log_det_per_pixel = log_det_per_pixel + self.one_by_one.log_s.sum()
+                plan.update(causal_kernel=self.causal.causal_kernel(),
+                            anticausal_kernel=self.anticausal.causal_kernel(),
+                            weight_inverse=weight_inverse, log_det_per_pixel=log_det_per_pixel)
+        return plan
 
     def extra_repr(self):
         return (f"num_channels={self.num_channels}, kernel_size={self.kernel_size}, "
