@@ -8,17 +8,27 @@ with torch.utils.benchmark, rounds interleaved, best median of ``--rounds`` kept
 * ``emerging`` with each solve (``compiled``, ``torch``; ``naive`` timed once at batch 1);
 * ``periodic``; ``maf`` with its fast solve (the naive one only with ``--slow``: minutes).
 
+Each of ``--rounds`` rounds times every contender once per task (torch.utils.benchmark, about
+``--min-time`` seconds each), the contenders in a rotated order; a ratio is taken against the 1x1
+time of the same round, and the table gives the median over rounds (ms and ratio) and the range
+of the ratios, so a load spike in one round shows as spread instead of a wrong ratio. Naive
+solves are timed once.
+
 Columns: milliseconds per image for sampling at batch 1 and at ``--batch`` (eval mode, no
 gradients; the first, untimed call fills the eval caches), and per training step (log_prob +
-backward + Adamax step at ``--batch``), each with its ratio to ``1x1``. Writes
-``benchmarks/results/sampling.json`` and a PNG of batch-1 sampling time against image size
-(16, 32, 64) for 1x1, emerging and periodic.
+backward + Adamax step at ``--batch``, on a separate copy of the model), each with its ratio to
+``1x1``. Writes ``benchmarks/results/<--name>.json`` and, unless ``--plot-sizes`` is given
+empty, a PNG of batch-1 sampling time against image size (16, 32, 64) for 1x1, emerging and
+periodic.
 
     python benchmarks/sampling.py [--threads 1] [--paper] [--slow] [--device cuda]
+    python benchmarks/sampling.py --threads 1 --levels 2 --steps 4 --hidden 32 \
+        --name sampling_small --plot-sizes
 """
 
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -75,37 +85,43 @@ def train_step(model, batch, shape, device):
 
 
 def table5(args):
+    """Rows of the table: per contender and task, the median over ``args.rounds`` rounds of ms
+    per image (per step for training) and of the ratio to ``1x1`` measured in the same round,
+    with the smallest and largest of those ratios."""
     shape = (3, args.size, args.size)
-    names = [n for n in CONTENDERS if n not in SLOW or n == "emerging (naive)" or args.slow]
-    models = {n: make_model(*CONTENDERS[n], shape, args) for n in names}
-    tasks = {n: {} for n in names}
-    for name, model in models.items():
-        model.eval()
-        tasks[name]["sample_b1"] = sampler(model, 1)
+    names = [n for n in CONTENDERS if n in args.models and (n not in SLOW or args.slow
+                                                             or n == "emerging (naive)")]
+    names = ["1x1"] + [n for n in names if n != "1x1"]
+    samplers = {n: make_model(*CONTENDERS[n], shape, args).eval() for n in names}
+    tasks = {n: {"sample_b1": sampler(samplers[n], 1)} for n in names}
+    for name in names:
         if name not in SLOW:
-            tasks[name][f"sample_b{args.batch}"] = sampler(model, args.batch)
-    best = {n: {} for n in names}
-    for _ in range(args.rounds):
-        for name in names:
+            tasks[name][f"sample_b{args.batch}"] = sampler(samplers[name], args.batch)
+            # a separate copy: training changes the parameters, which would refill the eval
+            # caches of the sampling model inside a timed call
+            trained = make_model(*CONTENDERS[name], shape, args).train()
+            tasks[name]["train_step"] = train_step(trained, args.batch, shape, args.device)
+    seconds = {n: {task: [] for task in tasks[n]} for n in names}
+    for round_index in range(args.rounds):
+        order = names[round_index % len(names):] + names[:round_index % len(names)]
+        print(f"round {round_index + 1}/{args.rounds}", flush=True)
+        for name in order:
             for task, run in tasks[name].items():
                 if name in SLOW:
-                    if task not in best[name]:
-                        best[name][task] = measure(run, warmup=0, max_repeat=1)
+                    if round_index == 0:
+                        seconds[name][task].append(measure(run, warmup=0, max_repeat=1))
                     continue
-                seconds = timed(run, args.min_time).median
-                best[name][task] = min(best[name].get(task, seconds), seconds)
-    for name in names:  # training steps change the parameters, so they come last
-        if name not in SLOW:
-            model = models[name].train()
-            best[name]["train_step"] = timed(train_step(model, args.batch, shape, args.device),
-                                             args.min_time).median
+                seconds[name][task].append(timed(run, args.min_time).median)
     per_call = {"sample_b1": 1, f"sample_b{args.batch}": args.batch, "train_step": 1}
     rows = []
     for name in names:
         row = {"model": name}
-        for task, seconds in best[name].items():
-            row[f"{task} ms"] = 1e3 * seconds / per_call[task]
-            row[f"{task} ratio"] = seconds / best["1x1"][task]
+        for task, values in seconds[name].items():
+            base = seconds["1x1"][task]
+            ratios = [value / base[i] for i, value in enumerate(values)]
+            row[f"{task} ms"] = 1e3 * statistics.median(values) / per_call[task]
+            row[f"{task} ratio"] = statistics.median(ratios)
+            row[f"{task} ratio range"] = f"{min(ratios):.3g}-{max(ratios):.3g}"
         rows.append(row)
     return rows
 
@@ -117,14 +133,21 @@ def levels_for(size, args):
 
 
 def size_curve(args):
-    """Batch-1 sampling ms against image size for 1x1, emerging and periodic."""
-    curve = {}
-    for name in ("1x1", "emerging (compiled)", "periodic"):
-        curve[name] = []
+    """Batch-1 sampling ms against image size for 1x1, emerging and periodic (median over
+    ``args.rounds`` interleaved rounds)."""
+    names = ("1x1", "emerging (compiled)", "periodic")
+    runs = {}
+    for name in names:
         for size in args.plot_sizes:
             sized = argparse.Namespace(**{**vars(args), "levels": levels_for(size, args)})
-            model = make_model(*CONTENDERS[name], (3, size, size), sized).eval()
-            curve[name].append(1e3 * timed(sampler(model, 1), args.min_time).median)
+            runs[name, size] = sampler(make_model(*CONTENDERS[name], (3, size, size),
+                                                  sized).eval(), 1)
+    seconds = {key: [] for key in runs}
+    for _ in range(args.rounds):
+        for key, run in runs.items():
+            seconds[key].append(timed(run, args.min_time).median)
+    curve = {name: [1e3 * statistics.median(seconds[name, size]) for size in args.plot_sizes]
+             for name in names}
     figure = Figure(figsize=(5, 3.5))
     axes = figure.subplots()
     for name, values in curve.items():
@@ -135,7 +158,7 @@ def size_curve(args):
     axes.set_title(f"levels {levels} x {args.steps} steps, {args.hidden} hidden")
     axes.legend()
     figure.tight_layout()
-    path = os.path.join(RESULTS, "sampling_vs_size.png")
+    path = os.path.join(RESULTS, f"{args.name}_vs_size.png")
     os.makedirs(RESULTS, exist_ok=True)
     figure.savefig(path, dpi=120)
     print(f"wrote {path}")
@@ -150,12 +173,16 @@ def main():
     parser.add_argument("--paper", action="store_true", help="3 levels x 32 steps, 512 hidden")
     parser.add_argument("--size", type=int, default=32, help="image side")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--slow", action="store_true", help="also time MAF's naive solve")
     parser.add_argument("--plot-sizes", type=int, nargs="*", default=[16, 32, 64])
+    parser.add_argument("--models", nargs="+", choices=list(CONTENDERS), metavar="NAME",
+                        default=list(CONTENDERS),
+                        help=f"contenders to time (1x1 always), of {list(CONTENDERS)}")
+    parser.add_argument("--name", default="sampling", help="results file name, without .json")
     args = parser.parse_args()
     if args.paper:
         args.levels, args.steps, args.hidden = 3, 32, 512
@@ -163,10 +190,10 @@ def main():
         torch.set_num_threads(args.threads)
     rows = table5(args)
     columns = ["model"] + [f"{t} {u}" for t in ("sample_b1", f"sample_b{args.batch}", "train_step")
-                           for u in ("ms", "ratio")]
+                           for u in ("ms", "ratio", "ratio range")]
     print_table(rows, columns)
     curve = size_curve(args) if args.plot_sizes else {}
-    write_json(os.path.join(RESULTS, "sampling.json"), rows, device=args.device,
+    write_json(os.path.join(RESULTS, f"{args.name}.json"), rows, device=args.device,
                model={"levels": args.levels, "steps": args.steps, "hidden": args.hidden,
                       "input_shape": [3, args.size, args.size]},
                batch=args.batch, rounds=args.rounds, min_time=args.min_time,

@@ -133,9 +133,9 @@ def test_qr_cache_is_used_in_eval_mode_only(monkeypatch):
 def test_autoregressive_kernel_is_assembled_once_in_eval_mode(monkeypatch):
     layer = make_autoregressive().eval()
     calls = []
-    original = SquareAutoregressiveConv2d.causal_kernel
-    monkeypatch.setattr(SquareAutoregressiveConv2d, "causal_kernel",
-                        lambda self: calls.append(1) or original(self))
+    original = SquareAutoregressiveConv2d._assemble  # every kernel assembly goes through it
+    monkeypatch.setattr(SquareAutoregressiveConv2d, "_assemble",
+                        lambda self, log_d: calls.append(1) or original(self, log_d))
     z = torch.randn(1, 4, 3, 3, dtype=torch.float64)
     with torch.no_grad():
         for _ in range(3):
@@ -170,9 +170,9 @@ def test_cache_follows_in_place_changes_of_constant_buffers(make):
 def test_emerging_sampling_plan_is_built_once_in_eval_mode(monkeypatch):
     layer = make_emerging().eval()
     calls = []
-    original = SquareAutoregressiveConv2d.causal_kernel
-    monkeypatch.setattr(SquareAutoregressiveConv2d, "causal_kernel",
-                        lambda self: calls.append(1) or original(self))
+    original = SquareAutoregressiveConv2d._assemble  # every kernel assembly goes through it
+    monkeypatch.setattr(SquareAutoregressiveConv2d, "_assemble",
+                        lambda self, log_d: calls.append(1) or original(self, log_d))
     z = torch.randn(1, 4, 3, 3, dtype=torch.float64)
     with torch.no_grad():
         first = layer(z)

@@ -109,8 +109,10 @@ class SquareAutoregressiveConv2d(Flow):
 
         With ``flip=True`` the layer convolves with this kernel reversed in all four axes.
         """
-        diagonal = self.log_d.exp()[:, None, None, None]
-        return self.weight * self.mask + self.corner_diagonal * diagonal
+        return self._assemble(self.log_d)
+
+    def _assemble(self, log_d):
+        return self.weight * self.mask + self.corner_diagonal * log_d.exp()[:, None, None, None]
 
     def _kernel_and_log_d_sum(self):
         """``causal_kernel()`` and ``log_d.sum()``; in eval mode without gradients to the
@@ -121,7 +123,8 @@ class SquareAutoregressiveConv2d(Flow):
             entry = self._cache.entry(parameters, torch.is_inference_mode_enabled(),
                                       constants=self.constants())
         if "kernel" not in entry:
-            entry["kernel"], entry["log_d_sum"] = self.causal_kernel(), self.log_d.sum()
+            log_d = self.log_d
+            entry["kernel"], entry["log_d_sum"] = self._assemble(log_d), log_d.sum()
         return entry["kernel"], entry["log_d_sum"]
 
     @staticmethod
@@ -200,7 +203,7 @@ class SquareAutoregressiveConv2d(Flow):
           kernel: ``causal_kernel()``, or a copy computed from the same parameter values
           backend: as in :meth:`forward`
         """
-        rhs = z - self.bias[:, None, None]
+        rhs = z - self.bias.view(-1, 1, 1)
         if self.flip:
             rhs = rhs.flip(1, 2, 3)
         x = solve_autoregressive(rhs, kernel, self.dilation, chosen_backend(self.solver, backend))

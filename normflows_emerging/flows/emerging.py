@@ -96,7 +96,8 @@ class EmergingConv2d(Flow):
             return empty_result(x)
         if isinstance(self.one_by_one, QR1x1):  # folded into the causal kernel: one conv less
             log_det = self.one_by_one.log_det(x)
-            x, ld = self.causal.inverse(x, premix=self.one_by_one.weight())
+            # the cached W itself in eval mode: the einsum that folds it in does not change it
+            x, ld = self.causal.inverse(x, premix=self.one_by_one._matrix("weight"))
         else:
             log_det = x.new_zeros(x.shape[0])
             if self.one_by_one is not None:
