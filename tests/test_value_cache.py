@@ -26,8 +26,12 @@ def make_emerging():
     return perturb_(EmergingConv2d(4, 3).double(), std=0.1)
 
 
+def make_emerging_without_1x1():
+    return perturb_(EmergingConv2d(4, 3, one_by_one="none").double(), std=0.1)
+
+
 LAYERS = {"periodic": make_periodic, "qr": make_qr, "autoregressive": make_autoregressive,
-          "emerging": make_emerging}
+          "emerging": make_emerging, "emerging without 1x1": make_emerging_without_1x1}
 
 
 def fresh_outputs(layer, z, x):
