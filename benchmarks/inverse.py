@@ -6,7 +6,9 @@ kernel sizes m=2 and m=3 (the two halves of emerging 3x3 and 5x5 convolutions) a
 contender in turn, merged by torch.utils.benchmark): the layer's density pass (``inverse``, a
 convolution), its sampling pass (``forward``) with the compiled and torch solves, and the compiled
 solve alone (``solve_autoregressive`` on a prepared right-hand side: the layer's own work is the
-difference). Headline with 1 thread, then the convolution and the compiled solve with 2 threads.
+difference). The layer is in eval mode, as when sampling: both directions reuse the kernel
+assembled once (in training mode each call assembles it).
+Headline with 1 thread, then the convolution and the compiled solve with 2 threads.
 Times are medians in ms with their interquartile range (IQR); ratios to the convolution are
 medians over rounds of the ratio within a round.
 
@@ -70,7 +72,7 @@ def main():
     rows = []
     cases = [c for c in CASES if not args.quick or (c[2] == 2 and c[3] < 64)]
     for channels, side, size, batch in cases:
-        layer = SquareAutoregressiveConv2d(channels, size=size)
+        layer = SquareAutoregressiveConv2d(channels, size=size).eval()  # as when sampling
         with torch.no_grad():
             for p in layer.parameters():  # away from the initial values
                 p.add_(torch.randn_like(p) * 0.1)

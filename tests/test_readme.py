@@ -20,15 +20,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "results"
+SAMPLING_COLUMNS = ["model", "sample_b1 ms", "sample_b1 ratio", "sample_b1 ratio range",
+                    "sample_b16 ms", "sample_b16 ratio", "sample_b16 ratio range", "train_step ms",
+                    "train_step ratio", "train_step ratio range"]
 # results file: (rows shown: None for all, columns) as each benchmark script names them
 SPEED_TABLES = {
     "inverse.json": (lambda row: row["threads"] == 1,
                      ["C", "HxW", "m", "batch", "conv_ms", "compiled_ms", "solve_ms", "torch_ms",
                       "compiled/conv", "solve/conv", "torch/conv"]),
-    "mixing_layers.json": (None, ["shape", "layer", "density ms", "sampling ms", "density ratio",
-                                  "sampling ratio"]),
-    "sampling.json": (None, ["model", "sample_b1 ms", "sample_b1 ratio", "sample_b16 ms",
-                             "sample_b16 ratio", "train_step ms", "train_step ratio"]),
+    "mixing_layers.json": (None, ["shape", "layer", "density ms", "density ratio", "sampling ms",
+                                  "sampling ratio", "training ms", "training ratio"]),
+    "sampling.json": (None, SAMPLING_COLUMNS),
+    "sampling_small.json": (None, SAMPLING_COLUMNS),
+    "sampling_paper.json": (None, SAMPLING_COLUMNS),
     "long_run.json": (None, ["mixing", "steps", "test_bpd", "finite_parameters", "inverse_error",
                              "max_inverse_error_during_run", "skipped_steps", "train_seconds"]),
     "maf.json": (None, ["what", "backend", "batch", "ms_per_image", "speedup", "params",
