@@ -171,7 +171,8 @@ def test_cache_follows_in_place_changes_of_constant_buffers(make):
         torch.testing.assert_close(layer(z), fresh_outputs(layer, z, z)[0])
 
 
-def test_emerging_sampling_plan_is_built_once_in_eval_mode(monkeypatch):
+def test_emerging_plan_is_built_once_in_eval_mode(monkeypatch):
+    """Both directions of EmergingConv2d share one plan per parameter values in eval mode."""
     layer = make_emerging().eval()
     calls = []
     original = SquareAutoregressiveConv2d._assemble  # every kernel assembly goes through it
@@ -179,11 +180,11 @@ def test_emerging_sampling_plan_is_built_once_in_eval_mode(monkeypatch):
                         lambda self, log_d: calls.append(1) or original(self, log_d))
     z = torch.randn(1, 4, 3, 3, dtype=torch.float64)
     with torch.no_grad():
-        first = layer(z)
+        first = layer(z), layer.inverse(z)
         for _ in range(3):
-            torch.testing.assert_close(layer(z), first)
+            torch.testing.assert_close((layer(z), layer.inverse(z)), first)
     assert len(calls) == 2  # one kernel per autoregressive layer, once
     layer(z)  # gradients recorded: the plan is bypassed, so gradients reach the parameters
     assert len(calls) == 4
     with torch.no_grad():
-        torch.testing.assert_close(first, fresh_outputs(layer, z, z)[0])
+        torch.testing.assert_close(first, fresh_outputs(layer, z, z))

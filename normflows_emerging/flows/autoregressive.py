@@ -152,19 +152,32 @@ class SquareAutoregressiveConv2d(Flow):
         if is_empty(x):
             return empty_result(x)
         kernel, log_d_sum = self._kernel_and_log_d_sum()
+        return self.convolve(x, self.density_kernel(kernel, premix)), self._log_det(log_d_sum, x)
+
+    def density_kernel(self, kernel: torch.Tensor,
+                       premix: torch.Tensor | None = None) -> torch.Tensor:
+        """The filter :meth:`convolve` applies: ``kernel`` (from :meth:`causal_kernel`) reversed
+        in all four axes for ``flip=True``, with the (C, C) matrix ``premix`` folded into its
+        input channels (see :meth:`inverse`)."""
+        if self.flip:
+            kernel = kernel.flip(0, 1, 2, 3)
+        if premix is not None:
+            # contiguous: a permuted kernel would make conv2d return a channels-last output
+            kernel = torch.einsum("oeab,ec->ocab", kernel, premix).contiguous()
+        return kernel
+
+    def convolve(self, x: torch.Tensor, density_kernel: torch.Tensor) -> torch.Tensor:
+        """The density direction's output for a filter from :meth:`density_kernel`, unchecked.
+
+        For callers that have checked ``x`` (a non-empty (batch, C, H, W) tensor of the layer's
+        dtype and device), as :meth:`inverse` and :class:`EmergingConv2d` do.
+        """
         # As in the solve: taps at least max(H, W) away read only padding, whatever the dilation,
         # so capping it keeps the padding small (a huge dilation would overflow its size).
         dilation = min(self.dilation, max(x.shape[2], x.shape[3]))
         pad = dilation * (self.size - 1)
-        if self.flip:
-            x_padded, kernel = F.pad(x, (0, pad, 0, pad)), kernel.flip(0, 1, 2, 3)
-        else:
-            x_padded = F.pad(x, (pad, 0, pad, 0))
-        if premix is not None:
-            # contiguous: a permuted kernel would make conv2d return a channels-last output
-            kernel = torch.einsum("oeab,ec->ocab", kernel, premix).contiguous()
-        y = F.conv2d(x_padded, kernel, self.bias, dilation=dilation)
-        return y, self._log_det(log_d_sum, x)
+        x_padded = F.pad(x, (0, pad, 0, pad) if self.flip else (pad, 0, pad, 0))
+        return F.conv2d(x_padded, density_kernel, self.bias, dilation=dilation)
 
     def forward(self, z: torch.Tensor,
                 backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,6 +94,11 @@ class EmergingConv2d(Flow):
         check_image(x, self.num_channels, type(self).__name__, self.causal.weight)
         if is_empty(x):
             return empty_result(x)
+        plan = self._plan()
+        if plan is not None:
+            y = self.causal.convolve(x, plan["causal_density_kernel"])
+            y = self.anticausal.convolve(y, plan["anticausal_density_kernel"])
+            return y, (plan["log_det_per_pixel"] * (x.shape[2] * x.shape[3])).expand(x.shape[0])
         if isinstance(self.one_by_one, QR1x1):  # folded into the causal kernel: one conv less
             log_det = self.one_by_one.log_det(x)
             # the cached W itself in eval mode: the einsum that folds it in does not change it
@@ -127,7 +132,7 @@ class EmergingConv2d(Flow):
         check_image(z, self.num_channels, type(self).__name__, self.causal.weight)
         if is_empty(z):
             return empty_result(z)
-        plan = self._sampling_plan()
+        plan = self._plan()
         if plan is not None:
             x = self.anticausal.solve(z, plan["anticausal_kernel"], backend)
             x = self.causal.solve(x, plan["causal_kernel"], backend)
@@ -145,14 +150,15 @@ class EmergingConv2d(Flow):
             z, log_det = x, log_det + ld
         return z, log_det
 
-    def _sampling_plan(self) -> dict | None:
-        """What sampling needs from the parameters, computed once per parameter values.
+    def _plan(self) -> dict | None:
+        """What both directions need from the parameters, computed once per parameter values.
 
         Only in eval mode without gradients to the parameters, and only with a QR or no 1x1
         layer (normflows' LU layer keeps its own state); else None. One lookup for all three
         layers instead of one each: at batch 1 the lookups and per-layer checks cost as much as
-        the solves. Holds both kernels, ``W^-1`` as a (C, C, 1, 1) filter and the log-det per
-        pixel of the density direction.
+        the solves. Holds the two kernels (for the solves) and the two density filters (the
+        anti-causal one reversed, W folded into the causal one), ``W^-1`` as a (C, C, 1, 1)
+        filter and the log-det per pixel of the density direction.
         """
         if isinstance(self.one_by_one, nn.Module) and not isinstance(self.one_by_one, QR1x1):
             return None
@@ -167,14 +173,19 @@ class EmergingConv2d(Flow):
                                  constants=self.causal.constants() + self.anticausal.constants())
         if not plan:
             with torch.no_grad():
+                causal_kernel = self.causal.causal_kernel()
+                anticausal_kernel = self.anticausal.causal_kernel()
                 log_det_per_pixel = self.causal.log_d.sum() + self.anticausal.log_d.sum()
-                weight_inverse = None
+                weight = weight_inverse = None
                 if self.one_by_one is not None:
+                    weight = self.one_by_one.weight()
                     weight_inverse = self.one_by_one.weight_inverse()[:, :, None, None]
                     log_det_per_pixel = log_det_per_pixel + self.one_by_one.log_s.sum()
-                plan.update(causal_kernel=self.causal.causal_kernel(),
-                            anticausal_kernel=self.anticausal.causal_kernel(),
-                            weight_inverse=weight_inverse, log_det_per_pixel=log_det_per_pixel)
+                plan.update(
+                    causal_kernel=causal_kernel, anticausal_kernel=anticausal_kernel,
+                    causal_density_kernel=self.causal.density_kernel(causal_kernel, weight),
+                    anticausal_density_kernel=self.anticausal.density_kernel(anticausal_kernel),
+                    weight_inverse=weight_inverse, log_det_per_pixel=log_det_per_pixel)
         return plan
 
     def extra_repr(self):
