@@ -134,12 +134,18 @@ def test_qr_cache_is_used_in_eval_mode_only(monkeypatch):
     assert len(calls) == 3
 
 
-def test_autoregressive_kernel_is_assembled_once_in_eval_mode(monkeypatch):
-    layer = make_autoregressive().eval()
+def count_kernel_assemblies(monkeypatch):
+    """A list that grows by one with every autoregressive kernel assembly."""
     calls = []
     original = SquareAutoregressiveConv2d._assemble  # every kernel assembly goes through it
     monkeypatch.setattr(SquareAutoregressiveConv2d, "_assemble",
                         lambda self, log_d: calls.append(1) or original(self, log_d))
+    return calls
+
+
+def test_autoregressive_kernel_is_assembled_once_in_eval_mode(monkeypatch):
+    layer = make_autoregressive().eval()
+    calls = count_kernel_assemblies(monkeypatch)
     z = torch.randn(1, 4, 3, 3, dtype=torch.float64)
     with torch.no_grad():
         for _ in range(3):
@@ -174,10 +180,7 @@ def test_cache_follows_in_place_changes_of_constant_buffers(make):
 def test_emerging_plan_is_built_once_in_eval_mode(monkeypatch):
     """Both directions of EmergingConv2d share one plan per parameter values in eval mode."""
     layer = make_emerging().eval()
-    calls = []
-    original = SquareAutoregressiveConv2d._assemble  # every kernel assembly goes through it
-    monkeypatch.setattr(SquareAutoregressiveConv2d, "_assemble",
-                        lambda self, log_d: calls.append(1) or original(self, log_d))
+    calls = count_kernel_assemblies(monkeypatch)
     z = torch.randn(1, 4, 3, 3, dtype=torch.float64)
     with torch.no_grad():
         first = layer(z), layer.inverse(z)
