@@ -1,6 +1,7 @@
 """Results derived from parameters, reused while the parameters keep the same values."""
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 
 class ValueKeyedCache:
@@ -15,6 +16,8 @@ class ValueKeyedCache:
     Constant buffers (masks that follow from the constructor's arguments) may be watched more
     cheaply, by identity and version counter: that sees in-place changes, replacement and
     ``module.to()``, not writes through ``.data`` (which nothing should make to a constant).
+    Inference tensors (a layer built or converted under ``torch.inference_mode``) have no
+    version counter: those are watched by value like the parameters.
     """
 
     def __init__(self):
@@ -37,7 +40,8 @@ class ValueKeyedCache:
           constants: tensors the results depend on that are never meant to change (see above)
         """
         fingerprints = [_fingerprint(t) for t in tensors]
-        fingerprints += [(id(t), t._version) for t in constants]
+        fingerprints += [_fingerprint(t) if t.is_inference() else (id(t), t._version)
+                         for t in constants]
         if not self._holds(fingerprints):
             self._entries.clear()
             self._snapshot = fingerprints
@@ -71,7 +75,22 @@ _NUMPY_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.in
 
 
 def reusable(module: torch.nn.Module, tensors) -> bool:
-    """Whether results computed from ``tensors`` may be cached: eval mode, no gradient to them."""
+    """Whether results computed from ``tensors`` may be cached: eval mode, no gradient to them.
+
+    Gradients include forward-mode ones (``torch.autograd.forward_ad`` tangents) and tensors of a
+    ``torch.func`` transform (``vmap`` over parameters, ``jvp``, ``grad``): a cached copy would
+    drop their tangents or batch dimension, and they report ``requires_grad=False``.
+    """
     if module.training:
         return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return not any(_is_transformed(t) for t in tensors)
+
+
+def _is_transformed(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` carries a forward-mode tangent or is wrapped by a torch.func transform."""
+    # torch has no public test for a functorch wrapper; this is the one torch.func itself uses
+    if torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+        return True
+    return forward_ad.unpack_dual(tensor).tangent is not None
