@@ -18,12 +18,21 @@ class ValueKeyedCache:
     ``module.to()``, not writes through ``.data`` (which nothing should make to a constant).
     Inference tensors (a layer built or converted under ``torch.inference_mode``) have no
     version counter: those are watched by value like the parameters.
+
+    Pickling or copying a cache gives an empty one (identities mean nothing in another
+    process, and cached results do not belong in a saved model).
     """
 
     def __init__(self):
         self._snapshot = None
         self._constants = []
         self._entries = {}
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
 
     def clear(self) -> None:
         """Forget everything."""
