@@ -9,6 +9,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from brute_force import perturb_
 from normflows_emerging import EmergingConv2d, PeriodicConv2d, QR1x1, SquareAutoregressiveConv2d
+from normflows_emerging.flows.cache import ValueKeyedCache
 
 
 def make_periodic():
@@ -271,3 +272,39 @@ def test_vmap_over_stacked_parameters_in_eval_mode(make):
         outputs, log_dets = torch.func.vmap(lambda p: density(members[0], p, x))(stacked)
     for i, (output, log_det) in enumerate(expected):
         torch.testing.assert_close((outputs[i], log_dets[i]), (output, log_det))
+
+
+class HalfFillDetector(dict):
+    """A cache entry that fails the test when a write leaves a result without its partner.
+
+    Threads sharing a layer read entries while another thread fills them: two separate writes
+    once made concurrent PeriodicConv2d sampling raise KeyError('log_det').
+    """
+
+    PARTNERS = (("kernel", "log_d_sum"), ("khat_inv", "log_det"))
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        for first, second in self.PARTNERS:
+            assert first not in self or second in self, f"{first!r} stored before {second!r}"
+
+
+@pytest.mark.parametrize("make", [make_autoregressive, make_periodic],
+                         ids=["autoregressive", "periodic"])
+def test_cache_entries_are_filled_in_one_write(make, monkeypatch):
+    original = ValueKeyedCache.entry
+
+    def entry(cache, *args, **kwargs):
+        found = original(cache, *args, **kwargs)
+        if found or isinstance(found, HalfFillDetector):
+            return found
+        detector = cache._entries[args[1]] = HalfFillDetector()
+        return detector
+
+    monkeypatch.setattr(ValueKeyedCache, "entry", entry)
+    layer = make().eval()
+    z = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        sampled = layer(z)  # the sampling entries first: periodic's log-det is not there yet
+        density = layer.inverse(z)
+    torch.testing.assert_close((sampled, density), fresh_outputs(layer, z, z))

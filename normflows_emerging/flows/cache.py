@@ -47,6 +47,9 @@ class ValueKeyedCache:
           tensors: sequence of tensors the cached results are computed from (parameters)
           key: hashable description of everything else the results depend on
           constants: tensors the results depend on that are never meant to change (see above)
+
+        Callers fill the dictionary with one ``update`` of all the keys they compute together:
+        other threads sharing the layer may read it in between.
         """
         fingerprints = [_fingerprint(t) for t in tensors]
         fingerprints += [_fingerprint(t) if t.is_inference() else (id(t), t._version)
