@@ -4,10 +4,12 @@ import copy
 
 import pytest
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from brute_force import perturb_
 from normflows_emerging import EmergingConv2d, PeriodicConv2d, QR1x1, SquareAutoregressiveConv2d
+from normflows_emerging.flows.cache import ValueKeyedCache
 
 
 def make_periodic():
@@ -191,3 +193,122 @@ def test_emerging_plan_is_built_once_in_eval_mode(monkeypatch):
     assert len(calls) == 4
     with torch.no_grad():
         torch.testing.assert_close(first, fresh_outputs(layer, z, z))
+
+
+@pytest.mark.parametrize("make", [make_autoregressive, make_emerging],
+                         ids=["autoregressive", "emerging"])
+@pytest.mark.parametrize("how", ["built", "converted"])
+def test_cache_follows_constant_buffers_that_are_inference_tensors(make, how):
+    """A layer built or converted under inference_mode holds inference-tensor masks, which have no
+    version counter: sampling must work and still see an in-place change of a mask."""
+    z = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    with torch.inference_mode():
+        if how == "built":
+            layer = make().eval()
+        else:
+            layer = make().float().eval()
+            layer.double()
+        assert all(module.mask.is_inference() for module in layer.modules()
+                   if isinstance(module, SquareAutoregressiveConv2d))
+        first = layer(z)
+        torch.testing.assert_close(first, layer.train()(z))
+        for module in layer.modules():
+            if isinstance(module, SquareAutoregressiveConv2d):
+                module.mask[0, 0, 0, 0] += 0.5
+        changed = layer.eval()(z)
+        torch.testing.assert_close(changed, layer.train()(z))
+    assert not torch.allclose(changed[0], first[0])
+
+
+class DensityDirection(torch.nn.Module):
+    """``layer.inverse`` as a module's forward, for torch.func.functional_call."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer.inverse(x)
+
+
+def density(layer, parameters, x):
+    """``layer.inverse(x)`` with the parameters replaced by ``parameters`` (name -> tensor)."""
+    replaced = {f"layer.{name}": p for name, p in parameters.items()}
+    return torch.func.functional_call(DensityDirection(layer), replaced, (x,))
+
+
+def forward_mode_derivative(layer, parameters, tangents, x):
+    """d/dt of sum(y) + sum(log_det) of the density direction at ``parameters + t * tangents``,
+    by forward-mode AD (dual tensors)."""
+    with forward_ad.dual_level():
+        duals = {name: forward_ad.make_dual(p, tangents[name]) for name, p in parameters.items()}
+        y, log_det = density(layer, duals, x)
+        return forward_ad.unpack_dual(y.sum() + log_det.sum()).tangent
+
+
+@pytest.mark.parametrize("make", LAYERS.values(), ids=LAYERS.keys())
+def test_forward_mode_derivatives_with_respect_to_parameters_in_eval_mode(make):
+    """Dual (forward-mode) parameters report requires_grad=False: a cached result would drop their
+    tangents and give a wrong derivative without any error."""
+    layer = make().eval()
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    parameters = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    tangents = other_values(layer, seed=2)
+    with torch.no_grad():
+        layer.inverse(x)  # fills the cache with the same parameter values
+    expected = forward_mode_derivative(copy.deepcopy(layer).train(), parameters, tangents, x)
+    torch.testing.assert_close(forward_mode_derivative(layer, parameters, tangents, x), expected)
+    _, jvp = torch.func.jvp(lambda p: sum(t.sum() for t in density(layer, p, x)),
+                            (parameters,), (tangents,))
+    torch.testing.assert_close(jvp, expected)
+
+
+@pytest.mark.parametrize("make", [make_periodic, make_autoregressive],
+                         ids=["periodic", "autoregressive"])
+def test_vmap_over_stacked_parameters_in_eval_mode(make):
+    """An ensemble evaluated with torch.func.vmap over stacked parameters: each member's result."""
+    members = [make().eval() for _ in range(3)]
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        expected = [member.inverse(x) for member in members]
+        members[0].inverse(x)  # fills the cache of the layer vmap runs
+        stacked, _ = torch.func.stack_module_state(members)
+        outputs, log_dets = torch.func.vmap(lambda p: density(members[0], p, x))(stacked)
+    for i, (output, log_det) in enumerate(expected):
+        torch.testing.assert_close((outputs[i], log_dets[i]), (output, log_det))
+
+
+class HalfFillDetector(dict):
+    """A cache entry that fails the test when a write leaves a result without its partner.
+
+    Threads sharing a layer read entries while another thread fills them: two separate writes
+    once made concurrent PeriodicConv2d sampling raise KeyError('log_det').
+    """
+
+    PARTNERS = (("kernel", "log_d_sum"), ("khat_inv", "log_det"))
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        for first, second in self.PARTNERS:
+            assert first not in self or second in self, f"{first!r} stored before {second!r}"
+
+
+@pytest.mark.parametrize("make", [make_autoregressive, make_periodic],
+                         ids=["autoregressive", "periodic"])
+def test_cache_entries_are_filled_in_one_write(make, monkeypatch):
+    original = ValueKeyedCache.entry
+
+    def entry(cache, *args, **kwargs):
+        found = original(cache, *args, **kwargs)
+        if found or isinstance(found, HalfFillDetector):
+            return found
+        detector = cache._entries[args[1]] = HalfFillDetector()
+        return detector
+
+    monkeypatch.setattr(ValueKeyedCache, "entry", entry)
+    layer = make().eval()
+    z = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        sampled = layer(z)  # the sampling entries first: periodic's log-det is not there yet
+        density = layer.inverse(z)
+    torch.testing.assert_close((sampled, density), fresh_outputs(layer, z, z))

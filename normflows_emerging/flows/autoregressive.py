@@ -124,7 +124,8 @@ class SquareAutoregressiveConv2d(Flow):
                                       constants=self.constants())
         if "kernel" not in entry:
             log_d = self.log_d
-            entry["kernel"], entry["log_d_sum"] = self._assemble(log_d), log_d.sum()
+            # one update: another thread sharing the layer never sees a kernel without its log-det
+            entry.update(kernel=self._assemble(log_d), log_d_sum=log_d.sum())
         return entry["kernel"], entry["log_d_sum"]
 
     @staticmethod

@@ -8,6 +8,8 @@ so every diagonal lies in ``(exp(-B), exp(B))`` with ``B = LOG_SCALE_BOUND`` = 1
 diagonal the layer uses.
 """
 
+import functools
+
 import torch
 from torch import nn
 
@@ -40,9 +42,12 @@ def accept_unbounded_checkpoints(module: nn.Module, old_name: str, new_name: str
     it is converted to the free parameter ``new_name`` that gives the same diagonal.
     """
 
-    def convert(module, state_dict, prefix, *args):
-        if prefix + old_name in state_dict:
-            old = state_dict.pop(prefix + old_name)
-            state_dict[prefix + new_name] = raw_from_log_scale(old, prefix + old_name)
+    # a partial of a module-level function, not a closure: the module stays picklable
+    module.register_load_state_dict_pre_hook(
+        functools.partial(_convert_unbounded_entry, old_name, new_name))
 
-    module.register_load_state_dict_pre_hook(convert)
+
+def _convert_unbounded_entry(old_name, new_name, module, state_dict, prefix, *args):
+    if prefix + old_name in state_dict:
+        old = state_dict.pop(prefix + old_name)
+        state_dict[prefix + new_name] = raw_from_log_scale(old, prefix + old_name)

@@ -1,6 +1,7 @@
 """Results derived from parameters, reused while the parameters keep the same values."""
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 
 class ValueKeyedCache:
@@ -15,12 +16,23 @@ class ValueKeyedCache:
     Constant buffers (masks that follow from the constructor's arguments) may be watched more
     cheaply, by identity and version counter: that sees in-place changes, replacement and
     ``module.to()``, not writes through ``.data`` (which nothing should make to a constant).
+    Inference tensors (a layer built or converted under ``torch.inference_mode``) have no
+    version counter: those are watched by value like the parameters.
+
+    Pickling or copying a cache gives an empty one (identities mean nothing in another
+    process, and cached results do not belong in a saved model).
     """
 
     def __init__(self):
         self._snapshot = None
         self._constants = []
         self._entries = {}
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
 
     def clear(self) -> None:
         """Forget everything."""
@@ -35,9 +47,13 @@ class ValueKeyedCache:
           tensors: sequence of tensors the cached results are computed from (parameters)
           key: hashable description of everything else the results depend on
           constants: tensors the results depend on that are never meant to change (see above)
+
+        Callers fill the dictionary with one ``update`` of all the keys they compute together:
+        other threads sharing the layer may read it in between.
         """
         fingerprints = [_fingerprint(t) for t in tensors]
-        fingerprints += [(id(t), t._version) for t in constants]
+        fingerprints += [_fingerprint(t) if t.is_inference() else (id(t), t._version)
+                         for t in constants]
         if not self._holds(fingerprints):
             self._entries.clear()
             self._snapshot = fingerprints
@@ -71,7 +87,29 @@ _NUMPY_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.in
 
 
 def reusable(module: torch.nn.Module, tensors) -> bool:
-    """Whether results computed from ``tensors`` may be cached: eval mode, no gradient to them."""
+    """Whether results computed from ``tensors`` may be cached: eval mode, no gradient to them.
+
+    Gradients include forward-mode ones (``torch.autograd.forward_ad`` tangents) and tensors of a
+    ``torch.func`` transform (``vmap`` over parameters, ``jvp``, ``grad``): a cached copy would
+    drop their tangents or batch dimension, and they report ``requires_grad=False``.
+    """
     if module.training:
         return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return not _carry_derivatives_or_batches(tensors)
+
+
+def _carry_derivatives_or_batches(tensors) -> bool:
+    """Whether a tensor carries a forward-mode tangent or is wrapped by a torch.func transform.
+
+    Per-tensor tests only inside a dual level or a transform (about 5 us per call otherwise, a
+    few percent of a batch-1 sample); torch has no public test for either, so these are the
+    ones torch.func and ``forward_ad.unpack_dual`` use.
+    """
+    functorch = torch._C._functorch
+    if functorch.peek_interpreter_stack() is not None and any(
+            functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        return True
+    return forward_ad._current_level >= 0 and any(
+        forward_ad.unpack_dual(t).tangent is not None for t in tensors)

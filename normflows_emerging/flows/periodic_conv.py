@@ -158,8 +158,9 @@ class PeriodicConv2d(Flow):
                     f"{float(cond[u, v]):.3g} > {limit:.3g}) for {height}x{width} images, so the "
                     f"convolution cannot be inverted accurately"
                 )
-            entry["khat_inv"] = khat_inv.to(torch.promote_types(x.dtype, torch.complex64))
-            entry["log_det"] = self._log_abs_det(khat, width).to(x.dtype)
+            # one update: another thread sharing the layer never sees K̂⁻¹ without the log-det
+            entry.update(khat_inv=khat_inv.to(torch.promote_types(x.dtype, torch.complex64)),
+                         log_det=self._log_abs_det(khat, width).to(x.dtype))
         return entry["khat_inv"], entry["log_det"]
 
     @staticmethod

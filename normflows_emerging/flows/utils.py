@@ -10,6 +10,7 @@ Empty batches (batch 0, or an image side 0 where the layer allows it) are valid 
 directions: every layer returns an empty output of the same shape and a log-det of shape (batch,).
 """
 
+import functools
 import math
 import warnings
 
@@ -105,11 +106,12 @@ def register_constant_buffer(module: torch.nn.Module, name: str, value: torch.Te
     ``strict=True``): the stored copy is ignored.
     """
     module.register_buffer(name, value, persistent=False)
+    # a partial of a module-level function, not a closure: the module stays picklable
+    module.register_load_state_dict_pre_hook(functools.partial(_drop_stored_constant, name))
 
-    def drop(module, state_dict, prefix, *args):
-        state_dict.pop(prefix + name, None)
 
-    module.register_load_state_dict_pre_hook(drop)
+def _drop_stored_constant(name, module, state_dict, prefix, *args):
+    state_dict.pop(prefix + name, None)
 
 
 def plu_1x1_conv(num_channels: int) -> Invertible1x1Conv:
