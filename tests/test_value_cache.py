@@ -312,3 +312,16 @@ def test_cache_entries_are_filled_in_one_write(make, monkeypatch):
         sampled = layer(z)  # the sampling entries first: periodic's log-det is not there yet
         density = layer.inverse(z)
     torch.testing.assert_close((sampled, density), fresh_outputs(layer, z, z))
+
+
+def test_emerging_sampling_runs_hooks_of_its_sublayers():
+    """A forward pre-hook on a sublayer (as old-style weight_norm uses) keeps running in eval mode:
+    the plan, which does not call the sublayers, is not used then."""
+    layer = make_emerging().eval()
+    z = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    calls = []
+    layer.causal.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(layer(z), fresh_outputs(layer, z, z)[0])
+    assert len(calls) == 4  # two calls of the layer and two of its fresh copies

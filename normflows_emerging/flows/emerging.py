@@ -153,8 +153,9 @@ class EmergingConv2d(Flow):
     def _plan(self) -> dict | None:
         """What both directions need from the parameters, computed once per parameter values.
 
-        Only in eval mode without gradients to the parameters, and only with a QR or no 1x1
-        layer (normflows' LU layer keeps its own state); else None. One lookup for all three
+        Only in eval mode without gradients to the parameters, only with a QR or no 1x1 layer
+        (normflows' LU layer keeps its own state), and only while no sublayer has forward hooks
+        (the plan does not call the sublayers); else None. One lookup for all three
         layers instead of one each: at batch 1 the lookups and per-layer checks cost as much as
         the solves. Holds the two kernels (for the solves) and the two density filters (the
         anti-causal one reversed, W folded into the causal one), ``W^-1`` as a (C, C, 1, 1)
@@ -162,6 +163,9 @@ class EmergingConv2d(Flow):
         """
         if isinstance(self.one_by_one, nn.Module) and not isinstance(self.one_by_one, QR1x1):
             return None
+        if any(layer._forward_hooks or layer._forward_pre_hooks
+               for layer in (self.causal, self.anticausal, self.one_by_one) if layer is not None):
+            return None  # the plan skips the sublayers' calls, so their hooks would not run
         tensors = [self.causal.weight, self.causal.raw_log_d,
                    self.anticausal.weight, self.anticausal.raw_log_d]
         if self.one_by_one is not None:
