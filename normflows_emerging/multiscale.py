@@ -16,6 +16,7 @@ import normflows as nf
 import torch
 
 from ._checks import check_positive_int
+from .errors import NonFiniteError
 from .glow import GlowStep
 
 Shape = tuple[int, int, int]
@@ -187,6 +188,8 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
           ValueError: if ``num_samples`` is not a positive int, ``temperature`` not a finite
             number > 0, or ``y`` does not fit the model (see the class docstring) or, with
             ``num_samples`` other than 1, has another number of entries
+          NonFiniteError: (a ValueError) if a sample came out NaN or infinite
+          torch.linalg.LinAlgError: if a layer of this package cannot invert its convolution
         """
         check_positive_int("num_samples", num_samples)
         if temperature is not None and (
@@ -199,12 +202,30 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         if y is not None:
             self._check_labels(y, None if num_samples == 1 else num_samples)
         if temperature is None:
-            return super().sample(num_samples, y)
+            return self._finite_samples(*super().sample(num_samples, y), 1.0)
         self.set_temperature(float(temperature))
         try:
-            return super().sample(num_samples, y)
+            return self._finite_samples(*super().sample(num_samples, y), temperature)
         finally:
             self.reset_temperature()
+
+    @staticmethod
+    def _finite_samples(x: torch.Tensor, log_p: torch.Tensor,
+                        temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, log_p)`` unless a sample is NaN or infinite.
+
+        The latents are finite draws, so a non-finite image means a flow's sampling direction
+        overflowed: the layers of this package raise then, but other flows (normflows' affine
+        couplings, ActNorm) return inf or NaN.
+        """
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise NonFiniteError(
+                f"{bad} of the {x.numel()} sampled values are NaN or infinite at temperature "
+                f"{temperature}: a flow's sampling direction overflowed, so no samples are "
+                f"returned (a lower temperature may help; a model with non-finite or extreme "
+                f"parameters cannot sample)")
+        return x, log_p
 
 
 def build_glow(

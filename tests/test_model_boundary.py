@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from normflows_emerging import GlowStep, bits_per_dim, build_multiscale_flow
+from normflows_emerging.errors import NonFiniteError
 
 
 def _model(num_classes=None):
@@ -106,3 +107,15 @@ def test_a_glow_step_checks_before_its_actnorm_initialises(bad, error):
         step.inverse(bad)
     x = torch.rand(2, 4, 4, 4)
     torch.testing.assert_close(step.inverse(x), untouched.inverse(x))
+
+
+def test_non_finite_samples_are_refused():
+    """normflows' own flows (here ActNorm) do not check their sampling direction: an overflow
+    there must not come back as inf images."""
+    model = _model()
+    model.log_prob(GOOD)  # initialises ActNorm
+    actnorm = next(m for m in model.modules() if type(m).__name__ == "ActNorm")
+    with torch.no_grad():
+        actnorm.s.fill_(200.0)  # the sampling direction multiplies by exp(200): inf in float32
+    with pytest.raises(NonFiniteError, match="sampled values are NaN or infinite"):
+        model.sample(2)
