@@ -20,11 +20,10 @@ import functools
 import os
 
 import torch
-from torch.utils import benchmark
 
 from normflows_emerging import SquareAutoregressiveConv2d, inverse_backend
 from normflows_emerging.inverse import solve_autoregressive
-from timing import print_table, write_json
+from timing import benchmark, print_table, write_json
 
 CASES = [(channels, side, size, batch)
          for size in (2, 3)

@@ -178,7 +178,9 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--slow", action="store_true", help="also time MAF's naive solve")
-    parser.add_argument("--plot-sizes", type=int, nargs="*", default=[16, 32, 64])
+    parser.add_argument("--plot-sizes", type=int, nargs="*", default=[16, 32, 64],
+                        help="image sides of the PNG of batch-1 sampling time against size; "
+                             "the flag with no sides skips the PNG")
     parser.add_argument("--models", nargs="+", choices=list(CONTENDERS), metavar="NAME",
                         default=list(CONTENDERS),
                         help=f"contenders to time (1x1 always), of {list(CONTENDERS)}")

@@ -10,7 +10,10 @@ import os
 import platform
 
 import torch
-from torch.utils import benchmark
+
+from normflows_emerging.evaluation import import_torch_benchmark
+
+benchmark = import_torch_benchmark()  # torch.utils.benchmark, without a CUDA_HOME warning
 
 
 def timed(fn, min_time=0.2):

@@ -15,6 +15,7 @@ and ``sample(num_samples, y=None, temperature=None)`` returning ``(x, log_q)``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -184,6 +185,20 @@ def save_samples(model, path, num_samples=16, seed=0, device="cpu"):
     save_image_grid(grids, path, [f"temperature {t}" for t in SAMPLE_TEMPERATURES])
 
 
+def import_torch_benchmark():
+    """``torch.utils.benchmark``, imported on first use and without the warning "No CUDA runtime
+    is found, using CUDA_HOME=..." that its import logs where a CUDA toolkit is installed but no
+    GPU is usable (it concerns compiling CUDA extensions, not timing)."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        logger.setLevel(level)
+    return benchmark
+
+
 @torch.no_grad()
 def sample_timing(model, num_samples=16, device="cpu", backend=None, seed=0,
                   repeats=7) -> benchmark.Measurement:
@@ -205,10 +220,7 @@ def sample_timing(model, num_samples=16, device="cpu", backend=None, seed=0,
       ``torch.utils.benchmark.Measurement`` of one draw of ``num_samples`` images (seconds):
       ``median``, ``iqr``, ``times``
     """
-    # Imported here: importing torch.utils.benchmark logs a CUDA_HOME warning on machines
-    # without CUDA, which every command would otherwise print.
-    from torch.utils import benchmark
-
+    benchmark = import_torch_benchmark()
     timer = benchmark.Timer(
         stmt="sample(model, num_samples, 1.0, seed, device)",
         globals={"sample": sample, "model": model, "num_samples": num_samples, "seed": seed,

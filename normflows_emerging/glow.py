@@ -132,6 +132,12 @@ class GlowStep(nf.flows.Flow):
         self.channels = channels
         self.flows = nn.ModuleList([coupling, layer, nf.flows.ActNorm((channels, 1, 1))])
 
+    @property
+    def min_image_size(self) -> int:
+        """Smallest image height and width the step takes: its mixing layer's
+        ``min_image_size`` where it has one (``PeriodicConv2d``: its kernel size), else 1."""
+        return getattr(self.flows[1], "min_image_size", 1)
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
 

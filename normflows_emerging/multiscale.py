@@ -258,7 +258,8 @@ def build_glow(
       labels ``y`` of shape (batch,) (None if not class-conditional)
 
     Raises:
-      ValueError: if the shape or the counts are invalid
+      ValueError: if the shape or the counts are invalid, or a level's images are smaller than
+        its steps' ``min_image_size`` (where a step has one, as ``GlowStep`` does)
       TypeError: if ``make_step`` is not callable or returns something other than a Flow
     """
     levels = check_positive_int("levels", levels)
@@ -272,13 +273,20 @@ def build_glow(
     for i in range(levels):
         step_channels = channels * 2 ** (levels + 1 - i)
         steps = [make_step(step_channels) for _ in range(flows_per_level)]
+        factor = 2 ** (levels - i)
         for step in steps:
             if not isinstance(step, nf.flows.Flow):
                 raise TypeError(
                     f"make_step must return a normflows.flows.Flow, got {type(step).__name__}"
                 )
+            needed = getattr(step, "min_image_size", 1)
+            if min(height, width) // factor < needed:
+                raise ValueError(
+                    f"the steps of level {levels - i} (of {levels}) see {height // factor}x"
+                    f"{width // factor} images, but {type(step).__name__} needs at least "
+                    f"{needed}x{needed} (its mixing layer's kernel): use fewer levels or larger "
+                    f"images")
         flows.append(steps + [nf.flows.Squeeze()])
-        factor = 2 ** (levels - i)
         latent_shape = (channels * factor * (2 if i == 0 else 1), height // factor, width // factor)
         if i > 0:
             merges.append(nf.flows.Merge())

@@ -1,6 +1,9 @@
 """Command line and training functions: outputs, exact resumption, skipped steps, errors."""
 
 import json
+import os
+import subprocess
+import sys
 
 import matplotlib.image
 import pytest
@@ -325,3 +328,15 @@ def test_bad_bits_flag(value, capsys):
         main(["train", "--out", "x", "--bits", value])
     assert exc.value.code == 2
     assert "--bits" in capsys.readouterr().err
+
+
+def test_timing_imports_torch_benchmark_without_its_cuda_home_warning():
+    """Importing torch.utils.benchmark logs "No CUDA runtime is found, using CUDA_HOME=..." where
+    a CUDA toolkit is installed without a usable GPU (as on the CI machine); commands that time
+    sampling must not print it."""
+    code = ("from normflows_emerging.evaluation import import_torch_benchmark\n"
+            "assert hasattr(import_torch_benchmark(), 'Timer')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "CUDA_HOME": sys.prefix})
+    assert done.returncode == 0, done.stderr
+    assert "CUDA_HOME" not in done.stderr, done.stderr

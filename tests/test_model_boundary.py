@@ -119,3 +119,13 @@ def test_non_finite_samples_are_refused():
         actnorm.s.fill_(200.0)  # the sampling direction multiplies by exp(200): inf in float32
     with pytest.raises(NonFiniteError, match="sampled values are NaN or infinite"):
         model.sample(2)
+
+
+def test_builder_refuses_levels_too_small_for_the_mixing_kernel():
+    with pytest.raises(ValueError, match=r"level 2 \(of 2\) see 2x2 images, but GlowStep needs "
+                                         r"at least 3x3"):
+        build_multiscale_flow((3, 8, 8), 2, 2, 16, mixing="periodic")
+    with pytest.raises(ValueError, match="see 4x4 images, but GlowStep needs at least 5x5"):
+        build_multiscale_flow((1, 8, 8), 1, 1, 4, mixing="periodic", kernel_size=5)
+    model = build_multiscale_flow((1, 12, 12), 2, 1, 4, mixing="periodic")  # 3x3 at the bottom
+    assert torch.isfinite(model.log_prob(torch.rand(2, 1, 12, 12))).all()

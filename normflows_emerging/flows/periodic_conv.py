@@ -73,6 +73,11 @@ class PeriodicConv2d(Flow):
         self.bias = nn.Parameter(torch.zeros(num_channels)) if bias else None
         self._cache = ValueKeyedCache()
 
+    @property
+    def min_image_size(self) -> int:
+        """Smallest image height and width the layer takes: its kernel size."""
+        return self.kernel_size
+
     def extra_repr(self):
         return (
             f"num_channels={self.num_channels}, kernel_size={self.kernel_size}, "
