@@ -8,7 +8,10 @@ from normflows.flows.flow_test import FlowTest
 
 from brute_force import dense_log_abs_det
 from normflows_emerging import PeriodicConv2d
+from normflows_emerging.flows.periodic_conv import MAX_REAL_PRODUCT_BATCH
 
+# The spectrum is applied as real products up to MAX_REAL_PRODUCT_BATCH images, else by einsum.
+BATCHES = [1, 2, MAX_REAL_PRODUCT_BATCH + 1]
 # (channels, kernel_size, height, width): C = 1 and 4, k = 1/3/5, odd/even and non-square sizes,
 # and images exactly as large as the kernel.
 SHAPES = [
@@ -60,17 +63,18 @@ def test_log_det_matches_dense_jacobian(channels, kernel_size, height, width):
     torch.testing.assert_close(log_det_fwd, -log_det)
 
 
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("channels,kernel_size,height,width", SHAPES)
-def test_density_pass_is_circular_cross_correlation(channels, kernel_size, height, width):
+def test_density_pass_is_circular_cross_correlation(channels, kernel_size, height, width, batch):
     flow = make_flow(channels, kernel_size)
-    x = torch.randn(2, channels, height, width, dtype=torch.float64)
+    x = torch.randn(batch, channels, height, width, dtype=torch.float64)
     expected = brute_force_circular(flow, x)
     for method in ("auto", "spatial", "fft"):
         z, _ = flow.inverse(x, method=method)
         torch.testing.assert_close(z, expected)
 
 
-@pytest.mark.parametrize("batch", [1, 2])  # one image takes its own path through the spectrum
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("channels,kernel_size,height,width", SHAPES)
 def test_round_trip(channels, kernel_size, height, width, batch):
     flow = make_flow(channels, kernel_size)

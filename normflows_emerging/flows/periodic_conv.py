@@ -21,6 +21,11 @@ _METHODS = ("auto", "spatial", "fft")
 # sampling solve refuses a kernel when cond(K̂(u, v)) * eps(input dtype) exceeds it.
 MAX_RELATIVE_ERROR = 1e-3
 
+# Up to this many images, the per-frequency products run as real batched matrix products ([Re, Im]
+# rows times a 2C x 2C real block): measured 1.0-4.5x faster than einsum's complex products at
+# batch 1-16, C = 12-48, and 1.2-1.8x slower at batch 64 (CPU, 1 thread).
+MAX_REAL_PRODUCT_BATCH = 16
+
 
 class PeriodicConv2d(Flow):
     """Invertible periodic (circular) convolution with an unconstrained C x C x k x k kernel.
@@ -142,7 +147,8 @@ class PeriodicConv2d(Flow):
         return entry["log_det"]
 
     def _inverse_spectrum(self, x):
-        """(K̂⁻¹ in x's complex dtype, log|det| in x's dtype), cached in eval mode."""
+        """(K̂⁻¹ in x's complex dtype, its ``_real_block``, log|det| in x's dtype), cached in eval
+        mode."""
         height, width = x.shape[2], x.shape[3]
         entry = self._cache_entry(x) if self._use_cache() else {}
         if "khat_inv" not in entry:
@@ -163,22 +169,39 @@ class PeriodicConv2d(Flow):
                     f"{float(cond[u, v]):.3g} > {limit:.3g}) for {height}x{width} images, so the "
                     f"convolution cannot be inverted accurately"
                 )
+            khat_inv = khat_inv.to(torch.promote_types(x.dtype, torch.complex64))
             # one update: another thread sharing the layer never sees K̂⁻¹ without the log-det
-            entry.update(khat_inv=khat_inv.to(torch.promote_types(x.dtype, torch.complex64)),
+            entry.update(khat_inv=khat_inv, khat_inv_block=self._real_block(khat_inv),
                          log_det=self._log_abs_det(khat, width).to(x.dtype))
-        return entry["khat_inv"], entry["log_det"]
+        return entry["khat_inv"], entry["khat_inv_block"], entry["log_det"]
 
     @staticmethod
-    def _apply_spectrum(matrices, x):
-        """irfft2 of ``matrices[u, v] @ rfft2(x)[:, :, u, v]`` for every frequency."""
+    def _real_block(matrices):
+        """(U*V, 2C, 2O) real R with ``[Re y, Im y] = [Re x, Im x] @ R[u, v]`` for
+        ``y = matrices[u, v] @ x`` (row vectors), from complex matrices of shape (U, V, O, C)."""
+        a, b = matrices.real.transpose(-1, -2), matrices.imag.transpose(-1, -2)
+        block = torch.cat([torch.cat([a, b], -1), torch.cat([-b, a], -1)], -2)
+        return block.reshape(-1, block.shape[-2], block.shape[-1])
+
+    @classmethod
+    def _apply_spectrum(cls, matrices, x, real_block=None):
+        """irfft2 of ``matrices[u, v] @ rfft2(x)[:, :, u, v]`` for every frequency.
+
+        Up to ``MAX_REAL_PRODUCT_BATCH`` images the products run as one real batched matrix
+        product with ``real_block`` (``_real_block(matrices)`` if not given), else as einsum's
+        complex products.
+        """
         x_hat = torch.fft.rfft2(x)
-        if x.shape[0] == 1:
-            # One image: a broadcast product and sum, 1.1-3.8x faster than einsum's batched
-            # matrix-vector products at C = 12-48 (measured on CPU, 1 thread; not so from batch 16).
-            y_hat = (matrices * x_hat[0].permute(1, 2, 0)[:, :, None, :]).sum(-1)
-            y_hat = y_hat.permute(2, 0, 1)[None]
-        else:
+        if x.shape[0] > MAX_REAL_PRODUCT_BATCH:
             y_hat = torch.einsum("uvoc,bcuv->bouv", matrices, x_hat)
+        else:
+            if real_block is None:
+                real_block = cls._real_block(matrices)
+            batch, channels, height, half_width = x_hat.shape
+            rows = torch.view_as_real(x_hat).permute(2, 3, 0, 4, 1).reshape(
+                height * half_width, batch, 2 * channels)
+            y = torch.bmm(rows, real_block).reshape(height, half_width, batch, 2, -1)
+            y_hat = torch.view_as_complex(y.permute(2, 4, 0, 1, 3).contiguous())
         return torch.fft.irfft2(y_hat, s=x.shape[2:])
 
     def _prefer_fft(self):
@@ -243,8 +266,8 @@ class PeriodicConv2d(Flow):
         self._check(z)
         if is_empty(z):
             return empty_result(z)
-        khat_inv, log_det = self._inverse_spectrum(z)
+        khat_inv, khat_inv_block, log_det = self._inverse_spectrum(z)
         shifted = z if self.bias is None else z - self.bias.view(1, -1, 1, 1)
-        x = self._apply_spectrum(khat_inv, shifted)
+        x = self._apply_spectrum(khat_inv, shifted, khat_inv_block)
         check_finite_output(x, z, type(self).__name__)
         return x, -log_det.repeat(z.shape[0])
