@@ -6,7 +6,7 @@ import normflows as nf
 import pytest
 import torch
 
-from normflows_emerging import GlowStep, bits_per_dim, build_multiscale_flow
+from normflows_emerging import GlowStep, bits_per_dim, build_multiscale_flow, replace_mixing
 from normflows_emerging.errors import NonFiniteError
 from normflows_emerging.flows import Chain, PeriodicConv2d, QR1x1
 from normflows_emerging.multiscale import build_glow
@@ -176,3 +176,16 @@ def test_builder_sees_the_kernel_of_a_periodic_layer_inside_a_chain():
         build_glow((3, 8, 8), 2, 1, make_step)
     assert Chain([QR1x1(2), PeriodicConv2d(2, 5)]).min_image_size == 5
     assert Chain([QR1x1(2)]).min_image_size == 1
+
+
+def test_replace_mixing_refuses_levels_too_small_for_the_new_kernel():
+    # was: replaced silently, and the 2x2 level failed only at the first log_prob
+    model = build_multiscale_flow((3, 8, 8), 2, 1, 8, mixing="qr")
+    before = [type(m).__name__ for m in model.modules()]
+    with pytest.raises(ValueError, match=r"level 2 \(of 2\) see 2x2 images, but PeriodicConv2d "
+                                         r"needs at least 3x3"):
+        replace_mixing(model, "periodic")
+    assert [type(m).__name__ for m in model.modules()] == before
+    model = build_multiscale_flow((3, 12, 12), 2, 1, 8, mixing="qr")
+    replace_mixing(model, "periodic")  # 3x3 at the bottom
+    assert torch.isfinite(model.log_prob(torch.rand(2, 3, 12, 12))).all()
