@@ -250,8 +250,10 @@ def replace_mixing(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
     Raises:
       TypeError: if ``model`` is not a ``torch.nn.Module``, the factory returns no Flow, or a
         GlowBlock's current mixing layer has no int ``num_channels``
-      ValueError: if ``model`` contains no GlowBlock or GlowStep, ``name`` is not registered, or a
-        GlowBlock is not laid out as [coupling, mixing layer, ActNorm]
+      ValueError: if ``model`` contains no GlowBlock or GlowStep, ``name`` is not registered, a
+        GlowBlock is not laid out as [coupling, mixing layer, ActNorm], or (in an
+        ``ImageMultiscaleFlow``) a level's images are smaller than the new layer's
+        ``min_image_size`` (a periodic layer's kernel)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"replace_mixing expects a torch.nn.Module, got {type(model).__name__}")
@@ -263,9 +265,35 @@ def replace_mixing(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
         like = next(block.parameters())
         layer = build_mixing(name, _mixing_channels(block), **kwargs)
         layers.append(layer.to(device=like.device, dtype=like.dtype))
+    _check_image_sizes(model, blocks, layers)
     for block, layer in zip(blocks, layers):
         if len(block.flows) == 3:
             block.flows[1] = layer
         else:
             block.flows.insert(1, layer)
     return model
+
+
+def _check_image_sizes(model: nn.Module, blocks: list, layers: list) -> None:
+    """Raise ValueError if, in an ``ImageMultiscaleFlow``, a new layer would see images smaller
+    than its ``min_image_size``, as ``build_glow`` refuses them (else the model fails only at its
+    first ``log_prob``). Other models do not say which image size a block sees: not checked."""
+    from .multiscale import ImageMultiscaleFlow, _min_image_size
+
+    if not isinstance(model, ImageMultiscaleFlow):
+        return
+    seen = {}  # id(block) -> (level, height, width) of the images its steps see
+    levels = len(model.latent_shapes)
+    for level, (flows, shape) in enumerate(zip(model.flows, model.latent_shapes)):
+        for module in flows.modules():
+            seen[id(module)] = (levels - level, shape[1], shape[2])
+    for block, layer in zip(blocks, layers):
+        if id(block) not in seen:
+            continue
+        level, height, width = seen[id(block)]
+        needed = _min_image_size(layer)
+        if min(height, width) < needed:
+            raise ValueError(
+                f"the steps of level {level} (of {levels}) see {height}x{width} images, but "
+                f"{type(layer).__name__} needs at least {needed}x{needed} (its min_image_size): "
+                f"the model is left as it was")

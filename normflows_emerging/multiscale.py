@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any
 
 import normflows as nf
@@ -228,6 +228,26 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         return x, log_p
 
 
+def _min_image_size(step: nf.flows.Flow) -> int:
+    """The ``min_image_size`` of a step: 1 where it has none (or None), else a positive int.
+
+    Raises:
+      TypeError: if the attribute is neither None nor an int (bools refused, numpy ints
+        accepted): compared with the image size it would fail obscurely or, as NaN, pass silently
+      ValueError: if it is an int below 1
+    """
+    needed = getattr(step, "min_image_size", None)
+    if needed is None:
+        return 1
+    if isinstance(needed, bool) or not isinstance(needed, Integral):
+        raise TypeError(f"{type(step).__name__}.min_image_size must be a positive int or None, "
+                        f"got {needed!r}")
+    if needed < 1:
+        raise ValueError(f"{type(step).__name__}.min_image_size must be a positive int or None, "
+                         f"got {needed!r}")
+    return int(needed)
+
+
 def build_glow(
     input_shape: Sequence[int],
     levels: int,
@@ -259,8 +279,10 @@ def build_glow(
 
     Raises:
       ValueError: if the shape or the counts are invalid, or a level's images are smaller than
-        its steps' ``min_image_size`` (where a step has one, as ``GlowStep`` does)
-      TypeError: if ``make_step`` is not callable or returns something other than a Flow
+        its steps' ``min_image_size`` (where a step has one, as ``GlowStep`` does), or that
+        attribute is an int below 1
+      TypeError: if ``make_step`` is not callable or returns something other than a Flow, or a
+        step's ``min_image_size`` is neither None nor an int
     """
     levels = check_positive_int("levels", levels)
     channels, height, width = _check_shape(input_shape, levels)
@@ -279,13 +301,13 @@ def build_glow(
                 raise TypeError(
                     f"make_step must return a normflows.flows.Flow, got {type(step).__name__}"
                 )
-            needed = getattr(step, "min_image_size", 1)
+            needed = _min_image_size(step)
             if min(height, width) // factor < needed:
                 raise ValueError(
                     f"the steps of level {levels - i} (of {levels}) see {height // factor}x"
                     f"{width // factor} images, but {type(step).__name__} needs at least "
-                    f"{needed}x{needed} (its mixing layer's kernel): use fewer levels or larger "
-                    f"images")
+                    f"{needed}x{needed} (its min_image_size, e.g. a periodic mixing layer's "
+                    f"kernel): use fewer levels or larger images")
         flows.append(steps + [nf.flows.Squeeze()])
         latent_shape = (channels * factor * (2 if i == 0 else 1), height // factor, width // factor)
         if i > 0:

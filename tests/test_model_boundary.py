@@ -2,11 +2,14 @@
 
 import copy
 
+import normflows as nf
 import pytest
 import torch
 
-from normflows_emerging import GlowStep, bits_per_dim, build_multiscale_flow
+from normflows_emerging import GlowStep, bits_per_dim, build_multiscale_flow, replace_mixing
 from normflows_emerging.errors import NonFiniteError
+from normflows_emerging.flows import Chain, PeriodicConv2d, QR1x1
+from normflows_emerging.multiscale import build_glow
 
 
 def _model(num_classes=None):
@@ -129,3 +132,60 @@ def test_builder_refuses_levels_too_small_for_the_mixing_kernel():
         build_multiscale_flow((1, 8, 8), 1, 1, 4, mixing="periodic", kernel_size=5)
     model = build_multiscale_flow((1, 12, 12), 2, 1, 4, mixing="periodic")  # 3x3 at the bottom
     assert torch.isfinite(model.log_prob(torch.rand(2, 1, 12, 12))).all()
+
+
+class _SizedStep(nf.flows.Flow):
+    """A custom step declaring ``min_image_size`` as given, around a periodic 3x3 layer."""
+
+    def __init__(self, channels, min_image_size):
+        super().__init__()
+        self.min_image_size = min_image_size
+        self.inner = PeriodicConv2d(channels, 3)
+
+    def forward(self, z):
+        return self.inner(z)
+
+    def inverse(self, x):
+        return self.inner.inverse(x)
+
+
+@pytest.mark.parametrize("size, error", [
+    ("3", TypeError), (3.0, TypeError), (float("nan"), TypeError), (True, TypeError),
+    (torch.tensor(3), TypeError), (0, ValueError), (-1, ValueError)])
+def test_builder_refuses_a_min_image_size_that_is_not_a_positive_int(size, error):
+    # was: a bare "'<' not supported" for "3"; NaN, True, 0 and -1 built a model that failed
+    # only at its first log_prob
+    with pytest.raises(error, match="min_image_size must be a positive int or None"):
+        build_glow((3, 8, 8), 2, 1, lambda channels: _SizedStep(channels, size))
+
+
+def test_builder_takes_min_image_size_none_as_no_requirement():
+    model = build_glow((3, 8, 8), 1, 1, lambda channels: _SizedStep(channels, None))
+    assert torch.isfinite(model.log_prob(torch.rand(2, 3, 8, 8))).all()
+
+
+def test_builder_sees_the_kernel_of_a_periodic_layer_inside_a_chain():
+    # a mixing layer composed with Chain hid the periodic kernel: the model built, and its
+    # 2x2 level failed only at the first log_prob
+    def make_step(channels):
+        step = GlowStep(channels, 8, mixing="qr")
+        step.flows[1] = Chain([QR1x1(channels), PeriodicConv2d(channels, 3)])
+        return step
+
+    with pytest.raises(ValueError, match="see 2x2 images, but GlowStep needs at least 3x3"):
+        build_glow((3, 8, 8), 2, 1, make_step)
+    assert Chain([QR1x1(2), PeriodicConv2d(2, 5)]).min_image_size == 5
+    assert Chain([QR1x1(2)]).min_image_size == 1
+
+
+def test_replace_mixing_refuses_levels_too_small_for_the_new_kernel():
+    # was: replaced silently, and the 2x2 level failed only at the first log_prob
+    model = build_multiscale_flow((3, 8, 8), 2, 1, 8, mixing="qr")
+    before = [type(m).__name__ for m in model.modules()]
+    with pytest.raises(ValueError, match=r"level 2 \(of 2\) see 2x2 images, but PeriodicConv2d "
+                                         r"needs at least 3x3"):
+        replace_mixing(model, "periodic")
+    assert [type(m).__name__ for m in model.modules()] == before
+    model = build_multiscale_flow((3, 12, 12), 2, 1, 8, mixing="qr")
+    replace_mixing(model, "periodic")  # 3x3 at the bottom
+    assert torch.isfinite(model.log_prob(torch.rand(2, 3, 12, 12))).all()

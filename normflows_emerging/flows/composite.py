@@ -29,6 +29,14 @@ class Chain(Flow):
         super().__init__()
         self.flows = nn.ModuleList(flows)
 
+    @property
+    def min_image_size(self) -> int:
+        """Smallest image height and width the chain takes: the largest ``min_image_size`` of its
+        flows (1 for flows without one), so that e.g. a ``PeriodicConv2d`` inside still makes
+        ``build_glow`` refuse levels smaller than its kernel."""
+        sizes = [getattr(flow, "min_image_size", None) for flow in self.flows]
+        return max([1] + [size for size in sizes if size is not None])
+
     def forward(self, z: torch.Tensor):
         """Sampling direction.
 
