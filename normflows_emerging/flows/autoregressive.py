@@ -100,6 +100,10 @@ class SquareAutoregressiveConv2d(Flow):
         """Log of the corner tap's diagonal, shape (C,), inside (-10, 10)."""
         return bounded_log_scale(self.raw_log_d)
 
+    def kernel_parameters(self) -> list[torch.Tensor]:
+        """The parameters ``causal_kernel`` is computed from (the bias is not among them)."""
+        return [self.weight, self.raw_log_d]
+
     def constants(self) -> list[torch.Tensor]:
         """The constant buffers ``causal_kernel`` reads besides the parameters (mask, diagonal)."""
         return [self.mask, self.corner_diagonal]
@@ -117,7 +121,7 @@ class SquareAutoregressiveConv2d(Flow):
     def _kernel_and_log_d_sum(self):
         """``causal_kernel()`` and ``log_d.sum()``; in eval mode without gradients to the
         parameters, computed once for as long as the parameters keep their values."""
-        parameters = [self.weight, self.raw_log_d]
+        parameters = self.kernel_parameters()
         entry = {}
         if reusable(self, parameters):
             entry = self._cache.entry(parameters, torch.is_inference_mode_enabled(),

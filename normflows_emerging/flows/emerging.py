@@ -166,11 +166,9 @@ class EmergingConv2d(Flow):
         if any(layer._forward_hooks or layer._forward_pre_hooks
                for layer in (self.causal, self.anticausal, self.one_by_one) if layer is not None):
             return None  # the plan skips the sublayers' calls, so their hooks would not run
-        tensors = [self.causal.weight, self.causal.raw_log_d,
-                   self.anticausal.weight, self.anticausal.raw_log_d]
+        tensors = self.causal.kernel_parameters() + self.anticausal.kernel_parameters()
         if self.one_by_one is not None:
-            tensors += [self.one_by_one.reflections, self.one_by_one.upper,
-                        self.one_by_one.raw_log_s]
+            tensors += self.one_by_one.matrix_parameters()
         if not reusable(self, tensors):
             return None
         plan = self._cache.entry(tensors, torch.is_inference_mode_enabled(),

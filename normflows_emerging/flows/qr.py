@@ -107,9 +107,13 @@ class QR1x1(Flow):
         """W^-1 = R^-1 Q^T, shape (C, C); a new tensor on every call, as for :meth:`weight`."""
         return self._matrix("weight_inverse").clone()
 
+    def matrix_parameters(self) -> list[torch.Tensor]:
+        """The parameters W and W^-1 are computed from."""
+        return [self.reflections, self.upper, self.raw_log_s]
+
     def _matrix(self, name):
         """W or W^-1, the cached tensor itself in eval mode: only for use inside the package."""
-        parameters = [self.reflections, self.upper, self.raw_log_s]
+        parameters = self.matrix_parameters()
         entry = {}
         if reusable(self, parameters):
             entry = self._cache.entry(parameters, torch.is_inference_mode_enabled())
