@@ -1,4 +1,4 @@
-"""Builds the Cython extension ``normflows_emerging._inverse``.
+"""Builds the Cython extension ``normflows_emerging._solve``.
 
 ``-O3`` always; OpenMP (``-fopenmp``) only when the compiler accepts it, otherwise a plain
 single-threaded build. The extension is optional: without a working C compiler the package still
@@ -46,7 +46,7 @@ class BuildExtWithOptionalOpenMP(build_ext):
 
 
 extensions = cythonize(
-    [Extension("normflows_emerging._inverse", ["ext/_inverse.pyx"], include_dirs=["ext"],
+    [Extension("normflows_emerging._solve", ["ext/_solve.pyx"], include_dirs=["ext"],
                depends=["ext/kernels.h"])],
     language_level=3,
 )

@@ -22,7 +22,7 @@ import os
 import torch
 
 from normflows_emerging import SquareAutoregressiveConv2d, inverse_backend
-from normflows_emerging.inverse import solve_autoregressive
+from normflows_emerging.solve import solve_autoregressive
 from timing import benchmark, print_table, write_json
 
 CASES = [(channels, side, size, batch)

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from normflows_emerging.checkpoint import CHECKPOINT, load_checkpoint
-from normflows_emerging.config import TrainConfig, load_datasets
+from normflows_emerging.app.checkpoint import CHECKPOINT, load_checkpoint
+from normflows_emerging.app.config import TrainConfig, load_datasets
+from normflows_emerging.app.evaluation import probe_batch
+from normflows_emerging.app.run_folder import METRICS
+from normflows_emerging.app.train import train
 from normflows_emerging.diagnostics import INVERSE_ERROR_THRESHOLD, inverse_error
-from normflows_emerging.evaluation import probe_batch
-from normflows_emerging.run_folder import METRICS
-from normflows_emerging.train import train
 from timing import print_table, write_json
 
 MIXINGS = ("qr", "emerging", "periodic", "1x1")

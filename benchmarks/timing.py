@@ -11,7 +11,7 @@ import platform
 
 import torch
 
-from normflows_emerging.evaluation import import_torch_benchmark
+from normflows_emerging.app.evaluation import import_torch_benchmark
 
 benchmark = import_torch_benchmark()  # torch.utils.benchmark, without a CUDA_HOME warning
 

@@ -63,15 +63,15 @@ import torch.utils.benchmark
 from matplotlib.figure import Figure
 
 from example_cli import example_parser, parse_config
-from normflows_emerging import evaluation
-from normflows_emerging import train as training
-from normflows_emerging.checkpoint import CHECKPOINT, load_checkpoint
-from normflows_emerging.commands import evaluate_checkpoint
-from normflows_emerging.config import TrainConfig, build_model, load_datasets
-from normflows_emerging.inverse import use_backend
+from normflows_emerging.app import evaluation
+from normflows_emerging.app import train as training
+from normflows_emerging.app.checkpoint import CHECKPOINT, load_checkpoint
+from normflows_emerging.app.commands import evaluate_checkpoint
+from normflows_emerging.app.config import TrainConfig, build_model, load_datasets
+from normflows_emerging.app.run_folder import METRICS
 from normflows_emerging.mixing import mixing_layers
 from normflows_emerging.parameters import count_parameters, widest_within_budget
-from normflows_emerging.run_folder import METRICS
+from normflows_emerging.solve import use_backend
 from paired_stats import paired_difference
 
 # Measured candidates (5 seeds, 1x1 vs emerging): 4 steps x 32 hidden x 800 steps gave

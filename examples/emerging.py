@@ -22,12 +22,13 @@ import json
 from pathlib import Path
 
 from example_cli import example_parser, parse_config
-from normflows_emerging import evaluation
-from normflows_emerging import train as training
-from normflows_emerging.checkpoint import CHECKPOINT, load_checkpoint
-from normflows_emerging.commands import evaluate_checkpoint
-from normflows_emerging.config import TrainConfig
-from normflows_emerging.inverse import BACKENDS, compiled_available
+from normflows_emerging import BACKENDS
+from normflows_emerging.app import evaluation
+from normflows_emerging.app import train as training
+from normflows_emerging.app.checkpoint import CHECKPOINT, load_checkpoint
+from normflows_emerging.app.commands import evaluate_checkpoint
+from normflows_emerging.app.config import TrainConfig
+from normflows_emerging.backends.compiled import compiled_available
 
 DEFAULTS = TrainConfig(dataset="hubble", image_size=16, mixing="emerging", levels=2,
                                 flows_per_level=4, hidden_channels=32, batch_size=32, steps=500,

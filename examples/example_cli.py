@@ -13,13 +13,13 @@ import argparse
 
 import torch
 
-from normflows_emerging.cli import (
+from normflows_emerging.app.cli import (
     CommandLineParser,
     add_config_arguments,
     add_device_argument,
     config_from_args,
 )
-from normflows_emerging.config import TrainConfig
+from normflows_emerging.app.config import TrainConfig
 
 
 def example_parser(description: str, defaults: TrainConfig, out: str, exclude: tuple = (),

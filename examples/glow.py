@@ -26,10 +26,10 @@ import normflows as nf
 import torch
 
 from example_cli import example_parser, parse_config
-from normflows_emerging import train as training
-from normflows_emerging.checkpoint import CHECKPOINT
-from normflows_emerging.commands import evaluate_checkpoint
-from normflows_emerging.config import TrainConfig, load_datasets
+from normflows_emerging.app import train as training
+from normflows_emerging.app.checkpoint import CHECKPOINT
+from normflows_emerging.app.commands import evaluate_checkpoint
+from normflows_emerging.app.config import TrainConfig, load_datasets
 from normflows_emerging.glow import replace_mixing
 from normflows_emerging.mixing import mixing_layers
 from normflows_emerging.multiscale import build_glow

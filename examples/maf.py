@@ -23,7 +23,7 @@ Same options and outputs as ``compare.py`` (results.md, results.json, curves.png
 """
 
 from compare import run
-from normflows_emerging.config import TrainConfig
+from normflows_emerging.app.config import TrainConfig
 
 DEFAULTS = TrainConfig(dataset="digits", levels=1, flows_per_level=4, hidden_channels=32,
                        batch_size=64, steps=500, warmup=50, eval_every=100)

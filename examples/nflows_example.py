@@ -22,14 +22,14 @@ import torch
 from nflows.distributions import StandardNormal
 from nflows.transforms import ActNorm, AffineCouplingTransform, CompositeTransform, SqueezeTransform
 
-from normflows_emerging import evaluation
-from normflows_emerging import train as training
-from normflows_emerging.cli import (
+from normflows_emerging.app import evaluation
+from normflows_emerging.app import train as training
+from normflows_emerging.app.cli import (
     add_config_arguments,
     add_device_argument,
     config_from_args,
 )
-from normflows_emerging.config import TrainConfig, load_datasets
+from normflows_emerging.app.config import TrainConfig, load_datasets
 from normflows_emerging.nflows import (
     EmergingConv2dTransform,
     PeriodicConv2dTransform,

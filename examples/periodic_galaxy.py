@@ -21,7 +21,7 @@ Same options and outputs as ``compare.py`` (results.md, results.json, curves.png
 """
 
 from compare import run
-from normflows_emerging.config import TrainConfig
+from normflows_emerging.app.config import TrainConfig
 
 DEFAULTS = TrainConfig(dataset="hubble", image_size=16, levels=2, flows_per_level=4,
                        hidden_channels=32, batch_size=32, steps=300, warmup=50, eval_every=100)

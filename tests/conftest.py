@@ -18,7 +18,7 @@ def _seed():
 def solve_spy(monkeypatch):
     """List of the ``backend`` argument of every autoregressive solve a layer makes (None: default).
 
-    The solves still run: the spy wraps :func:`normflows_emerging.inverse.solve_autoregressive`
+    The solves still run: the spy wraps :func:`normflows_emerging.solve.solve_autoregressive`
     where the layers call it.
     """
     calls = []

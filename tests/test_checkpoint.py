@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from normflows_emerging.checkpoint import (
+from normflows_emerging.app.checkpoint import (
     FORMAT_VERSION,
     load_checkpoint,
     read_checkpoint,
 )
-from normflows_emerging.cli import main
-from normflows_emerging.errors import CheckpointError
+from normflows_emerging.app.cli import main
+from normflows_emerging.app.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["train", "--dataset", "digits", "--levels", "1", "--flows-per-level", "1",
@@ -34,8 +34,8 @@ STEPS = 5
 KILLER = """
 import io, os, signal, sys
 import torch
-import normflows_emerging.train as train
-from normflows_emerging.cli import main
+import normflows_emerging.app.train as train
+from normflows_emerging.app.cli import main
 
 mode, n = sys.argv[1], int(sys.argv[2])
 real_save, real_evaluate, saves, evaluations = torch.save, train.evaluate_bpd, [], []

@@ -9,12 +9,12 @@ import matplotlib.image
 import pytest
 import torch
 
-from normflows_emerging import batches, commands, evaluation
-from normflows_emerging import config as config_module
-from normflows_emerging import train as training
-from normflows_emerging.cli import build_parser, main
-from normflows_emerging.config import TrainConfig, build_model
-from normflows_emerging.errors import MissingDependencyError
+from normflows_emerging.app import batches, commands, evaluation
+from normflows_emerging.app import config as config_module
+from normflows_emerging.app import train as training
+from normflows_emerging.app.cli import build_parser, main
+from normflows_emerging.app.config import TrainConfig, build_model
+from normflows_emerging.app.errors import MissingDependencyError
 
 TINY = ["--dataset", "digits", "--levels", "2", "--flows-per-level", "1",
         "--hidden-channels", "8", "--batch-size", "16", "--eval-batch-size", "128"]
@@ -334,7 +334,7 @@ def test_timing_imports_torch_benchmark_without_its_cuda_home_warning():
     """Importing torch.utils.benchmark logs "No CUDA runtime is found, using CUDA_HOME=..." where
     a CUDA toolkit is installed without a usable GPU (as on the CI machine); commands that time
     sampling must not print it."""
-    code = ("from normflows_emerging.evaluation import import_torch_benchmark\n"
+    code = ("from normflows_emerging.app.evaluation import import_torch_benchmark\n"
             "assert hasattr(import_torch_benchmark(), 'Timer')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "CUDA_HOME": sys.prefix})

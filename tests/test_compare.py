@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from normflows_emerging.checkpoint import CHECKPOINT, load_checkpoint
-from normflows_emerging.config import TrainConfig, build_model
+from normflows_emerging.app.checkpoint import CHECKPOINT, load_checkpoint
+from normflows_emerging.app.config import TrainConfig, build_model
+from normflows_emerging.app.run_folder import METRICS
 from normflows_emerging.mixing import mixing_layers
 from normflows_emerging.parameters import count_parameters
-from normflows_emerging.run_folder import METRICS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = ["--levels", "1", "--hidden-channels", "8", "--flows-per-level", "1", "--batch-size",

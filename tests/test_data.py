@@ -1,4 +1,4 @@
-"""Tests of normflows_emerging.data on small files written in the real formats (no network)."""
+"""Tests of normflows_emerging.app.data on small files written in the real formats (no network)."""
 
 import os
 import pickle
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from normflows_emerging.data import dataset_names, get_dataset
+from normflows_emerging.app.data import dataset_names, get_dataset
 
 torchvision = pytest.importorskip("torchvision")
 Image = pytest.importorskip("PIL.Image")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from normflows_emerging.data import ArrayImageDataset, get_dataset
-from normflows_emerging.errors import MissingDependencyError
+from normflows_emerging.app.data import ArrayImageDataset, get_dataset
+from normflows_emerging.app.errors import MissingDependencyError
 
 
 @pytest.mark.parametrize(

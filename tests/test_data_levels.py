@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from normflows_emerging.data import get_dataset
-from normflows_emerging.data.levels import to_levels
+from normflows_emerging.app.data import get_dataset
+from normflows_emerging.app.data.levels import to_levels
 
 Image = pytest.importorskip("PIL.Image")
 SIDE = 6  # images are SIDE x SIDE and loaded at image_size=SIDE, so nothing is resized

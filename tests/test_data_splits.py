@@ -4,7 +4,7 @@ train split, and together they hold all the data."""
 import numpy as np
 import pytest
 
-from normflows_emerging.data import get_dataset
+from normflows_emerging.app.data import get_dataset
 
 Image = pytest.importorskip("PIL.Image")
 

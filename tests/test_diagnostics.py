@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from normflows_emerging import EmergingConv2d, build_multiscale_flow, diagnostics
-from normflows_emerging.cli import main
-from normflows_emerging.config import TrainConfig, build_model, load_datasets
+from normflows_emerging.app.cli import main
+from normflows_emerging.app.config import TrainConfig, build_model, load_datasets
+from normflows_emerging.app.train import fit
 from normflows_emerging.diagnostics import (
     INVERSE_ERROR_THRESHOLD,
     NumericalInvertibilityWarning,
@@ -18,7 +19,6 @@ from normflows_emerging.diagnostics import (
     warn_if_not_invertible,
 )
 from normflows_emerging.flows.bounded import raw_from_log_scale
-from normflows_emerging.train import fit
 
 
 def emerging(weight_std, log_d, channels=4, seed=0):

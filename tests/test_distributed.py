@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from normflows_emerging.cli import main
+from normflows_emerging.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--dataset", "digits", "--levels", "2", "--flows-per-level", "1", "--hidden-channels",

@@ -3,17 +3,17 @@ import warnings
 import pytest
 import torch
 
-import normflows_emerging.inverse.compiled
+import normflows_emerging.backends.compiled
 from brute_force import perturb_
 from normflows_emerging import (
     SquareAutoregressiveConv2d,
-    _inverse,
+    _solve,
     inverse_backend,
     use_backend,
 )
-from normflows_emerging.inverse import solve_autoregressive
-from normflows_emerging.inverse.naive import solve_naive
-from normflows_emerging.inverse.wavefront import solve_wavefront
+from normflows_emerging.solve import solve_autoregressive
+from normflows_emerging.solve.naive import solve_naive
+from normflows_emerging.solve.wavefront import solve_wavefront
 from solve_cases import random_causal_kernel
 
 
@@ -49,8 +49,8 @@ def test_compiled_matches_wavefront_over_whole_and_partial_vectors(batch, size, 
                                solve_wavefront(y, kernel), atol=tol, rtol=tol)
 
 
-ENTRY_POINTS = {torch.float32: _inverse.solve_causal_float32,
-                torch.float64: _inverse.solve_causal_float64}
+ENTRY_POINTS = {torch.float32: _solve.solve_causal_float32,
+                torch.float64: _solve.solve_causal_float64}
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
@@ -66,11 +66,11 @@ def test_every_schedule_runs_as_named_and_solves(batch, schedule, dtype, tol):
     kernel = random_causal_kernel(6, 2, dtype)
     y = torch.randn(batch, 6, 9, 7, dtype=dtype)
     out = torch.full_like(y, float("nan"))
-    _inverse._set_test_thread_delay(300 if schedule.endswith("diagonals") else 0)
+    _solve._set_test_thread_delay(300 if schedule.endswith("diagonals") else 0)
     try:
         ran = ENTRY_POINTS[dtype](y.numpy(), kernel.numpy(), out.numpy(), 1, 4, schedule)
     finally:
-        _inverse._set_test_thread_delay(0)
+        _solve._set_test_thread_delay(0)
     assert ran == schedule
     torch.testing.assert_close(out, solve_wavefront(y, kernel), atol=tol, rtol=tol)
 
@@ -88,10 +88,10 @@ def test_schedule_chosen_by_work_size(batch, channels, side, threads, expected):
     kernel = random_causal_kernel(channels, 2, torch.float32)
     y = torch.randn(batch, channels, side, side)
     out = torch.empty_like(y)
-    assert _inverse.solve_causal_float32(y.numpy(), kernel.numpy(), out.numpy(), 1,
+    assert _solve.solve_causal_float32(y.numpy(), kernel.numpy(), out.numpy(), 1,
                                          threads) == expected
     serial = torch.empty_like(y)
-    _inverse.solve_causal_float32(y.numpy(), kernel.numpy(), serial.numpy(), 1, 1,
+    _solve.solve_causal_float32(y.numpy(), kernel.numpy(), serial.numpy(), 1, 1,
                                   expected.split("/")[0] + "/serial")
     torch.testing.assert_close(out, serial)
 
@@ -105,7 +105,7 @@ def test_compiled_result_solves_the_convolution():
 
 def test_compiled_extension_is_built():
     """Fails when the installed package lacks its compiled inverse."""
-    from normflows_emerging import _inverse  # noqa: F401
+    from normflows_emerging import _solve  # noqa: F401
 
     assert inverse_backend() == "compiled"
 
@@ -164,7 +164,7 @@ def test_use_backend_selects_and_restores():
 
 def test_missing_extension_falls_back_to_torch_with_a_warning(monkeypatch):
     """Without the extension the compiled solve cannot run: only a working fallback passes."""
-    monkeypatch.setattr(normflows_emerging.inverse.compiled, "_inverse", None)
+    monkeypatch.setattr(normflows_emerging.backends.compiled, "_solve", None)
     with pytest.raises(RuntimeError, match="not available"):
         solve_autoregressive(torch.randn(1, 2, 3, 3), torch.eye(2)[:, :, None, None],
                              backend="compiled")

@@ -156,9 +156,9 @@ def test_missing_extension_warning_is_not_raised_by_maf(monkeypatch):
     """MAF never uses the autoregressive solve, so it must not warn about its fallback."""
     import warnings
 
-    import normflows_emerging.inverse
+    import normflows_emerging.backends.compiled
 
-    monkeypatch.setattr(normflows_emerging.inverse, "compiled_available", lambda: False)
+    monkeypatch.setattr(normflows_emerging.backends.compiled, "_solve", None)
     flow = MaskedAffineAutoregressiveConv2d(2, hidden_channels=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from normflows_emerging import GlowStep, bits_per_dim, build_multiscale_flow, replace_mixing
-from normflows_emerging.errors import NonFiniteError
+from normflows_emerging.app.errors import NonFiniteError
 from normflows_emerging.flows import Chain, PeriodicConv2d, QR1x1
 from normflows_emerging.multiscale import build_glow
 

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from normflows_emerging import evaluation
-from normflows_emerging import train as training
-from normflows_emerging.checkpoint import CHECKPOINT, save_checkpoint
-from normflows_emerging.cli import main
-from normflows_emerging.config import TrainConfig, build_model
+from normflows_emerging.app import evaluation
+from normflows_emerging.app import train as training
+from normflows_emerging.app.checkpoint import CHECKPOINT, save_checkpoint
+from normflows_emerging.app.cli import main
+from normflows_emerging.app.config import TrainConfig, build_model
+from normflows_emerging.app.errors import NonFiniteError
 from normflows_emerging.diagnostics import inverse_error, non_finite_parameters
-from normflows_emerging.errors import NonFiniteError
 from normflows_emerging.multiscale import ImageMultiscaleFlow
 
 TINY = ["train", "--dataset", "digits", "--levels", "1", "--flows-per-level", "1",

@@ -94,18 +94,18 @@ def test_missing_extension_warning_names_the_copy_and_the_fix(tmp_path, bare_pyt
     assert got["backend"] == "torch"
     (message,) = got["warnings"]
     assert f"imported from {package}" in message
-    assert f"no _inverse{EXTENSION_SUFFIX}" in message
+    assert f"no _solve{EXTENSION_SUFFIX}" in message
     assert f"`pip install -e .` in {tmp_path}" in message
 
 
 def test_missing_extension_warning_gives_the_import_error(tmp_path, bare_python):
     package = copy_package(tmp_path)
-    (package / f"_inverse{EXTENSION_SUFFIX}").write_bytes(b"not a shared library")
+    (package / f"_solve{EXTENSION_SUFFIX}").write_bytes(b"not a shared library")
     got = report(bare_python, tmp_path)
     assert got["backend"] == "torch"
     (message,) = got["warnings"]
     assert "its extension failed to import" in message
-    assert "_inverse" in message and "not a shared library" not in message
+    assert "_solve" in message and "not a shared library" not in message
 
 
 def test_missing_extension_warning_names_a_shadowed_installed_copy(tmp_path, bare_python):
@@ -130,7 +130,7 @@ def project_copy(destination):
     """The project's files without build products, so building does not touch the checkout."""
     shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "dist", "runs", "*.egg-info", "__pycache__", ".pytest_cache",
-        "*.so", "*.pyd", "_inverse.c"))
+        "*.so", "*.pyd", "_solve.c"))
     return destination
 
 
@@ -178,7 +178,7 @@ def test_sdist_and_wheel_build_install_and_test(tmp_path):
         (metadata,) = [name for name in names if name.endswith(".dist-info/METADATA")]
         headers = archive.read(metadata).decode().split("\n\n")[0].splitlines()
     assert "License-Expression: MIT" in headers and "License-File: LICENSE" in headers
-    assert f"normflows_emerging/_inverse{EXTENSION_SUFFIX}" in names
+    assert f"normflows_emerging/_solve{EXTENSION_SUFFIX}" in names
     package_sources = set(built_files(ROOT, ["normflows_emerging/**/*.py"]))
     assert package_sources <= names, f"the wheel lacks {sorted(package_sources - names)}"
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)

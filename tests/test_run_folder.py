@@ -6,10 +6,10 @@ import stat
 
 import pytest
 
-from normflows_emerging.checkpoint import atomic_write
-from normflows_emerging.cli import main
-from normflows_emerging.errors import RunFolderError
-from normflows_emerging.run_folder import prepare_run_folder, truncate_metrics
+from normflows_emerging.app.checkpoint import atomic_write
+from normflows_emerging.app.cli import main
+from normflows_emerging.app.errors import RunFolderError
+from normflows_emerging.app.run_folder import prepare_run_folder, truncate_metrics
 
 TINY = ["--dataset", "digits", "--levels", "1", "--flows-per-level", "1",
         "--hidden-channels", "4", "--batch-size", "16", "--eval-batch-size", "512",

@@ -11,9 +11,9 @@ import threading
 import pytest
 import torch
 
-from normflows_emerging import _inverse
-from normflows_emerging.inverse import solve_autoregressive
-from normflows_emerging.inverse.wavefront import solve_wavefront
+from normflows_emerging import _solve
+from normflows_emerging.solve import solve_autoregressive
+from normflows_emerging.solve.wavefront import solve_wavefront
 from solve_cases import random_causal_kernel
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ def test_solves_from_several_python_threads_at_once():
         for _ in range(5):
             for schedule in ("serial", units, "over-diagonals"):
                 out = torch.full_like(y, float("nan"))
-                _inverse.solve_causal_float64(y.numpy(), kernel.numpy(), out.numpy(), 1, 2,
+                _solve.solve_causal_float64(y.numpy(), kernel.numpy(), out.numpy(), 1, 2,
                                               f"{kind}/{schedule}")
                 torch.testing.assert_close(out, expected)
             torch.testing.assert_close(solve_autoregressive(y, kernel, 1, "compiled"), expected)
@@ -57,8 +57,8 @@ def test_solves_from_several_python_threads_at_once():
 DATALOADER_SCRIPT = """
 import torch
 from torch.utils.data import DataLoader, Dataset
-from normflows_emerging import _inverse
-from normflows_emerging.inverse.wavefront import solve_wavefront
+from normflows_emerging import _solve
+from normflows_emerging.solve.wavefront import solve_wavefront
 import sys
 sys.path.insert(0, "tests")
 from solve_cases import random_causal_kernel
@@ -69,7 +69,7 @@ y = torch.randn(2, 4, 9, 7)
 
 def solve(schedule):
     out = torch.empty_like(y)
-    ran = _inverse.solve_causal_float32(y.numpy(), kernel.numpy(), out.numpy(), 1, 2, schedule)
+    ran = _solve.solve_causal_float32(y.numpy(), kernel.numpy(), out.numpy(), 1, 2, schedule)
     return out, ran
 
 
@@ -93,7 +93,7 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(not _inverse.has_openmp(), reason="built without OpenMP")
+@pytest.mark.skipif(not _solve.has_openmp(), reason="built without OpenMP")
 def test_dataloader_workers_forked_after_openmp_solve_correctly_without_hanging():
     # In its own process group, so that hung workers are killed with it.
     process = subprocess.Popen([sys.executable, "-c", DATALOADER_SCRIPT], cwd=REPOSITORY,

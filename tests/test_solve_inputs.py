@@ -9,14 +9,13 @@ import sys
 import pytest
 import torch
 
-from normflows_emerging import _inverse
-from normflows_emerging.inverse import BACKENDS, solve_autoregressive
-from normflows_emerging.inverse.naive import solve_naive
+from normflows_emerging import BACKENDS, _solve, solve_autoregressive
+from normflows_emerging.solve.naive import solve_naive
 from solve_cases import random_causal_kernel
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRY_POINTS = {torch.float32: _inverse.solve_causal_float32,
-                torch.float64: _inverse.solve_causal_float64}
+ENTRY_POINTS = {torch.float32: _solve.solve_causal_float32,
+                torch.float64: _solve.solve_causal_float64}
 
 
 def test_kernel_of_other_channel_count_is_rejected_not_garbage():
@@ -67,11 +66,11 @@ def test_huge_negative_dilation_raises_instead_of_crashing():
     """dilation=-10**8 killed the interpreter (segmentation fault); run where a crash is visible."""
     script = (
         "import torch\n"
-        "from normflows_emerging import _inverse\n"
-        "from normflows_emerging.inverse import solve_autoregressive\n"
+        "from normflows_emerging import _solve\n"
+        "from normflows_emerging.solve import solve_autoregressive\n"
         "y, k = torch.randn(1, 2, 5, 5, dtype=torch.float64), torch.ones(2, 2, 2, 2).double()\n"
         "for call in (lambda: solve_autoregressive(y, k, -10**8, 'compiled'),\n"
-        "             lambda: _inverse.solve_causal_float64(\n"
+        "             lambda: _solve.solve_causal_float64(\n"
         "                 y.numpy(), k.numpy(), torch.empty_like(y).numpy(), -10**8, 1)):\n"
         "    try:\n"
         "        call()\n"
@@ -151,7 +150,7 @@ def test_entry_point_leaves_out_unwritten_on_a_singular_kernel():
     kernel[2, 2, -1, -1] = 0
     out = torch.full((9, 3, 4, 4), 7.0, dtype=torch.float64)
     with pytest.raises(ZeroDivisionError, match=r"kernel\[2, 2, 1, 1\] is 0"):
-        _inverse.solve_causal_float64(torch.randn(9, 3, 4, 4, dtype=torch.float64).numpy(),
+        _solve.solve_causal_float64(torch.randn(9, 3, 4, 4, dtype=torch.float64).numpy(),
                                       kernel.numpy(), out.numpy(), 1, 1)
     assert (out == 7).all()
 

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from normflows_emerging.inverse import BACKENDS, solve_autoregressive
-from normflows_emerging.inverse.naive import solve_naive
+from normflows_emerging import BACKENDS, solve_autoregressive
+from normflows_emerging.solve.naive import solve_naive
 from solve_cases import causal_conv, random_causal_kernel
 
 TOLERANCES = {torch.float32: 1e-4, torch.float64: 1e-10}

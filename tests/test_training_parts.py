@@ -5,11 +5,11 @@ import io
 import pytest
 import torch
 
-from normflows_emerging.config import TrainConfig, build_model
-from normflows_emerging.evaluation import dequantize, sample_timing
+from normflows_emerging.app.config import TrainConfig, build_model
+from normflows_emerging.app.evaluation import dequantize, sample_timing
+from normflows_emerging.app.progress import Progress
+from normflows_emerging.app.train import warmup_schedule
 from normflows_emerging.modes import eval_mode
-from normflows_emerging.progress import Progress
-from normflows_emerging.train import warmup_schedule
 
 
 def test_eval_mode_restores_every_submodule_also_on_exceptions():

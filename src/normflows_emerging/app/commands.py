@@ -1,0 +1,107 @@
+"""What the ``evaluate`` and ``sample`` commands do with a checkpoint (see :mod:`.cli`)."""
+
+import math
+
+from ..diagnostics import inverse_error, warn_if_not_invertible
+from ..parameters import count_parameters
+from .checkpoint import load_checkpoint
+from .data import get_dataset
+from .evaluation import (
+    check_png_path,
+    evaluate_bpd,
+    probe_batch,
+    sample,
+    sample_timing,
+    save_image_grid,
+)
+from .train import check_device
+
+# Images of the evaluated split in the round-trip check.
+PROBE_IMAGES = 64
+# Most images :func:`sample_checkpoint` puts in one grid (64 x 64 cells; drawn in one batch).
+MAX_SAMPLE_IMAGES = 4096
+
+
+def evaluate_checkpoint(path, dataset=None, split="test", device="cpu", data_root=None,
+                        num_samples=16, timing_repeats=7) -> dict:
+    """Bits/dim over a whole split, sampling speed and round-trip error of a checkpoint.
+
+    Args:
+      path: checkpoint written by training
+      dataset: dataset name (None: the one it was trained on); images are resized to the
+        checkpoint's input size and quantised to its number of levels
+      split: ``"train"`` or ``"test"``
+      device: device to evaluate on
+      data_root: folder of the dataset files (None: the checkpoint's)
+      num_samples: batch size of the sampling-speed measurement
+      timing_repeats: number of timed sampling draws
+
+    Returns:
+      dict with ``<split>_bpd``, ``sample_ms_per_image`` (median over the timed runs) and
+      ``sample_ms_per_image_iqr`` (their interquartile range), ``inverse_error`` (largest
+      round-trip error of the model on the split's first images, data units),
+      ``inverse_error_worst_flow_value`` (largest error of one flow on its own input),
+      ``parameters`` and ``step``; a ``NumericalInvertibilityWarning`` when the round-trip
+      error is above ``diagnostics.INVERSE_ERROR_THRESHOLD``
+
+    Raises:
+      FileNotFoundError, CheckpointError: for a missing or unusable checkpoint
+      ValueError: if the dataset's images do not have the model's shape or levels
+    """
+    device = check_device(device)
+    model, checkpoint = load_checkpoint(path, device)
+    config = checkpoint["config"]
+    data = get_dataset(dataset or config.dataset, split, checkpoint["input_shape"][-1],
+                       data_root if data_root is not None else config.data_root, bits=config.bits)
+    if list(data[0][0].shape) != list(checkpoint["input_shape"]):
+        raise ValueError(f"dataset images have shape {tuple(data[0][0].shape)}, the model "
+                         f"expects {tuple(checkpoint['input_shape'])}")
+    if data.num_bins != checkpoint["num_bins"]:
+        raise ValueError(f"dataset images have {data.num_bins} levels, the model was trained "
+                         f"on {checkpoint['num_bins']}")
+    errors = inverse_error(model, probe_batch(data, PROBE_IMAGES, config.seed).to(device))
+    warn_if_not_invertible(errors, f"({path})")
+    timing = sample_timing(model, num_samples, device, seed=config.seed,
+                           repeats=timing_repeats)
+    count = count_parameters(model)
+    return {
+        f"{split}_bpd": evaluate_bpd(model, data, config.eval_batch_size, device, config.seed,
+                                     config.num_classes is not None),
+        "sample_ms_per_image": 1000 * timing.median / num_samples,
+        "sample_ms_per_image_iqr": 1000 * timing.iqr / num_samples,
+        "inverse_error": errors["model"],
+        "inverse_error_worst_flow_value": max(errors["flows"].values()),
+        "parameters": count.effective,
+        "parameters_stored": count.total,
+        "step": checkpoint["step"],
+    }
+
+
+def sample_checkpoint(path, out, num_samples=16, temperature=1.0, seed=0, device="cpu") -> None:
+    """Draw samples of a checkpoint and save them as a PNG grid.
+
+    Args:
+      path: checkpoint written by training
+      out: output file, ending in ``.png``
+      num_samples: number of images, 1 .. ``MAX_SAMPLE_IMAGES``
+      temperature: sampling temperature, finite and positive
+      seed: seed of the samples
+      device: device to sample on
+
+    Raises:
+      FileNotFoundError, CheckpointError: for a missing or unusable checkpoint
+      ValueError: for an ``out`` that is not a ``.png`` file name, or a number of images or
+        temperature out of range (checked before the checkpoint is read)
+      NonFiniteError: if a sample is NaN or infinite (nothing is written)
+    """
+    check_png_path(out)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not (
+            1 <= num_samples <= MAX_SAMPLE_IMAGES):
+        raise ValueError(f"num_samples must be an int in 1 .. {MAX_SAMPLE_IMAGES}, got "
+                         f"{num_samples!r}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and positive, got {temperature!r}")
+    device = check_device(device)
+    model, _ = load_checkpoint(path, device)
+    images = sample(model, num_samples, temperature, seed, device)
+    save_image_grid([images], out, [f"temperature {temperature}"])

@@ -1,0 +1,232 @@
+"""Square autoregressive convolution: a masked k x k convolution with a triangular Jacobian."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from normflows.flows import Flow
+from torch import nn
+
+from ..solve import solve_autoregressive
+from .arguments import check_bool, check_positive_int
+from .bounded import accept_unbounded_checkpoints, bounded_log_scale
+from .cache import ValueKeyedCache, reusable
+from .solver import autoregressive_solvers, check_solver, chosen_backend
+from .utils import (
+    check_finite_output,
+    check_image,
+    empty_result,
+    is_empty,
+    register_constant_buffer,
+)
+
+
+class SquareAutoregressiveConv2d(Flow):
+    """Invertible masked square convolution (one half of an emerging convolution).
+
+    From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
+    Flows", ICML 2019, section 3.1, https://arxiv.org/abs/1901.11137
+
+    With ``flip=False`` output pixel (i, j) reads the ``size x size`` window whose bottom-right
+    corner is (i, j) (zero outside the image)::
+
+        y[o, i, j] = b[o] + sum_{c, a, d} W[o, c, a, d] x[c, i - dil*(size-1-a), j - dil*(size-1-d)]
+
+    All taps are dense except the corner tap, which is lower-triangular in (out, in) with
+    diagonal ``exp(log_d)``, ``log_d = 10 tanh(raw_log_d / 10)`` (see
+    :mod:`normflows_emerging.flows.bounded`: the diagonal stays in (4.5e-5, 2.2e4), so it never
+    rounds to 0). In raster order with ascending channels the Jacobian is triangular, so
+    ``log|det| = H * W * sum(log_d)``. ``flip=True`` is the mirror image: the window's top-left
+    corner is (i, j), the corner tap upper-triangular, solved in reverse order.
+
+    ``inverse`` (density direction) is one convolution; ``forward`` (sampling direction) solves it
+    by forward substitution (see :mod:`normflows_emerging.solve`).
+    """
+
+    def __init__(self, num_channels: int, size: int = 2, flip: bool = False, dilation: int = 1,
+                 solver: str = "auto"):
+        """Constructor
+
+        Args:
+          num_channels: number of channels C of the input
+          size: side m of the square window
+          flip: mirror the window (top-left corner at the output pixel)
+          dilation: spacing of the taps
+          solver: backend of the sampling solve, ``"auto"`` (the default of
+            :func:`normflows_emerging.inverse_backend`), ``"compiled"``, ``"torch"`` or
+            ``"naive"``; also settable later as the ``solver`` attribute.
+            :func:`normflows_emerging.use_backend` overrides it.
+
+        The ``mask`` and ``corner_diagonal`` buffers follow from the arguments: they are not
+        saved in the state dict, and ones in older checkpoints are ignored when loading.
+
+        Raises:
+          ValueError: unless size, channel count and dilation are positive ints (bools refused,
+            numpy ints accepted), or for an unknown solver
+          TypeError: if ``flip`` is not a bool
+        """
+        super().__init__()
+        num_channels = check_positive_int("num_channels", num_channels)
+        size = check_positive_int("size", size)
+        dilation = check_positive_int("dilation", dilation)
+        flip = check_bool("flip", flip)
+        self.num_channels, self.size, self.flip, self.dilation = num_channels, size, flip, dilation
+        self.solver = solver
+        # Parameters are stored in causal (flip=False) orientation; flip=True mirrors them.
+        std = 0.1 / (num_channels * size * size) ** 0.5
+        self.weight = nn.Parameter(torch.randn(num_channels, num_channels, size, size) * std)
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.raw_log_d = nn.Parameter(torch.zeros(num_channels))
+        accept_unbounded_checkpoints(self, "log_d", "raw_log_d")
+        mask = torch.ones(num_channels, num_channels, size, size)
+        mask[:, :, -1, -1] = torch.ones(num_channels, num_channels).tril(-1)
+        register_constant_buffer(self, "mask", mask)
+        corner_diagonal = torch.zeros(num_channels, num_channels, size, size)
+        corner_diagonal[:, :, -1, -1] = torch.eye(num_channels)
+        register_constant_buffer(self, "corner_diagonal", corner_diagonal)
+        self._cache = ValueKeyedCache()
+
+    @property
+    def solver(self) -> str:
+        """Backend of the sampling solve (see the constructor)."""
+        return self._solver
+
+    @solver.setter
+    def solver(self, value: str) -> None:
+        self._solver = check_solver(value, autoregressive_solvers())
+
+    @property
+    def log_d(self) -> torch.Tensor:
+        """Log of the corner tap's diagonal, shape (C,), inside (-10, 10)."""
+        return bounded_log_scale(self.raw_log_d)
+
+    def kernel_parameters(self) -> list[torch.Tensor]:
+        """The parameters ``causal_kernel`` is computed from (the bias is not among them)."""
+        return [self.weight, self.raw_log_d]
+
+    def constants(self) -> list[torch.Tensor]:
+        """The constant buffers ``causal_kernel`` reads besides the parameters (mask, diagonal)."""
+        return [self.mask, self.corner_diagonal]
+
+    def causal_kernel(self) -> torch.Tensor:
+        """Kernel (C, C, m, m) in causal orientation: masked weight, ``exp(log_d)`` on the corner.
+
+        With ``flip=True`` the layer convolves with this kernel reversed in all four axes.
+        """
+        return self._assemble(self.log_d)
+
+    def _assemble(self, log_d):
+        return self.weight * self.mask + self.corner_diagonal * log_d.exp()[:, None, None, None]
+
+    def _kernel_and_log_d_sum(self):
+        """``causal_kernel()`` and ``log_d.sum()``; in eval mode without gradients to the
+        parameters, computed once for as long as the parameters keep their values."""
+        parameters = self.kernel_parameters()
+        entry = {}
+        if reusable(self, parameters):
+            entry = self._cache.entry(parameters, torch.is_inference_mode_enabled(),
+                                      constants=self.constants())
+        if "kernel" not in entry:
+            log_d = self.log_d
+            # one update: another thread sharing the layer never sees a kernel without its log-det
+            entry.update(kernel=self._assemble(log_d), log_d_sum=log_d.sum())
+        return entry["kernel"], entry["log_d_sum"]
+
+    @staticmethod
+    def _log_det(log_d_sum, x):
+        return (log_d_sum * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+
+    def inverse(self, x: torch.Tensor,
+                premix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction: the masked convolution.
+
+        Args:
+          x: tensor of shape (batch, C, H, W), the layer's dtype and device
+          premix: optional (C, C) matrix M of a 1x1 convolution to apply to x first. It is
+            folded into the kernel (zero padding commutes with M), so ``inverse(x, M)`` equals
+            ``inverse(M x)`` with one convolution less; the returned log_det is still this
+            layer's alone.
+
+        Returns:
+          y of the same shape and log|det dy/dx| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+        """
+        check_image(x, self.num_channels, type(self).__name__, self.weight)
+        if is_empty(x):
+            return empty_result(x)
+        kernel, log_d_sum = self._kernel_and_log_d_sum()
+        return self.convolve(x, self.density_kernel(kernel, premix)), self._log_det(log_d_sum, x)
+
+    def density_kernel(self, kernel: torch.Tensor,
+                       premix: torch.Tensor | None = None) -> torch.Tensor:
+        """The filter :meth:`convolve` applies: ``kernel`` (from :meth:`causal_kernel`) reversed
+        in all four axes for ``flip=True``, with the (C, C) matrix ``premix`` folded into its
+        input channels (see :meth:`inverse`)."""
+        if self.flip:
+            kernel = kernel.flip(0, 1, 2, 3)
+        if premix is not None:
+            # contiguous: a permuted kernel would make conv2d return a channels-last output
+            kernel = torch.einsum("oeab,ec->ocab", kernel, premix).contiguous()
+        return kernel
+
+    def convolve(self, x: torch.Tensor, density_kernel: torch.Tensor) -> torch.Tensor:
+        """The density direction's output for a filter from :meth:`density_kernel`, unchecked.
+
+        For callers that have checked ``x`` (a non-empty (batch, C, H, W) tensor of the layer's
+        dtype and device), as :meth:`inverse` and :class:`EmergingConv2d` do.
+        """
+        # As in the solve: taps at least max(H, W) away read only padding, whatever the dilation,
+        # so capping it keeps the padding small (a huge dilation would overflow its size).
+        dilation = min(self.dilation, max(x.shape[2], x.shape[3]))
+        pad = dilation * (self.size - 1)
+        x_padded = F.pad(x, (0, pad, 0, pad) if self.flip else (pad, 0, pad, 0))
+        return F.conv2d(x_padded, density_kernel, self.bias, dilation=dilation)
+
+    def forward(self, z: torch.Tensor,
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling direction: solve the convolution by forward substitution.
+
+        Args:
+          z: tensor of shape (batch, C, H, W), the layer's dtype and device
+          backend: ``"compiled"``, ``"torch"``, ``"naive"`` for this call only; None: the one of
+            :func:`normflows_emerging.use_backend` if active, else the layer's ``solver``
+
+        Returns:
+          x of the same shape and log|det dx/dz| (= -log|det dz/dx|) of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
+            unknown backend
+          torch.linalg.LinAlgError: if the solve overflows (finite z, non-finite x)
+        """
+        check_image(z, self.num_channels, type(self).__name__, self.weight)
+        if is_empty(z):
+            return empty_result(z)
+        kernel, log_d_sum = self._kernel_and_log_d_sum()
+        x = self.solve(z, kernel, backend)
+        check_finite_output(x, z, type(self).__name__)
+        return x, -self._log_det(log_d_sum, z)
+
+    def solve(self, z: torch.Tensor, kernel: torch.Tensor,
+              backend: str | None = None) -> torch.Tensor:
+        """The sampling direction's x for a kernel assembled by the caller, without the checks.
+
+        For callers that have checked ``z`` (a non-empty (batch, C, H, W) tensor of the layer's
+        dtype and device) and check the output themselves, as :class:`EmergingConv2d` does.
+
+        Args:
+          z: the layer's output
+          kernel: ``causal_kernel()``, or a copy computed from the same parameter values
+          backend: as in :meth:`forward`
+        """
+        rhs = z - self.bias.view(-1, 1, 1)
+        if self.flip:
+            rhs = rhs.flip(1, 2, 3)
+        x = solve_autoregressive(rhs, kernel, self.dilation, chosen_backend(self.solver, backend))
+        return x.flip(1, 2, 3) if self.flip else x
+
+    def extra_repr(self):
+        return (f"num_channels={self.num_channels}, size={self.size}, flip={self.flip}, "
+                f"dilation={self.dilation}, solver={self.solver!r}")

@@ -1,0 +1,195 @@
+"""Emerging convolution: 1x1 convolution followed by two opposite square autoregressive ones."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from normflows.flows import Flow
+from torch import nn
+
+from .arguments import check_odd_int, check_positive_int
+from .autoregressive import SquareAutoregressiveConv2d
+from .cache import ValueKeyedCache, reusable
+from .qr import QR1x1
+from .utils import check_finite_output, check_image, empty_result, is_empty, plu_1x1_conv
+
+ONE_BY_ONE_CHOICES = ("qr", "plu", "none")
+
+
+class EmergingConv2d(Flow):
+    """Invertible k x k convolution that emerges from two (k+1)/2 autoregressive convolutions.
+
+    From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
+    Flows", ICML 2019, section 3.1, https://arxiv.org/abs/1901.11137
+
+    Density direction (``inverse``): 1x1 convolution (QR by default) -> causal autoregressive
+    convolution of size m = (k+1)/2 -> the mirrored (flipped) one. Their chain has exactly a
+    k x k receptive field. The two small convolutions run one after the other (not merged into
+    one k x k filter, which would differ at the borders and lose exact invertibility), so
+    log|det| is the sum of the three layers' log-determinants.
+
+    Sampling direction (``forward``): the three layers' inverses in reverse order; the two
+    autoregressive ones are triangular solves (see :mod:`normflows_emerging.solve`).
+    """
+
+    def __init__(self, num_channels: int, kernel_size: int = 3, one_by_one: str = "qr",
+                 solver: str = "auto"):
+        """Constructor
+
+        Args:
+          num_channels: number of channels C
+          kernel_size: odd receptive field k >= 3
+          one_by_one: ``"qr"`` (:class:`QR1x1`), ``"plu"`` (normflows' LU ``Invertible1x1Conv``)
+            or ``"none"``
+          solver: backend of both autoregressive solves, ``"auto"``, ``"compiled"``, ``"torch"``
+            or ``"naive"`` (see :class:`SquareAutoregressiveConv2d`); also settable later as
+            the ``solver`` attribute. :func:`normflows_emerging.use_backend` overrides it.
+
+        Raises:
+          ValueError: for a channel count that is not a positive int, a kernel size that is not
+            an odd int >= 3 (bools refused, numpy ints accepted), an unknown ``one_by_one`` or
+            solver
+        """
+        super().__init__()
+        num_channels = check_positive_int("num_channels", num_channels)
+        kernel_size = check_odd_int("kernel_size", kernel_size, 3)
+        if one_by_one not in ONE_BY_ONE_CHOICES:
+            raise ValueError(f"one_by_one must be one of {ONE_BY_ONE_CHOICES}, got {one_by_one!r}")
+        self.num_channels, self.kernel_size = num_channels, kernel_size
+        size = (kernel_size + 1) // 2
+        if one_by_one == "qr":
+            self.one_by_one = QR1x1(num_channels)
+        elif one_by_one == "plu":
+            self.one_by_one = plu_1x1_conv(num_channels)
+        else:
+            self.one_by_one = None
+        self.causal = SquareAutoregressiveConv2d(num_channels, size, flip=False, solver=solver)
+        self.anticausal = SquareAutoregressiveConv2d(num_channels, size, flip=True, solver=solver)
+        self._cache = ValueKeyedCache()
+
+    @property
+    def solver(self) -> str:
+        """Backend of both autoregressive solves (see the constructor)."""
+        return self.causal.solver
+
+    @solver.setter
+    def solver(self, value: str) -> None:
+        self.causal.solver = value
+        self.anticausal.solver = value
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction.
+
+        Args:
+          x: tensor of shape (batch, C, H, W), the layer's dtype and device
+
+        Returns:
+          y of the same shape and log|det dy/dx| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if a reflection vector of the QR 1x1 layer is zero or not
+            finite
+        """
+        check_image(x, self.num_channels, type(self).__name__, self.causal.weight)
+        if is_empty(x):
+            return empty_result(x)
+        plan = self._plan()
+        if plan is not None:
+            y = self.causal.convolve(x, plan["causal_density_kernel"])
+            y = self.anticausal.convolve(y, plan["anticausal_density_kernel"])
+            return y, (plan["log_det_per_pixel"] * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+        if isinstance(self.one_by_one, QR1x1):  # folded into the causal kernel: one conv less
+            log_det = self.one_by_one.log_det(x)
+            # the cached W itself in eval mode: the einsum that folds it in does not change it
+            x, ld = self.causal.inverse(x, premix=self.one_by_one._matrix("weight"))
+        else:
+            log_det = x.new_zeros(x.shape[0])
+            if self.one_by_one is not None:
+                x, ld = self.one_by_one.inverse(x)
+                log_det = log_det + ld
+            x, ld = self.causal.inverse(x)
+        log_det = log_det + ld
+        x, ld = self.anticausal.inverse(x)
+        return x, log_det + ld
+
+    def forward(self, z: torch.Tensor,
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling direction.
+
+        Args:
+          z: tensor of shape (batch, C, H, W), the layer's dtype and device
+          backend: solve backend of both autoregressive layers for this call only (None: as in
+            :meth:`SquareAutoregressiveConv2d.forward`)
+
+        Returns:
+          x of the same shape and log|det dx/dz| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if a step turns finite values into inf/NaN
+        """
+        check_image(z, self.num_channels, type(self).__name__, self.causal.weight)
+        if is_empty(z):
+            return empty_result(z)
+        plan = self._plan()
+        if plan is not None:
+            x = self.anticausal.solve(z, plan["anticausal_kernel"], backend)
+            x = self.causal.solve(x, plan["causal_kernel"], backend)
+            if plan["weight_inverse"] is not None:
+                x = F.conv2d(x, plan["weight_inverse"])
+            check_finite_output(x, z, type(self).__name__)
+            return x, (plan["log_det_per_pixel"] * (-z.shape[2] * z.shape[3])).expand(z.shape[0])
+        z, log_det = self.anticausal(z, backend=backend)
+        z, ld = self.causal(z, backend=backend)
+        log_det = log_det + ld
+        if self.one_by_one is not None:
+            x, ld = self.one_by_one(z)
+            if not isinstance(self.one_by_one, QR1x1):  # normflows' PLU layer does not check
+                check_finite_output(x, z, type(self).__name__)
+            z, log_det = x, log_det + ld
+        return z, log_det
+
+    def _plan(self) -> dict | None:
+        """What both directions need from the parameters, computed once per parameter values.
+
+        Only in eval mode without gradients to the parameters, only with a QR or no 1x1 layer
+        (normflows' LU layer keeps its own state), and only while no sublayer has forward hooks
+        (the plan does not call the sublayers); else None. One lookup for all three
+        layers instead of one each: at batch 1 the lookups and per-layer checks cost as much as
+        the solves. Holds the two kernels (for the solves) and the two density filters (the
+        anti-causal one reversed, W folded into the causal one), ``W^-1`` as a (C, C, 1, 1)
+        filter and the log-det per pixel of the density direction.
+        """
+        if isinstance(self.one_by_one, nn.Module) and not isinstance(self.one_by_one, QR1x1):
+            return None
+        if any(layer._forward_hooks or layer._forward_pre_hooks
+               for layer in (self.causal, self.anticausal, self.one_by_one) if layer is not None):
+            return None  # the plan skips the sublayers' calls, so their hooks would not run
+        tensors = self.causal.kernel_parameters() + self.anticausal.kernel_parameters()
+        if self.one_by_one is not None:
+            tensors += self.one_by_one.matrix_parameters()
+        if not reusable(self, tensors):
+            return None
+        plan = self._cache.entry(tensors, torch.is_inference_mode_enabled(),
+                                 constants=self.causal.constants() + self.anticausal.constants())
+        if not plan:
+            with torch.no_grad():
+                causal_kernel = self.causal.causal_kernel()
+                anticausal_kernel = self.anticausal.causal_kernel()
+                log_det_per_pixel = self.causal.log_d.sum() + self.anticausal.log_d.sum()
+                weight = weight_inverse = None
+                if self.one_by_one is not None:
+                    weight = self.one_by_one.weight()
+                    weight_inverse = self.one_by_one.weight_inverse()[:, :, None, None]
+                    log_det_per_pixel = log_det_per_pixel + self.one_by_one.log_s.sum()
+                plan.update(
+                    causal_kernel=causal_kernel, anticausal_kernel=anticausal_kernel,
+                    causal_density_kernel=self.causal.density_kernel(causal_kernel, weight),
+                    anticausal_density_kernel=self.anticausal.density_kernel(anticausal_kernel),
+                    weight_inverse=weight_inverse, log_det_per_pixel=log_det_per_pixel)
+        return plan
+
+    def extra_repr(self):
+        return (f"num_channels={self.num_channels}, kernel_size={self.kernel_size}, "
+                f"solver={self.solver!r}")

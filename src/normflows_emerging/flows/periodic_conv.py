@@ -1,0 +1,273 @@
+"""Periodic convolution: an invertible k x k convolution with wrap-around borders.
+
+A circular convolution is diagonalised by the 2-D discrete Fourier transform: at every frequency
+(u, v) it acts on the C channels as one complex C x C matrix K̂(u, v). Its log-determinant is the
+sum of ``log|det K̂(u, v)|`` over the H x W frequencies and its inverse multiplies by K̂(u, v)⁻¹
+(Hoogeboom et al. 2019, section 3.2).
+"""
+
+import torch
+import torch.nn.functional as F
+from normflows.flows import Flow
+from torch import nn
+
+from .arguments import check_bool, check_odd_int, check_positive_int
+from .cache import ValueKeyedCache, reusable
+from .utils import check_finite_output, check_image, empty_result, is_empty
+
+_METHODS = ("auto", "spatial", "fft")
+
+# Largest relative error of a sample tolerated from the conditioning of a frequency matrix: the
+# sampling solve refuses a kernel when cond(K̂(u, v)) * eps(input dtype) exceeds it.
+MAX_RELATIVE_ERROR = 1e-3
+
+# Up to this many images, the per-frequency products run as real batched matrix products ([Re, Im]
+# rows times a 2C x 2C real block): measured 1.0-4.5x faster than einsum's complex products at
+# batch 1-16, C = 12-48, and 1.2-1.8x slower at batch 64 (CPU, 1 thread).
+MAX_REAL_PRODUCT_BATCH = 16
+
+
+class PeriodicConv2d(Flow):
+    """Invertible periodic (circular) convolution with an unconstrained C x C x k x k kernel.
+
+    From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
+    Flows", ICML 2019, section 3.2, https://arxiv.org/abs/1901.11137
+
+    The density direction (``inverse``) is the centred circular cross-correlation plus bias,
+
+        ``y[o, i, j] = b[o] + sum_{c, a, d} W[o, c, a, d] x[c, (i + a - p) % H, (j + d - p) % W]``
+
+    with ``p = (k - 1) // 2``; the sampling direction (``forward``) solves it in the Fourier domain,
+    ``x = irfft2(K̂⁻¹ · rfft2(y - b))``. The kernel spectrum and ``log|det|`` are computed in
+    complex128 whatever the input dtype, so the log-determinant (a sum over H*W frequencies) stays
+    accurate in float32 training.
+
+    In eval mode, when no gradient with respect to the kernel is being recorded, the layer keeps
+    ``log|det|`` and K̂⁻¹ per input size, device and dtype, for as long as the kernel keeps its
+    values (compared value by value on every call, so no way of changing it is missed); the cache
+    is dropped when the module goes back to training.
+    """
+
+    def __init__(self, num_channels: int, kernel_size: int = 3, bias: bool = True):
+        """Constructor
+
+        Args:
+          num_channels: number of channels C of the data
+          kernel_size: odd kernel size k (1, 3, 5, ...); images must be at least k x k
+          bias: whether to add a learnable per-channel bias
+
+        The kernel is initialised near the identity: centre tap a random orthogonal matrix, the
+        other taps small Gaussian noise, so that no frequency matrix starts singular.
+
+        Raises:
+          ValueError: unless the channel count is a positive int and the kernel size an odd
+            int >= 1 (bools refused, numpy ints accepted)
+          TypeError: if ``bias`` is not a bool
+        """
+        super().__init__()
+        num_channels = check_positive_int("num_channels", num_channels)
+        kernel_size = check_odd_int("kernel_size", kernel_size, 1)
+        bias = check_bool("bias", bias)
+        self.num_channels = num_channels
+        self.kernel_size = kernel_size
+        centre = kernel_size // 2
+        weight = torch.randn(num_channels, num_channels, kernel_size, kernel_size)
+        weight *= 0.01 / (kernel_size * num_channels**0.5)
+        weight[:, :, centre, centre] = torch.linalg.qr(torch.randn(num_channels, num_channels))[0]
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if bias else None
+        self._cache = ValueKeyedCache()
+
+    @property
+    def min_image_size(self) -> int:
+        """Smallest image height and width the layer takes: its kernel size."""
+        return self.kernel_size
+
+    def extra_repr(self):
+        return (
+            f"num_channels={self.num_channels}, kernel_size={self.kernel_size}, "
+            f"bias={self.bias is not None}"
+        )
+
+    def train(self, mode=True):
+        self._cache.clear()
+        return super().train(mode)
+
+    def _check(self, x):
+        check_image(x, self.num_channels, type(self).__name__, self.weight)
+        k = self.kernel_size
+        if x.shape[2] < k or x.shape[3] < k:
+            raise ValueError(
+                f"{type(self).__name__} with kernel_size={k} needs images of at least {k}x{k}, "
+                f"got {x.shape[2]}x{x.shape[3]}"
+            )
+
+    def spectrum(self, height, width):
+        """Kernel spectrum over the frequencies that ``torch.fft.rfft2`` stores.
+
+        Args:
+          height: image height H
+          width: image width W
+
+        Returns:
+          complex128 tensor K̂ of shape (H, W // 2 + 1, C, C); for real x with X = rfft2(x),
+          ``rfft2(conv(x))[:, :, u, v] = K̂[u, v] @ X[:, :, u, v]`` (bias aside)
+        """
+        k = self.kernel_size
+        # Tap (a, d) reads offset (a - p, d - p): place it there on the periodic H x W grid. The
+        # cross-correlation multiplies by exp(+2 pi i (u m / H + v n / W)): the conjugate DFT.
+        grid = F.pad(self.weight.to(torch.float64), (0, width - k, 0, height - k))
+        grid = torch.roll(grid, shifts=(-(k // 2), -(k // 2)), dims=(2, 3))
+        return torch.fft.rfft2(grid).conj().permute(2, 3, 0, 1)
+
+    @staticmethod
+    def _log_abs_det(khat, width):
+        """Sum of log|det K̂(u, v)| over all H x W frequencies, from the rfft2 half (complex128)."""
+        logabsdet = torch.linalg.slogdet(khat)[1]  # (H, W // 2 + 1)
+        # Columns 1 .. ceil(W/2) - 1 stand for themselves and their conjugate column W - v.
+        paired = logabsdet[:, 1 : (width + 1) // 2].sum()
+        return logabsdet.sum() + paired
+
+    def _use_cache(self):
+        return reusable(self, [self.weight])
+
+    def _cache_entry(self, x):
+        """Cache entry (a dict) for the size of ``x`` and inference mode, for the kernel values."""
+        key = (x.shape[2], x.shape[3], torch.is_inference_mode_enabled())
+        return self._cache.entry([self.weight], key)
+
+    def _log_det(self, x, khat=None):
+        """log|det| as a 0-d tensor in x's dtype; reuses the eval cache when allowed."""
+        height, width = x.shape[2], x.shape[3]
+        entry = self._cache_entry(x) if self._use_cache() else {}
+        if "log_det" not in entry:
+            if khat is None:
+                khat = self.spectrum(height, width)
+            entry["log_det"] = self._log_abs_det(khat, width).to(x.dtype)
+        return entry["log_det"]
+
+    def _inverse_spectrum(self, x):
+        """(K̂⁻¹ in x's complex dtype, its ``_real_block``, log|det| in x's dtype), cached in eval
+        mode."""
+        height, width = x.shape[2], x.shape[3]
+        entry = self._cache_entry(x) if self._use_cache() else {}
+        if "khat_inv" not in entry:
+            khat = self.spectrum(height, width)
+            khat_inv, info = torch.linalg.inv_ex(khat)
+            with torch.no_grad():
+                # 1-norm condition number (computed in complex128); the sample's relative error
+                # grows like cond * eps of the dtype the sample is computed in.
+                cond = (torch.linalg.matrix_norm(khat, ord=1)
+                        * torch.linalg.matrix_norm(khat_inv, ord=1))
+                limit = MAX_RELATIVE_ERROR / torch.finfo(x.dtype).eps
+                bad = (info != 0) | ~(cond <= limit)
+            if bad.any():
+                u, v = (int(i) for i in bad.nonzero()[0])
+                raise torch.linalg.LinAlgError(
+                    f"{type(self).__name__}: the kernel's frequency matrix K̂({u}, {v}) is "
+                    f"singular or too ill-conditioned for {x.dtype} (condition number "
+                    f"{float(cond[u, v]):.3g} > {limit:.3g}) for {height}x{width} images, so the "
+                    f"convolution cannot be inverted accurately"
+                )
+            khat_inv = khat_inv.to(torch.promote_types(x.dtype, torch.complex64))
+            # one update: another thread sharing the layer never sees K̂⁻¹ without the log-det
+            entry.update(khat_inv=khat_inv, khat_inv_block=self._real_block(khat_inv),
+                         log_det=self._log_abs_det(khat, width).to(x.dtype))
+        return entry["khat_inv"], entry["khat_inv_block"], entry["log_det"]
+
+    @staticmethod
+    def _real_block(matrices):
+        """(U*V, 2C, 2O) real R with ``[Re y, Im y] = [Re x, Im x] @ R[u, v]`` for
+        ``y = matrices[u, v] @ x`` (row vectors), from complex matrices of shape (U, V, O, C)."""
+        a, b = matrices.real.transpose(-1, -2), matrices.imag.transpose(-1, -2)
+        block = torch.cat([torch.cat([a, b], -1), torch.cat([-b, a], -1)], -2)
+        return block.reshape(-1, block.shape[-2], block.shape[-1])
+
+    @classmethod
+    def _apply_spectrum(cls, matrices, x, real_block=None):
+        """irfft2 of ``matrices[u, v] @ rfft2(x)[:, :, u, v]`` for every frequency.
+
+        Up to ``MAX_REAL_PRODUCT_BATCH`` images the products run as one real batched matrix
+        product with ``real_block`` (``_real_block(matrices)`` if not given), else as einsum's
+        complex products.
+        """
+        x_hat = torch.fft.rfft2(x)
+        if x.shape[0] > MAX_REAL_PRODUCT_BATCH:
+            y_hat = torch.einsum("uvoc,bcuv->bouv", matrices, x_hat)
+        else:
+            if real_block is None:
+                real_block = cls._real_block(matrices)
+            batch, channels, height, half_width = x_hat.shape
+            rows = torch.view_as_real(x_hat).permute(2, 3, 0, 4, 1).reshape(
+                height * half_width, batch, 2 * channels)
+            y = torch.bmm(rows, real_block).reshape(height, half_width, batch, 2, -1)
+            y_hat = torch.view_as_complex(y.permute(2, 4, 0, 1, 3).contiguous())
+        return torch.fft.irfft2(y_hat, s=x.shape[2:])
+
+    def _prefer_fft(self):
+        """Whether "auto" picks the FFT path for the density direction.
+
+        Per pixel the spatial path costs about k² C² multiply-adds, the FFT path C log(HW) + C²
+        (small batched complex products, slow on CPU) plus fixed overhead. Measured on CPU for
+        4x4 to 64x64 images, the FFT path only won once k² exceeded about 16 C.
+        """
+        return self.kernel_size**2 > 16 * self.num_channels
+
+    def inverse(self, x: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction: circular cross-correlation plus bias.
+
+        Args:
+          x: data, shape (batch, C, H, W) with H, W >= kernel_size, the layer's dtype and device
+          method: "spatial" (circular padding + conv2d), "fft" (product in the Fourier domain) or
+            "auto" (whichever is expected to be faster for the shape); all give the same result
+
+        Returns:
+          z of shape (batch, C, H, W) and log|det dz/dx| of shape (batch,) (the same for every
+          sample, -inf if the kernel is singular)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
+            unknown method
+        """
+        self._check(x)
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if is_empty(x):
+            return empty_result(x)
+        if method == "auto":
+            method = "fft" if self._prefer_fft() else "spatial"
+        if method == "fft":
+            khat = self.spectrum(x.shape[2], x.shape[3])
+            z = self._apply_spectrum(khat.to(torch.promote_types(x.dtype, torch.complex64)), x)
+            if self.bias is not None:
+                z = z + self.bias.view(1, -1, 1, 1)
+            log_det = self._log_det(x, khat)
+        else:
+            p = self.kernel_size // 2
+            z = F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), self.weight, self.bias)
+            log_det = self._log_det(x)
+        return z, log_det.repeat(x.shape[0])
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling direction: solve the circular convolution in the Fourier domain.
+
+        Args:
+          z: latent, shape (batch, C, H, W) with H, W >= kernel_size, the layer's dtype and device
+
+        Returns:
+          x of shape (batch, C, H, W) and log|det dx/dz| = -log|det dz/dx| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if a frequency matrix K̂(u, v) has a condition number above
+            ``MAX_RELATIVE_ERROR / eps`` of z's dtype (1e-3 / eps: about 8.4e3 in float32,
+            4.5e12 in float64), or the solve turns a finite z into inf/NaN values
+        """
+        self._check(z)
+        if is_empty(z):
+            return empty_result(z)
+        khat_inv, khat_inv_block, log_det = self._inverse_spectrum(z)
+        shifted = z if self.bias is None else z - self.bias.view(1, -1, 1, 1)
+        x = self._apply_spectrum(khat_inv, shifted, khat_inv_block)
+        check_finite_output(x, z, type(self).__name__)
+        return x, -log_det.repeat(z.shape[0])

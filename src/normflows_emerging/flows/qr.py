@@ -1,0 +1,172 @@
+"""QR-parametrised invertible 1x1 convolution."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from normflows.flows import Flow
+from torch import nn
+
+from .arguments import check_int, check_positive_int
+from .bounded import accept_unbounded_checkpoints, bounded_log_scale
+from .cache import ValueKeyedCache, reusable
+from .utils import check_finite_output, check_image, empty_result, is_empty
+
+
+class QR1x1(Flow):
+    """Invertible 1x1 convolution ``W = Q R``.
+
+    From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
+    Flows", ICML 2019, section 3.3, https://arxiv.org/abs/1901.11137
+
+    ``Q`` is a product of Householder reflections ``I - 2 v v^T / v^T v`` (orthogonal, so it adds
+    nothing to the log-determinant) and ``R`` is upper-triangular with diagonal ``exp(log_s)``,
+    ``log_s = 10 tanh(raw_log_s / 10)`` (see :mod:`normflows_emerging.flows.bounded`: the
+    diagonal stays in (4.5e-5, 2.2e4), so it never rounds to 0), hence
+    ``log|det| = H * W * sum(log_s)``. ``inverse`` (density direction) applies ``W``,
+    ``forward`` (sampling direction) applies ``W^-1 = R^-1 Q^T``.
+
+    In eval mode, while no gradient with respect to the parameters is recorded, ``W`` and
+    ``W^-1`` are computed once and reused for as long as the parameters keep their values.
+    """
+
+    def __init__(self, num_channels: int, num_reflections: int | None = None):
+        """Constructor
+
+        Args:
+          num_channels: number of channels C
+          num_reflections: Householder vectors in Q (default C, enough for any orthogonal
+            matrix up to reflection); 0 makes Q the identity
+
+        Raises:
+          ValueError: unless the channel count is a positive int and the number of reflections
+            an int >= 0 (bools refused, numpy ints accepted)
+        """
+        super().__init__()
+        num_channels = check_positive_int("num_channels", num_channels)
+        if num_reflections is None:
+            num_reflections = num_channels
+        num_reflections = check_int("num_reflections", num_reflections, 0)
+        self.num_channels, self.num_reflections = num_channels, num_reflections
+        self.reflections = nn.Parameter(torch.randn(num_reflections, num_channels))
+        self.upper = nn.Parameter(torch.zeros(num_channels, num_channels))
+        self.raw_log_s = nn.Parameter(torch.zeros(num_channels))
+        accept_unbounded_checkpoints(self, "log_s", "raw_log_s")
+        self._cache = ValueKeyedCache()
+
+    @property
+    def log_s(self) -> torch.Tensor:
+        """Log of R's diagonal, shape (C,), inside (-10, 10)."""
+        return bounded_log_scale(self.raw_log_s)
+
+    def orthogonal(self) -> torch.Tensor:
+        """Q = H_1 H_2 ... H_n as a (C, C) matrix.
+
+        Compact WY form (Joffrain et al. 2006, "Accumulating Householder transformations,
+        revisited"): with unit vectors u_i as the columns of U, ``Q = I - U T U^T`` where
+        ``T^-1 = strictly_upper(U^T U) + I / 2``; one triangular solve instead of n products.
+
+        Each vector is divided by its largest magnitude before it is normalised, so tiny or
+        huge vectors neither underflow nor overflow. A zero vector defines no reflection (and
+        no limit: the reflection depends on its direction), so it is an error, as is a
+        non-finite one. Checking reads one value (a synchronisation on CUDA).
+
+        Raises:
+          torch.linalg.LinAlgError: if a reflection vector is zero or has inf/NaN entries
+        """
+        eye = torch.eye(self.num_channels, dtype=self.upper.dtype, device=self.upper.device)
+        if self.num_reflections == 0:
+            return eye
+        largest = self.reflections.abs().amax(dim=1, keepdim=True)
+        with torch.no_grad():
+            usable = (largest > 0) & torch.isfinite(self.reflections).all(dim=1, keepdim=True)
+        if not usable.all():
+            index = int((~usable).nonzero()[0, 0])
+            raise torch.linalg.LinAlgError(
+                f"{type(self).__name__}: reflection vector {index} is zero or not finite, so it "
+                f"defines no Householder reflection; reinitialise reflections[{index}]"
+            )
+        scaled = self.reflections / largest
+        u = scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+        t_inv = (u @ u.T).triu(1) + 0.5 * torch.eye(self.num_reflections, dtype=u.dtype,
+                                                     device=u.device)
+        return eye - u.T @ torch.linalg.solve_triangular(t_inv, u, upper=True)
+
+    def triangular(self) -> torch.Tensor:
+        """R: (C, C) upper-triangular with diagonal exp(log_s)."""
+        return self.upper.triu(1) + torch.diag(self.log_s.exp())
+
+    def weight(self) -> torch.Tensor:
+        """W = Q R, shape (C, C); ``inverse`` computes ``y[:, o] = sum_c W[o, c] x[:, c]``.
+
+        A new tensor on every call (never the cached one, which a caller could change in place).
+        """
+        return self._matrix("weight").clone()
+
+    def weight_inverse(self) -> torch.Tensor:
+        """W^-1 = R^-1 Q^T, shape (C, C); a new tensor on every call, as for :meth:`weight`."""
+        return self._matrix("weight_inverse").clone()
+
+    def matrix_parameters(self) -> list[torch.Tensor]:
+        """The parameters W and W^-1 are computed from."""
+        return [self.reflections, self.upper, self.raw_log_s]
+
+    def _matrix(self, name):
+        """W or W^-1, the cached tensor itself in eval mode: only for use inside the package."""
+        parameters = self.matrix_parameters()
+        entry = {}
+        if reusable(self, parameters):
+            entry = self._cache.entry(parameters, torch.is_inference_mode_enabled())
+        if name not in entry:
+            if name == "weight":
+                entry[name] = self.orthogonal() @ self.triangular()
+            else:
+                entry[name] = torch.linalg.solve_triangular(self.triangular(),
+                                                            self.orthogonal().T, upper=True)
+        return entry[name]
+
+    def log_det(self, x: torch.Tensor) -> torch.Tensor:
+        """log|det| of the density pass for inputs shaped like x: H * W * sum(log_s), (batch,)."""
+        return (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction: apply W.
+
+        Args:
+          x: tensor of shape (batch, C, H, W), the layer's dtype and device
+
+        Returns:
+          W x of the same shape and log|det| = H * W * sum(log_s), shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if a reflection vector is zero or not finite
+        """
+        check_image(x, self.num_channels, type(self).__name__, self.upper)
+        if is_empty(x):
+            return empty_result(x)
+        return F.conv2d(x, self._matrix("weight")[:, :, None, None]), self.log_det(x)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling direction: apply W^-1 = R^-1 Q^T.
+
+        Args:
+          z: tensor of shape (batch, C, H, W), the layer's dtype and device
+
+        Returns:
+          W^-1 z of the same shape and -H * W * sum(log_s), shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if applying W^-1 overflows (finite z, non-finite output) or
+            a reflection vector is zero or not finite
+        """
+        check_image(z, self.num_channels, type(self).__name__, self.upper)
+        if is_empty(z):
+            return empty_result(z)
+        x = F.conv2d(z, self._matrix("weight_inverse")[:, :, None, None])
+        check_finite_output(x, z, type(self).__name__)
+        return x, -self.log_det(z)
+
+    def extra_repr(self):
+        return f"num_channels={self.num_channels}, num_reflections={self.num_reflections}"

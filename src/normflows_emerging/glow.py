@@ -1,0 +1,299 @@
+"""A Glow step with any registered mixing layer, and mixing swaps in existing normflows models.
+
+    step = GlowStep(12, hidden_channels=64, mixing="emerging", kernel_size=5)
+    replace_mixing(normflows_glow_model, "qr")   # every GlowBlock / GlowStep, in place
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+from typing import Any
+
+import normflows as nf
+import torch
+from torch import nn
+
+from .flows.arguments import check_bool, check_positive_int
+from .flows.utils import check_image
+from .mixing import build_mixing
+
+SPLIT_MODES = ("channel", "channel_inv", "checkerboard", "checkerboard_inv")
+SCALE_MAPS = ("exp", "sigmoid", "sigmoid_inv")
+
+
+def glow_coupling(
+    channels: int,
+    hidden_channels: int,
+    scale: bool = True,
+    scale_map: str = "sigmoid",
+    split_mode: str = "channel",
+    leaky: float = 0.0,
+    init_zeros: bool = True,
+    net_actnorm: bool = False,
+) -> nf.flows.AffineCouplingBlock:
+    """Glow's affine coupling: split, 3×3–1×1–3×3 ``ConvNet2d`` on one half, merge.
+
+    The coupling of ``normflows.flows.GlowBlock`` (same sizes, same parameter names), built on
+    its own so that a step can hold any mixing layer. The arguments are GlowBlock's.
+
+    Args:
+      channels: number of channels C of the (batch, C, height, width) input
+      hidden_channels: channels of the network's two hidden layers
+      scale: whether the coupling scales (else it only shifts)
+      scale_map: one of ``SCALE_MAPS``: "sigmoid" (Glow), "exp" (RealNVP), "sigmoid_inv"
+      split_mode: one of ``SPLIT_MODES``, see ``normflows.flows.Split``
+      leaky: slope of the network's LeakyReLUs
+      init_zeros: whether the network's last layer starts at zero (the coupling at identity)
+      net_actnorm: whether the network uses ActNorm
+
+    Returns:
+      ``normflows.flows.AffineCouplingBlock``
+
+    Raises:
+      ValueError: if a size is not a positive int, ``scale_map`` or ``split_mode`` is unknown,
+        or a channel split gets a single channel (one half would be empty)
+      TypeError: if ``scale``, ``init_zeros`` or ``net_actnorm`` is not a bool
+    """
+    channels = check_positive_int("channels", channels)
+    hidden_channels = check_positive_int("hidden_channels", hidden_channels)
+    scale = check_bool("scale", scale)
+    init_zeros = check_bool("init_zeros", init_zeros)
+    net_actnorm = check_bool("net_actnorm", net_actnorm)
+    if split_mode not in SPLIT_MODES:
+        raise ValueError(f"split_mode must be one of {SPLIT_MODES}, got {split_mode!r}")
+    if scale_map not in SCALE_MAPS:
+        raise ValueError(f"scale_map must be one of {SCALE_MAPS}, got {scale_map!r}")
+    if split_mode == "channel":
+        in_channels, out_channels = (channels + 1) // 2, channels // 2
+    elif split_mode == "channel_inv":
+        in_channels, out_channels = channels // 2, (channels + 1) // 2
+    else:  # checkerboard: the network sees all channels, half of the pixels masked
+        in_channels, out_channels = channels, channels
+    if in_channels == 0 or out_channels == 0:
+        raise ValueError(f"split_mode {split_mode!r} needs at least 2 channels, got {channels}")
+    num_params = 2 if scale else 1
+    net = nf.nets.ConvNet2d(
+        (in_channels, hidden_channels, hidden_channels, num_params * out_channels),
+        (3, 1, 3),
+        leaky,
+        init_zeros,
+        actnorm=net_actnorm,
+    )
+    return nf.flows.AffineCouplingBlock(net, scale, scale_map, split_mode)
+
+
+class GlowStep(nf.flows.Flow):
+    """Glow step, [arXiv:1807.03039](https://arxiv.org/abs/1807.03039), with any mixing layer.
+
+    Density direction (``inverse``): ActNorm → mixing → affine coupling (``glow_coupling``);
+    ``forward`` (sampling) undoes it in reverse order. ``flows`` holds [coupling, mixing,
+    ActNorm] in sampling order, as in ``normflows.flows.GlowBlock``, so ``mixing="plu"`` is a
+    GlowBlock (``use_lu=True``) parameter for parameter, built from the same random draws.
+    Unlike GlowBlock it keeps its mixing layer for a single channel too.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden_channels: int,
+        mixing: str = "emerging",
+        scale: bool = True,
+        scale_map: str = "sigmoid",
+        split_mode: str = "channel",
+        leaky: float = 0.0,
+        init_zeros: bool = True,
+        net_actnorm: bool = False,
+        **mixing_kwargs: Any,
+    ):
+        """Constructor
+
+        Args:
+          channels: number of channels C of the (batch, C, height, width) data
+          hidden_channels: number of channels in the hidden layers of the coupling network
+          mixing: name of a registered mixing layer, see ``mixing_layers()``
+          scale: whether the affine coupling scales (else it only shifts)
+          scale_map: map applied to the coupling's scale, "sigmoid" (Glow) or "exp" (RealNVP)
+          split_mode: how the coupling splits its input, see ``normflows.flows.Split``
+          leaky: slope of the coupling network's LeakyReLUs
+          init_zeros: whether the coupling network's last layer starts at zero
+          net_actnorm: whether the coupling network uses ActNorm
+          **mixing_kwargs: passed to the mixing layer's factory
+
+        Raises:
+          ValueError: see ``glow_coupling``; or if ``mixing`` is not registered
+          TypeError: if the mixing layer's factory does not return a ``normflows.flows.Flow``
+        """
+        super().__init__()
+        channels = check_positive_int("channels", channels)
+        coupling = glow_coupling(
+            channels, hidden_channels, scale, scale_map, split_mode, leaky, init_zeros, net_actnorm
+        )
+        layer = build_mixing(mixing, channels, **mixing_kwargs)
+        self.channels = channels
+        self.flows = nn.ModuleList([coupling, layer, nf.flows.ActNorm((channels, 1, 1))])
+
+    @property
+    def min_image_size(self) -> int:
+        """Smallest image height and width the step takes: its mixing layer's
+        ``min_image_size`` where it has one (``PeriodicConv2d``: its kernel size), else 1."""
+        return getattr(self.flows[1], "min_image_size", 1)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Before any sub-layer runs: no sub-layer (the ActNorm's initialisation above all) may
+        see an input that another one then refuses."""
+        actnorm = self.flows[-1]
+        check_image(x, self.channels, type(self).__name__, actnorm.s)
+        if not actnorm.data_dep_init_done > 0:
+            if x.shape[0] == 0:
+                raise ValueError(
+                    f"{type(self).__name__}: the first batch initialises its ActNorm and must not "
+                    f"be empty"
+                )
+            if not torch.isfinite(x).all():
+                raise ValueError(
+                    f"{type(self).__name__}: the first batch initialises its ActNorm and must be "
+                    f"finite, got inf or NaN values"
+                )
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling direction.
+
+        Args:
+          z: tensor of shape (batch, channels, height, width)
+
+        Returns:
+          x and log|det dx/dz| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: see :meth:`inverse`
+        """
+        self._check_input(z)
+        log_det = z.new_zeros(z.shape[0])
+        for flow in self.flows:
+            z, part = flow(z)
+            log_det = log_det + part
+        return z, log_det
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction.
+
+        Args:
+          x: tensor of shape (batch, channels, height, width)
+
+        Returns:
+          z and log|det dz/dx| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype (float32/float64,
+            the step's) or device; while the ActNorm is not initialised yet, also for an empty
+            batch or inf/NaN values (its data-dependent initialisation would keep them for good)
+        """
+        self._check_input(x)
+        log_det = x.new_zeros(x.shape[0])
+        for flow in reversed(self.flows):
+            x, part = flow.inverse(x)
+            log_det = log_det + part
+        return x, log_det
+
+
+def _mixing_channels(block: nn.Module) -> int:
+    """Channel count of a GlowStep's or GlowBlock's mixing layer.
+
+    A GlowBlock is [coupling, 1×1 convolution, ActNorm]; it drops the 1×1 convolution only for a
+    single channel (its documented rule). Otherwise the layer in the middle says its channel count
+    as ``num_channels`` (normflows' ``Invertible1x1Conv`` and this package's layers do).
+    """
+    if isinstance(block, GlowStep):
+        return block.channels
+    flows = list(block.flows)
+    layout_ok = (
+        len(flows) in (2, 3)
+        and isinstance(flows[0], nf.flows.AffineCouplingBlock)
+        and isinstance(flows[-1], nf.flows.ActNorm)
+    )
+    if not layout_ok:
+        names = [type(flow).__name__ for flow in flows]
+        raise ValueError(
+            f"replace_mixing expects a GlowBlock of [AffineCouplingBlock, mixing layer, ActNorm], "
+            f"got {names}"
+        )
+    if len(flows) == 2:
+        return 1
+    channels = getattr(flows[1], "num_channels", None)
+    if isinstance(channels, bool) or not isinstance(channels, Integral):
+        raise TypeError(
+            f"replace_mixing cannot tell the channel count of the mixing layer "
+            f"{type(flows[1]).__name__}: it has no int attribute num_channels"
+        )
+    return int(channels)
+
+
+def replace_mixing(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
+    """Swap the mixing layer (1×1 convolution) of every GlowBlock and GlowStep in a model.
+
+    In place. The new layers take the device and dtype of their block's parameters and start
+    from their own initialisation; the other parameters are kept. A single-channel GlowBlock
+    (which has no mixing layer) gets one. All new layers are built before any is put in, so an
+    error leaves the model as it was.
+
+    Args:
+      model: ``torch.nn.Module`` containing ``normflows.flows.GlowBlock`` or ``GlowStep`` modules
+      name: registered mixing layer name, see ``mixing_layers()``
+      **kwargs: passed to the mixing layer's factory
+
+    Returns:
+      ``model``
+
+    Raises:
+      TypeError: if ``model`` is not a ``torch.nn.Module``, the factory returns no Flow, or a
+        GlowBlock's current mixing layer has no int ``num_channels``
+      ValueError: if ``model`` contains no GlowBlock or GlowStep, ``name`` is not registered, a
+        GlowBlock is not laid out as [coupling, mixing layer, ActNorm], or (in an
+        ``ImageMultiscaleFlow``) a level's images are smaller than the new layer's
+        ``min_image_size`` (a periodic layer's kernel)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"replace_mixing expects a torch.nn.Module, got {type(model).__name__}")
+    blocks = [m for m in model.modules() if isinstance(m, (nf.flows.GlowBlock, GlowStep))]
+    if not blocks:
+        raise ValueError("replace_mixing expects a model with GlowBlocks or GlowSteps; found none")
+    layers = []
+    for block in blocks:
+        like = next(block.parameters())
+        layer = build_mixing(name, _mixing_channels(block), **kwargs)
+        layers.append(layer.to(device=like.device, dtype=like.dtype))
+    _check_image_sizes(model, blocks, layers)
+    for block, layer in zip(blocks, layers):
+        if len(block.flows) == 3:
+            block.flows[1] = layer
+        else:
+            block.flows.insert(1, layer)
+    return model
+
+
+def _check_image_sizes(model: nn.Module, blocks: list, layers: list) -> None:
+    """Raise ValueError if, in an ``ImageMultiscaleFlow``, a new layer would see images smaller
+    than its ``min_image_size``, as ``build_glow`` refuses them (else the model fails only at its
+    first ``log_prob``). Other models do not say which image size a block sees: not checked."""
+    from .multiscale import ImageMultiscaleFlow, _min_image_size
+
+    if not isinstance(model, ImageMultiscaleFlow):
+        return
+    seen = {}  # id(block) -> (level, height, width) of the images its steps see
+    levels = len(model.latent_shapes)
+    for level, (flows, shape) in enumerate(zip(model.flows, model.latent_shapes)):
+        for module in flows.modules():
+            seen[id(module)] = (levels - level, shape[1], shape[2])
+    for block, layer in zip(blocks, layers):
+        if id(block) not in seen:
+            continue
+        level, height, width = seen[id(block)]
+        needed = _min_image_size(layer)
+        if min(height, width) < needed:
+            raise ValueError(
+                f"the steps of level {level} (of {levels}) see {height}x{width} images, but "
+                f"{type(layer).__name__} needs at least {needed}x{needed} (its min_image_size): "
+                f"the model is left as it was")

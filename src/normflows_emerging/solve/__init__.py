@@ -1,0 +1,219 @@
+"""Solving a causal (square autoregressive) convolution: backends, selection and autograd.
+
+``solve_autoregressive(y, kernel)`` returns ``x`` with ``causal_conv(x, kernel) = y``, where
+``kernel`` has shape (C, C, m, m), pixel (i, j) reads the m x m window whose bottom-right corner
+is (i, j), and the corner tap is lower-triangular in (out, in) with a non-zero diagonal.
+
+Backends (see :func:`backend_names`):
+  * ``"torch"``: anti-diagonal wavefront in H + W - 1 batched torch steps; any device, the
+    fallback where no faster backend is registered for a device.
+  * ``"naive"``: element-by-element reference (tests, benchmark baseline).
+  * faster solves plug in through one hook, :func:`register_backend`: normflows-emerging
+    registers ``"compiled"`` (Cython + OpenMP, the CPU default when built) on import.
+
+Pick one for a whole model with ``use_backend(name)``, or per layer with the layers' ``solver``
+argument. Every backend reads only the corner tap's lower triangle and diagonal; entries above
+the diagonal are ignored and get zero gradient.
+
+This package and :mod:`normflows_emerging.flows` import only torch, numpy, normflows and each
+other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_solve_inputs
+from .naive import solve_naive
+from .wavefront import solve_wavefront
+
+__all__ = [
+    "backend_names",
+    "inverse_backend",
+    "register_backend",
+    "selected_backend",
+    "solve_autoregressive",
+    "use_backend",
+]
+
+Solver = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Backend:
+    solve: Solver
+    default_for: tuple[str, ...]
+    unavailable_reason: Callable[[], str | None]
+
+
+def _always_available() -> None:
+    return None
+
+
+_BACKENDS: dict[str, _Backend] = {}
+_selected_backend = contextvars.ContextVar("normflows_emerging_backend", default=None)
+
+
+def register_backend(name: str, solve: Solver, *, default_for: tuple[str, ...] = (),
+                     unavailable_reason: Callable[[], str | None] = _always_available) -> None:
+    """Make a solve available by name: the hook through which faster solves plug in.
+
+    Args:
+      name: the name for ``use_backend`` and the layers' ``solver`` argument
+      solve: ``solve(y, kernel, dilation) -> x`` for inputs that :func:`solve_autoregressive`
+        has already checked (non-empty, dilation capped at max(H, W)); it may raise
+        ``TypeError``/``ValueError`` for dtypes or devices it does not run
+      default_for: device types (``"cpu"``, ``"cuda"``) on which it is the default when
+        available; a later registration for the same device type comes first
+      unavailable_reason: returns None when the backend can run here, else one sentence saying
+        why not and what to install
+
+    Raises:
+      ValueError: ``name`` is taken or empty
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a backend name must be a non-empty string, got {name!r}")
+    if name in _BACKENDS:
+        raise ValueError(f"a solve backend named {name!r} is registered already")
+    _BACKENDS[name] = _Backend(solve, tuple(default_for), unavailable_reason)
+
+
+def backend_names() -> tuple[str, ...]:
+    """Names of the registered solve backends, in the order they were registered."""
+    return tuple(_BACKENDS)
+
+
+def _check_backend(name):
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown solve backend {name!r}; expected one of {backend_names()}")
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Solve every autoregressive convolution inside the ``with`` block with backend ``name``.
+
+    It overrides the layers' own ``solver`` choice, so it picks the solve of a whole model.
+
+    Raises:
+      ValueError: ``name`` is not a registered backend
+    """
+    _check_backend(name)
+    token = _selected_backend.set(name)
+    try:
+        yield
+    finally:
+        _selected_backend.reset(token)
+
+
+def selected_backend():
+    """The backend chosen with :func:`use_backend` around this call, or None outside any."""
+    return _selected_backend.get()
+
+
+def inverse_backend(device="cpu"):
+    """Name of the backend a solve on ``device`` uses now.
+
+    Inside ``use_backend(name)`` that is ``name``; otherwise the most recently registered backend
+    that is a default for the device's type and can run here (``"compiled"`` on CPU when the
+    extension is built), else ``"torch"``. A default that cannot run is named in a
+    ``RuntimeWarning`` with the reason.
+    """
+    selected = selected_backend()
+    if selected is not None:
+        return selected
+    device_type = torch.device(device).type
+    for name, backend in reversed(_BACKENDS.items()):
+        if device_type in backend.default_for:
+            reason = backend.unavailable_reason()
+            if reason is None:
+                return name
+            warnings.warn(f"no {name} solve: SquareAutoregressiveConv2d and EmergingConv2d "
+                          f"sample with the slower torch wavefront solve. {reason}",
+                          RuntimeWarning, stacklevel=2)
+    return "torch"
+
+
+def solve_autoregressive(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1,
+                         backend: str | None = None) -> torch.Tensor:
+    """Solve ``causal_conv(x, kernel, dilation) = y`` for ``x``, differentiably.
+
+    Args:
+      y: (B, C, H, W) floating-point right-hand side with the bias already subtracted
+      kernel: (C, C, m, m) causal kernel of y's dtype and device, m >= 1; corner tap
+        ``kernel[:, :, m-1, m-1]`` lower-triangular with a non-zero diagonal (entries above the
+        diagonal are not read)
+      dilation: spacing of the taps, a positive int
+      backend: a name from :func:`backend_names` or None for :func:`inverse_backend`
+
+    Returns:
+      x of shape (B, C, H, W), contiguous. Gradients with respect to ``y`` and ``kernel`` come from
+      an implicit backward (one transposed solve and one convolution weight gradient); kernel
+      entries the solve does not read get zero gradient. First derivatives only: a backward
+      with ``create_graph=True`` raises RuntimeError.
+
+    Raises:
+      TypeError: non-floating ``y``, a kernel of another dtype, a non-int dilation, or a dtype
+        the backend cannot run (compiled: float32 and float64)
+      ValueError: wrong shapes, dilation < 1, tensors on different devices, an unknown backend or
+        a non-CPU tensor for the compiled backend
+      torch.linalg.LinAlgError: a zero on the corner tap's diagonal
+    """
+    name = backend if backend is not None else inverse_backend(y.device)
+    _check_backend(name)
+    check_solve_inputs(y, kernel, dilation)
+    if y.numel() == 0:
+        return y.clone()
+    # Every non-corner tap lies at least `dilation` pixels away along some axis, so any dilation
+    # >= max(H, W) reads the same pixels (none): capping it keeps paddings and offsets small.
+    dilation = min(dilation, max(y.shape[2], y.shape[3]))
+    if torch.is_grad_enabled() and (y.requires_grad or kernel.requires_grad):
+        return _AutoregressiveSolve.apply(y, kernel, dilation, name)
+    return _BACKENDS[name].solve(y, kernel, dilation)
+
+
+class _AutoregressiveSolve(torch.autograd.Function):
+    """x = A^-1 y for the causal convolution A; backward without unrolling the solve."""
+
+    @staticmethod
+    def forward(ctx, y, kernel, dilation, backend):
+        x = _BACKENDS[backend].solve(y, kernel, dilation)
+        ctx.save_for_backward(x, kernel)
+        ctx.dilation, ctx.backend = dilation, backend
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_x):
+        if torch.is_grad_enabled():
+            # once_differentiable alone only fails when grad_x itself needs a gradient; otherwise
+            # second derivatives would come back silently missing (None or zero).
+            raise RuntimeError(
+                "solve_autoregressive (the sampling direction of the autoregressive layers) has "
+                "no second derivatives: backward with create_graph=True through it is not "
+                "supported"
+            )
+        x, kernel = ctx.saved_tensors
+        dilation = ctx.dilation
+        # grad_y = A^-T grad_x. A^T is anti-causal; mirrored in channels and space it is the causal
+        # convolution with the kernel transposed in (out, in) and reversed in both channel axes.
+        adjoint = kernel.transpose(0, 1).flip(0, 1)
+        grad_y = _BACKENDS[ctx.backend].solve(grad_x.flip(1, 2, 3), adjoint, dilation).flip(1, 2, 3)
+        grad_kernel = None
+        if ctx.needs_input_grad[1]:
+            # dx = -A^-1 (dA) x, so dL/dK = -(weight gradient of the convolution of x, at grad_y).
+            pad = dilation * (kernel.shape[-1] - 1)
+            grad_kernel = -torch.nn.grad.conv2d_weight(
+                F.pad(x, (pad, 0, pad, 0)), kernel.shape, grad_y, dilation=dilation)
+            # The solve never reads the corner tap above its diagonal: those entries get zero.
+            grad_kernel[:, :, -1, -1] = grad_kernel[:, :, -1, -1].tril()
+        return grad_y, grad_kernel, None, None
+
+
+register_backend("torch", solve_wavefront)
+register_backend("naive", solve_naive)
