@@ -37,8 +37,9 @@ class BuildExtWithOptionalOpenMP(build_ext):
     def build_extensions(self):
         openmp = compiler_has_openmp(self.compiler)
         if not openmp:
-            print("normflows-emerging: compiler has no OpenMP, "
-                  "building the inverse single-threaded")
+            print(
+                "normflows-emerging: compiler has no OpenMP, building the inverse single-threaded"
+            )
         for ext in self.extensions:
             ext.extra_compile_args = ["-O3"] + ([OPENMP_FLAG] if openmp else [])
             ext.extra_link_args = [OPENMP_FLAG] if openmp else []
@@ -46,8 +47,14 @@ class BuildExtWithOptionalOpenMP(build_ext):
 
 
 extensions = cythonize(
-    [Extension("normflows_emerging._solve", ["ext/_solve.pyx"], include_dirs=["ext"],
-               depends=["ext/kernels.h"])],
+    [
+        Extension(
+            "normflows_emerging._solve",
+            ["ext/_solve.pyx"],
+            include_dirs=["ext"],
+            depends=["ext/kernels.h"],
+        )
+    ],
     language_level=3,
 )
 for extension in extensions:

@@ -25,10 +25,12 @@ from normflows_emerging import SquareAutoregressiveConv2d, inverse_backend
 from normflows_emerging.solve import solve_autoregressive
 from timing import benchmark, print_table, write_json
 
-CASES = [(channels, side, size, batch)
-         for size in (2, 3)
-         for channels, side in ((12, 16), (24, 8), (48, 4))
-         for batch in (1, 16, 64)] + [(96, 32, 2, 16)]
+CASES = [
+    (channels, side, size, batch)
+    for size in (2, 3)
+    for channels, side in ((12, 16), (24, 8), (48, 4))
+    for batch in (1, 16, 64)
+] + [(96, 32, 2, 16)]
 NAIVE_CASE = (48, 4, 2, 1)
 
 
@@ -44,8 +46,9 @@ def timed(contenders, threads, rounds, min_run_time):
     for _ in range(rounds):
         per_round.append({})
         for name, fn in contenders.items():
-            timer = benchmark.Timer("fn()", globals={"fn": fn}, description=name,
-                                    num_threads=threads)
+            timer = benchmark.Timer(
+                "fn()", globals={"fn": fn}, description=name, num_threads=threads
+            )
             per_round[-1][name] = timer.blocked_autorange(min_run_time=min_run_time)
     merged = benchmark.Measurement.merge([m for r in per_round for m in r.values()])
     merged = {m.description: m for m in merged}
@@ -53,18 +56,19 @@ def timed(contenders, threads, rounds, min_run_time):
     result = {}
     for name in contenders:
         ratios = torch.tensor([r[name].median / r[baseline].median for r in per_round])
-        result[name] = (1e3 * merged[name].median, 1e3 * merged[name].iqr,
-                        ratios.median().item())
+        result[name] = (1e3 * merged[name].median, 1e3 * merged[name].iqr, ratios.median().item())
     return result
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "inverse.json"))
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "inverse.json")
+    )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per row")
-    parser.add_argument("--min-time", type=float, default=0.02,
-                        help="seconds per contender and round")
+    parser.add_argument(
+        "--min-time", type=float, default=0.02, help="seconds per contender and round"
+    )
     parser.add_argument("--quick", action="store_true", help="batch-1 and 16 rows, m=2 only")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -88,32 +92,61 @@ def main():
                 if threads == 1:
                     contenders["torch"] = functools.partial(layer, y, backend="torch")
                 times = timed(contenders, threads, args.rounds, args.min_time)
-                row = {"C": channels, "HxW": f"{side}x{side}", "m": size, "batch": batch,
-                       "threads": threads}
+                row = {
+                    "C": channels,
+                    "HxW": f"{side}x{side}",
+                    "m": size,
+                    "batch": batch,
+                    "threads": threads,
+                }
                 for name, (median, iqr, ratio) in times.items():
                     row[f"{name}_ms"], row[f"{name}_iqr"] = median, iqr
                     if name != "conv":
                         row[f"{name}/conv"] = ratio
                 if threads == 1 and (channels, side, size, batch) == NAIVE_CASE:
                     naive = benchmark.Timer(
-                        "fn()", globals={"fn": functools.partial(layer, y, backend="naive")},
-                        num_threads=1).timeit(1)
+                        "fn()",
+                        globals={"fn": functools.partial(layer, y, backend="naive")},
+                        num_threads=1,
+                    ).timeit(1)
                     row["naive_ms"] = 1e3 * naive.median
                     row["naive/compiled"] = row["naive_ms"] / row["compiled_ms"]
                 rows.append(row)
-    columns = ["C", "HxW", "m", "batch", "threads", "conv_ms", "conv_iqr", "compiled_ms",
-               "compiled_iqr", "solve_ms", "torch_ms", "naive_ms", "compiled/conv", "solve/conv",
-               "torch/conv", "naive/compiled"]
-    print(f"torch {torch.__version__}, default CPU backend: {inverse_backend()}; medians and IQR "
-          f"in ms over {args.rounds} interleaved rounds; ratios: median over rounds")
+    columns = [
+        "C",
+        "HxW",
+        "m",
+        "batch",
+        "threads",
+        "conv_ms",
+        "conv_iqr",
+        "compiled_ms",
+        "compiled_iqr",
+        "solve_ms",
+        "torch_ms",
+        "naive_ms",
+        "compiled/conv",
+        "solve/conv",
+        "torch/conv",
+        "naive/compiled",
+    ]
+    print(
+        f"torch {torch.__version__}, default CPU backend: {inverse_backend()}; medians and IQR "
+        f"in ms over {args.rounds} interleaved rounds; ratios: median over rounds"
+    )
     for threads in (1, 2):
         print(f"\n{threads} thread(s)")
-        print_table([r for r in rows if r["threads"] == threads],
-                    [c for c in columns if threads == 1 or c not in ("torch_ms", "naive_ms",
-                                                                     "torch/conv",
-                                                                     "naive/compiled")])
-    write_json(args.out, rows, benchmark="inverse", layer="SquareAutoregressiveConv2d",
-               rounds=args.rounds)
+        print_table(
+            [r for r in rows if r["threads"] == threads],
+            [
+                c
+                for c in columns
+                if threads == 1 or c not in ("torch_ms", "naive_ms", "torch/conv", "naive/compiled")
+            ],
+        )
+    write_json(
+        args.out, rows, benchmark="inverse", layer="SquareAutoregressiveConv2d", rounds=args.rounds
+    )
 
 
 if __name__ == "__main__":

@@ -34,15 +34,26 @@ MIXINGS = ("qr", "emerging", "periodic", "1x1")
 
 def long_run(mixing, steps, out, probe_images=256):
     """Train one mixing for ``steps`` steps and check the result (see the module docstring)."""
-    config = TrainConfig(dataset="digits", mixing=mixing, levels=1, flows_per_level=2,
-                         hidden_channels=16, batch_size=32, steps=steps, lr=1e-3, warmup=100,
-                         eval_every=max(1, steps // 10), eval_batch_size=512)
+    config = TrainConfig(
+        dataset="digits",
+        mixing=mixing,
+        levels=1,
+        flows_per_level=2,
+        hidden_channels=16,
+        batch_size=32,
+        steps=steps,
+        lr=1e-3,
+        warmup=100,
+        eval_every=max(1, steps // 10),
+        eval_batch_size=512,
+    )
     last = train(config, out, progress=False, overwrite=True)
     model, _ = load_checkpoint(Path(out) / CHECKPOINT)
     _, test_set = load_datasets(config)
     errors = inverse_error(model, probe_batch(test_set, probe_images, config.seed))
-    history = [json.loads(line)["inverse_error"]
-               for line in (Path(out) / METRICS).read_text().splitlines()]
+    history = [
+        json.loads(line)["inverse_error"] for line in (Path(out) / METRICS).read_text().splitlines()
+    ]
     return {
         "mixing": mixing,
         "steps": steps,
@@ -66,11 +77,25 @@ def main(argv=None):
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "long_run.json"))
     args = parser.parse_args(argv)
     rows = [long_run(m, args.steps, Path(args.out) / m) for m in args.mixings]
-    print_table(rows, ["mixing", "steps", "test_bpd", "finite_parameters", "inverse_error",
-                       "max_inverse_error_during_run", "worst_flow", "skipped_steps",
-                       "train_seconds"])
-    write_json(args.json, rows, command=" ".join(["python", "benchmarks/long_run.py",
-                                                  *(argv or sys.argv[1:])]))
+    print_table(
+        rows,
+        [
+            "mixing",
+            "steps",
+            "test_bpd",
+            "finite_parameters",
+            "inverse_error",
+            "max_inverse_error_during_run",
+            "worst_flow",
+            "skipped_steps",
+            "train_seconds",
+        ],
+    )
+    write_json(
+        args.json,
+        rows,
+        command=" ".join(["python", "benchmarks/long_run.py", *(argv or sys.argv[1:])]),
+    )
 
 
 if __name__ == "__main__":

@@ -30,20 +30,37 @@ def layer_rows():
     with torch.no_grad():
         z = torch.randn(1, CHANNELS, SIZE, SIZE)
         naive_outputs = []  # the one naive run is both timed and checked against the fast one
-        naive = measure(lambda: naive_outputs.append(layer(z, backend="naive")[0]), warmup=0,
-                        max_repeat=1)
+        naive = measure(
+            lambda: naive_outputs.append(layer(z, backend="naive")[0]), warmup=0, max_repeat=1
+        )
         x_naive = naive_outputs[0]
         fast = measure(lambda: layer(z, backend="fast"), min_time=1.0, warmup=1)
         x_fast, _ = layer(z, backend="fast")
         max_diff = (x_fast - x_naive).abs().max().item()
-        rows.append(dict(what="MAF layer", backend="naive", batch=1, ms_per_image=1e3 * naive,
-                         speedup=1.0))
-        rows.append(dict(what="MAF layer", backend="fast", batch=1, ms_per_image=1e3 * fast,
-                         speedup=naive / fast, max_abs_diff=max_diff))
+        rows.append(
+            dict(what="MAF layer", backend="naive", batch=1, ms_per_image=1e3 * naive, speedup=1.0)
+        )
+        rows.append(
+            dict(
+                what="MAF layer",
+                backend="fast",
+                batch=1,
+                ms_per_image=1e3 * fast,
+                speedup=naive / fast,
+                max_abs_diff=max_diff,
+            )
+        )
         z = torch.randn(16, CHANNELS, SIZE, SIZE)
         fast16 = measure(lambda: layer(z, backend="fast"), min_time=1.0, warmup=1) / 16
-        rows.append(dict(what="MAF layer", backend="fast", batch=16, ms_per_image=1e3 * fast16,
-                         speedup=naive / fast16))
+        rows.append(
+            dict(
+                what="MAF layer",
+                backend="fast",
+                batch=16,
+                ms_per_image=1e3 * fast16,
+                speedup=naive / fast16,
+            )
+        )
     return rows
 
 
@@ -59,10 +76,18 @@ def model_rows(batch=16):
         model = build_multiscale_flow(**MODEL, mixing=mixing).eval()
         num_params = sum(p.numel() for p in model.parameters())
         with torch.no_grad():
-            seconds = measure(lambda model=model: model.sample(batch), min_time=1.0,
-                              warmup=1) / batch
-        rows.append(dict(what=f"model ({mixing})", backend="default", batch=batch,
-                         ms_per_image=1e3 * seconds, params=num_params))
+            seconds = (
+                measure(lambda model=model: model.sample(batch), min_time=1.0, warmup=1) / batch
+            )
+        rows.append(
+            dict(
+                what=f"model ({mixing})",
+                backend="default",
+                batch=batch,
+                ms_per_image=1e3 * seconds,
+                params=num_params,
+            )
+        )
     return rows
 
 
@@ -73,13 +98,17 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = layer_rows() + model_rows()
-    print_table(rows, ["what", "backend", "batch", "ms_per_image", "speedup", "params",
-                       "max_abs_diff"])
+    print_table(
+        rows, ["what", "backend", "batch", "ms_per_image", "speedup", "params", "max_abs_diff"]
+    )
     here = os.path.dirname(os.path.abspath(__file__))
-    write_json(os.path.join(here, "results", "maf.json"), rows,
-               layer=dict(channels=CHANNELS, height=SIZE, width=SIZE, hidden_channels=HIDDEN),
-               model=dict(MODEL, input_shape=list(MODEL["input_shape"])),
-               paper_ms_per_sample=PAPER_MS_PER_SAMPLE)
+    write_json(
+        os.path.join(here, "results", "maf.json"),
+        rows,
+        layer=dict(channels=CHANNELS, height=SIZE, width=SIZE, hidden_channels=HIDDEN),
+        model=dict(MODEL, input_shape=list(MODEL["input_shape"])),
+        paper_ms_per_sample=PAPER_MS_PER_SAMPLE,
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--output",
-        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                             "mixing_layers.json"),
+        default=os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "results", "mixing_layers.json"
+        ),
     )
     args = parser.parse_args()
     if args.threads is not None:
@@ -58,9 +59,14 @@ def main():
         x_grad = x.clone().requires_grad_()
         layers = {name: make(channels).to(args.device).eval() for name, make in LAYERS.items()}
         trained = {name: make(channels).to(args.device).train() for name, make in LAYERS.items()}
-        tasks = {name: {"density": no_grad(layer.inverse, x), "sampling": no_grad(layer, x),
-                        "training": density_backward(trained[name], x_grad)}
-                 for name, layer in layers.items()}
+        tasks = {
+            name: {
+                "density": no_grad(layer.inverse, x),
+                "sampling": no_grad(layer, x),
+                "training": density_backward(trained[name], x_grad),
+            }
+            for name, layer in layers.items()
+        }
         seconds = {name: {task: [] for task in tasks[name]} for name in layers}
         for _ in range(args.rounds):
             for name in layers:
@@ -74,27 +80,37 @@ def main():
                 row[f"{task} ratio"] = statistics.median(v / b for v, b in zip(values, base))
             rows.append(row)
 
-    print_table(rows, ["shape", "layer"] + [f"{task} {unit}" for task in TASKS
-                                            for unit in ("ms", "ratio")])
-    write_json(args.output, rows, device=args.device, batch=BATCH, min_time=args.min_time,
-               rounds=args.rounds,
-               mode="density, sampling: eval, torch.no_grad(); training: train mode, density "
-                    "pass + backward to the input and parameters")
+    print_table(
+        rows, ["shape", "layer"] + [f"{task} {unit}" for task in TASKS for unit in ("ms", "ratio")]
+    )
+    write_json(
+        args.output,
+        rows,
+        device=args.device,
+        batch=BATCH,
+        min_time=args.min_time,
+        rounds=args.rounds,
+        mode="density, sampling: eval, torch.no_grad(); training: train mode, density "
+        "pass + backward to the input and parameters",
+    )
 
 
 def no_grad(fn, x):
     def run():
         with torch.no_grad():
             fn(x)
+
     return run
 
 
 def density_backward(layer, x):
     """A training step's share of one layer: density pass, then backward of a loss on its
     output and log-det to the input and the parameters."""
+
     def run():
         y, log_det = layer.inverse(x)
         (y.square().mean() - log_det.mean()).backward()
+
     return run
 
 

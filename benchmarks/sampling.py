@@ -39,15 +39,24 @@ from normflows_emerging import build_multiscale_flow
 from timing import measure, print_table, timed, write_json
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-PAPER_MS_PER_SAMPLE = {"glow": 5, "emerging_accelerated": 39, "emerging_naive": 1800,
-                       "maf_accelerated": 650, "maf_naive": 3000}
+PAPER_MS_PER_SAMPLE = {
+    "glow": 5,
+    "emerging_accelerated": 39,
+    "emerging_naive": 1800,
+    "maf_accelerated": 650,
+    "maf_naive": 3000,
+}
 # name: (mixing, solver of its EmergingConv2d / MaskedAffineAutoregressiveConv2d layers)
 CONTENDERS = {
-    "1x1": ("1x1", None), "plu": ("plu", None), "qr": ("qr", None),
-    "emerging (compiled)": ("emerging", "compiled"), "emerging (torch)": ("emerging", "torch"),
+    "1x1": ("1x1", None),
+    "plu": ("plu", None),
+    "qr": ("qr", None),
+    "emerging (compiled)": ("emerging", "compiled"),
+    "emerging (torch)": ("emerging", "torch"),
     "emerging (naive)": ("emerging", "naive"),
     "periodic": ("periodic", None),
-    "maf (fast)": ("maf", "fast"), "maf (naive)": ("maf", "naive"),
+    "maf (fast)": ("maf", "fast"),
+    "maf (naive)": ("maf", "naive"),
 }
 SLOW = {"emerging (naive)", "maf (naive)"}  # timed once, sampling at batch 1 only
 
@@ -75,6 +84,7 @@ def sampler(model, batch):
     def run():
         with torch.no_grad():
             model.sample(batch)
+
     return run
 
 
@@ -86,6 +96,7 @@ def train_step(model, batch, shape, device):
         optimizer.zero_grad()
         (-model.log_prob(x, None).mean()).backward()
         optimizer.step()
+
     return run
 
 
@@ -94,8 +105,11 @@ def table5(args):
     per image (per step for training) and of the ratio to ``1x1`` measured in the same round,
     with the smallest and largest of those ratios."""
     shape = (3, args.size, args.size)
-    names = [n for n in CONTENDERS if n in args.models and (n not in SLOW or args.slow
-                                                             or n == "emerging (naive)")]
+    names = [
+        n
+        for n in CONTENDERS
+        if n in args.models and (n not in SLOW or args.slow or n == "emerging (naive)")
+    ]
     names = ["1x1"] + [n for n in names if n != "1x1"]
     samplers = {n: make_model(*CONTENDERS[n], shape, args).eval() for n in names}
     tasks = {n: {"sample_b1": sampler(samplers[n], 1)} for n in names}
@@ -108,7 +122,7 @@ def table5(args):
             tasks[name]["train_step"] = train_step(trained, args.batch, shape, args.device)
     seconds = {n: {task: [] for task in tasks[n]} for n in names}
     for round_index in range(args.rounds):
-        order = names[round_index % len(names):] + names[:round_index % len(names)]
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
         print(f"round {round_index + 1}/{args.rounds}", flush=True)
         for name in order:
             for task, run in tasks[name].items():
@@ -145,14 +159,17 @@ def size_curve(args):
     for name in names:
         for size in args.plot_sizes:
             sized = argparse.Namespace(**{**vars(args), "levels": levels_for(size, args)})
-            runs[name, size] = sampler(make_model(*CONTENDERS[name], (3, size, size),
-                                                  sized).eval(), 1)
+            runs[name, size] = sampler(
+                make_model(*CONTENDERS[name], (3, size, size), sized).eval(), 1
+            )
     seconds = {key: [] for key in runs}
     for _ in range(args.rounds):
         for key, run in runs.items():
             seconds[key].append(timed(run, args.min_time).median)
-    curve = {name: [1e3 * statistics.median(seconds[name, size]) for size in args.plot_sizes]
-             for name in names}
+    curve = {
+        name: [1e3 * statistics.median(seconds[name, size]) for size in args.plot_sizes]
+        for name in names
+    }
     figure = Figure(figsize=(5, 3.5))
     axes = figure.subplots()
     for name, values in curve.items():
@@ -183,12 +200,22 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--slow", action="store_true", help="also time MAF's naive solve")
-    parser.add_argument("--plot-sizes", type=int, nargs="*", default=[16, 32, 64],
-                        help="image sides of the PNG of batch-1 sampling time against size; "
-                             "the flag with no sides skips the PNG")
-    parser.add_argument("--models", nargs="+", choices=list(CONTENDERS), metavar="NAME",
-                        default=list(CONTENDERS),
-                        help=f"contenders to time (1x1 always), of {list(CONTENDERS)}")
+    parser.add_argument(
+        "--plot-sizes",
+        type=int,
+        nargs="*",
+        default=[16, 32, 64],
+        help="image sides of the PNG of batch-1 sampling time against size; "
+        "the flag with no sides skips the PNG",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(CONTENDERS),
+        metavar="NAME",
+        default=list(CONTENDERS),
+        help=f"contenders to time (1x1 always), of {list(CONTENDERS)}",
+    )
     parser.add_argument("--name", default="sampling", help="results file name, without .json")
     args = parser.parse_args()
     if args.paper:
@@ -196,18 +223,33 @@ def main():
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows = table5(args)
-    columns = ["model"] + [f"{t} {u}" for t in ("sample_b1", f"sample_b{args.batch}", "train_step")
-                           for u in ("ms", "ratio", "ratio range")]
+    columns = ["model"] + [
+        f"{t} {u}"
+        for t in ("sample_b1", f"sample_b{args.batch}", "train_step")
+        for u in ("ms", "ratio", "ratio range")
+    ]
     print_table(rows, columns)
     curve = size_curve(args) if args.plot_sizes else {}
-    write_json(os.path.join(RESULTS, f"{args.name}.json"), rows, device=args.device,
-               model={"levels": args.levels, "steps": args.steps, "hidden": args.hidden,
-                      "input_shape": [3, args.size, args.size]},
-               batch=args.batch, rounds=args.rounds, min_time=args.min_time,
-               sampling_ms_vs_size={"sizes": args.plot_sizes,
-                                    "levels": [levels_for(s, args) for s in args.plot_sizes],
-                                    **curve},
-               paper_ms_per_sample=PAPER_MS_PER_SAMPLE)
+    write_json(
+        os.path.join(RESULTS, f"{args.name}.json"),
+        rows,
+        device=args.device,
+        model={
+            "levels": args.levels,
+            "steps": args.steps,
+            "hidden": args.hidden,
+            "input_shape": [3, args.size, args.size],
+        },
+        batch=args.batch,
+        rounds=args.rounds,
+        min_time=args.min_time,
+        sampling_ms_vs_size={
+            "sizes": args.plot_sizes,
+            "levels": [levels_for(s, args) for s in args.plot_sizes],
+            **curve,
+        },
+        paper_ms_per_sample=PAPER_MS_PER_SAMPLE,
+    )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ def measure(fn, min_time=0.2, warmup=1, max_repeat=None):
 
 def print_table(rows, columns):
     """Print ``rows`` (list of dicts) as an aligned markdown table with the given ``columns``."""
+
     def fmt(value):
         if isinstance(value, float):
             return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"

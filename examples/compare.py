@@ -76,9 +76,16 @@ from paired_stats import paired_difference
 
 # Measured candidates (5 seeds, 1x1 vs emerging): 4 steps x 32 hidden x 800 steps gave
 # -0.035 [-0.135, +0.065] bits/dim (within noise); this smaller model separates them clearly.
-DEFAULTS = TrainConfig(dataset="digits", levels=1, flows_per_level=2,
-                                hidden_channels=16, batch_size=64, steps=1000, warmup=50,
-                                eval_every=200)
+DEFAULTS = TrainConfig(
+    dataset="digits",
+    levels=1,
+    flows_per_level=2,
+    hidden_channels=16,
+    batch_size=64,
+    steps=1000,
+    warmup=50,
+    eval_every=200,
+)
 MIXINGS = ("1x1", "emerging")
 SEEDS = (0, 1, 2, 3, 4)
 BASELINE = "1x1"
@@ -101,20 +108,25 @@ def matched_widths(config, mixings, input_shape):
     Raises:
       ValueError: if a mixing exceeds the budget even at width 1
     """
+
     def build(mixing, width):
         return build_model(
-            dataclasses.replace(config, mixing=mixing, hidden_channels=width), input_shape)
+            dataclasses.replace(config, mixing=mixing, hidden_channels=width), input_shape
+        )
 
     budget = count_parameters(build(BASELINE, config.hidden_channels)).effective
     widths = {}
     for mixing in mixings:
         try:
-            widths[mixing] = widest_within_budget(lambda w, m=mixing: build(m, w), budget,
-                                                  config.hidden_channels)
+            widths[mixing] = widest_within_budget(
+                lambda w, m=mixing: build(m, w), budget, config.hidden_channels
+            )
         except ValueError:
-            raise ValueError(f"mixing {mixing!r} has more than the {BASELINE} model's "
-                             f"{budget:,} effective parameters even with 1 hidden channel; "
-                             "use --no-match-budget or more --hidden-channels") from None
+            raise ValueError(
+                f"mixing {mixing!r} has more than the {BASELINE} model's "
+                f"{budget:,} effective parameters even with 1 hidden channel; "
+                "use --no-match-budget or more --hidden-channels"
+            ) from None
     return widths
 
 
@@ -129,16 +141,23 @@ def sampling_ms_per_image(model, num_samples, device, seed, backend=None):
     """
     timer = torch.utils.benchmark.Timer(
         stmt="sample(model, num_samples, 1.0, seed, device)",
-        globals={"sample": evaluation.sample, "model": model, "num_samples": num_samples,
-                 "seed": seed, "device": device},
-        num_threads=torch.get_num_threads())
+        globals={
+            "sample": evaluation.sample,
+            "model": model,
+            "num_samples": num_samples,
+            "seed": seed,
+            "device": device,
+        },
+        num_threads=torch.get_num_threads(),
+    )
     with use_backend(backend) if backend else contextlib.nullcontext():
         measurement = timer.blocked_autorange(min_run_time=TIMING_SECONDS)
     return [1000 * t / num_samples for t in measurement.times]
 
 
-def train_and_evaluate(config, run_dir, device, naive_timing, progress, overwrite=False,
-                       num_samples=16):
+def train_and_evaluate(
+    config, run_dir, device, naive_timing, progress, overwrite=False, num_samples=16
+):
     """Train one run, evaluate it on the test split and time its sampling.
 
     Returns:
@@ -151,19 +170,35 @@ def train_and_evaluate(config, run_dir, device, naive_timing, progress, overwrit
     result = evaluate_checkpoint(checkpoint, device=device)
     model, _ = load_checkpoint(checkpoint, device)
     count = count_parameters(model)
-    record = {"mixing": config.mixing, "seed": config.seed,
-              "hidden_channels": config.hidden_channels, "test_bpd": result["test_bpd"],
-              "inverse_error": result["inverse_error"], "parameters_total": count.total,
-              "parameters_effective": count.effective, "train_seconds": last["seconds"],
-              "sample_ms": sampling_ms_per_image(model, num_samples, device, config.seed)}
+    record = {
+        "mixing": config.mixing,
+        "seed": config.seed,
+        "hidden_channels": config.hidden_channels,
+        "test_bpd": result["test_bpd"],
+        "inverse_error": result["inverse_error"],
+        "parameters_total": count.total,
+        "parameters_effective": count.effective,
+        "train_seconds": last["seconds"],
+        "sample_ms": sampling_ms_per_image(model, num_samples, device, config.seed),
+    }
     if naive_timing:
-        record["naive_sample_ms"] = sampling_ms_per_image(model, num_samples, device,
-                                                          config.seed, backend="naive")
+        record["naive_sample_ms"] = sampling_ms_per_image(
+            model, num_samples, device, config.seed, backend="naive"
+        )
     return record
 
 
-def compare_mixings(config, mixings, seeds, out, device="cpu", naive_timing=False,
-                    progress=True, match_budget=True, overwrite=False):
+def compare_mixings(
+    config,
+    mixings,
+    seeds,
+    out,
+    device="cpu",
+    naive_timing=False,
+    progress=True,
+    match_budget=True,
+    overwrite=False,
+):
     """Train and evaluate every mixing with every seed.
 
     Args:
@@ -191,10 +226,19 @@ def compare_mixings(config, mixings, seeds, out, device="cpu", naive_timing=Fals
     runs = []
     for mixing in mixings:
         for seed in seeds:
-            run_config = dataclasses.replace(config, mixing=mixing, seed=seed,
-                                             hidden_channels=widths[mixing])
-            runs.append(train_and_evaluate(run_config, Path(out) / f"{mixing}-seed{seed}",
-                                           device, naive_timing, progress, overwrite))
+            run_config = dataclasses.replace(
+                config, mixing=mixing, seed=seed, hidden_channels=widths[mixing]
+            )
+            runs.append(
+                train_and_evaluate(
+                    run_config,
+                    Path(out) / f"{mixing}-seed{seed}",
+                    device,
+                    naive_timing,
+                    progress,
+                    overwrite,
+                )
+            )
     return runs
 
 
@@ -218,13 +262,16 @@ def summarize(runs):
     rows = []
     for mixing, group in by_mixing.items():
         bpds = [run["test_bpd"] for run in group]
-        row = {"mixing": mixing, "seeds": [run["seed"] for run in group],
-               "hidden_channels": group[0]["hidden_channels"],
-               "parameters_effective": group[0]["parameters_effective"],
-               "parameters_total": group[0]["parameters_total"],
-               "test_bpd_mean": statistics.fmean(bpds),
-               "test_bpd_std": statistics.stdev(bpds) if len(bpds) > 1 else None,
-               "train_seconds": statistics.fmean(run["train_seconds"] for run in group)}
+        row = {
+            "mixing": mixing,
+            "seeds": [run["seed"] for run in group],
+            "hidden_channels": group[0]["hidden_channels"],
+            "parameters_effective": group[0]["parameters_effective"],
+            "parameters_total": group[0]["parameters_total"],
+            "test_bpd_mean": statistics.fmean(bpds),
+            "test_bpd_std": statistics.stdev(bpds) if len(bpds) > 1 else None,
+            "train_seconds": statistics.fmean(run["train_seconds"] for run in group),
+        }
         if baseline and mixing != BASELINE:
             difference = paired_difference(bpds, [baseline[run["seed"]] for run in group])
             row["difference"] = dataclasses.asdict(difference)
@@ -250,22 +297,34 @@ def markdown_header(config, seeds, device, match_budget, steps_per_level=None):
     """
     steps_per_level = steps_per_level or config.flows_per_level
     size = f", {config.image_size}x{config.image_size}" if config.image_size else ""
-    budget = (f"coupling widths shrunk to at most the {BASELINE} model's effective parameters"
-              if match_budget else "the same coupling width for all (parameters not matched)")
-    return (f"{config.dataset}{size}: {_plural(config.levels, 'level')} of "
-            f"{_plural(steps_per_level, 'step')}, {budget}; "
-            f"{_plural(config.steps, 'training step')} of batch {config.batch_size}; "
-            f"{_plural(len(seeds), 'seed')} ({' '.join(map(str, seeds))}); {device}.\n"
-            f"Δ: paired difference to {BASELINE} over seeds (same seed: same batches and noise), "
-            "with its 95% t interval; lower bits/dim is better. Sampling: median (IQR) over "
-            "timed blocks of 16 images.\n\n")
+    budget = (
+        f"coupling widths shrunk to at most the {BASELINE} model's effective parameters"
+        if match_budget
+        else "the same coupling width for all (parameters not matched)"
+    )
+    return (
+        f"{config.dataset}{size}: {_plural(config.levels, 'level')} of "
+        f"{_plural(steps_per_level, 'step')}, {budget}; "
+        f"{_plural(config.steps, 'training step')} of batch {config.batch_size}; "
+        f"{_plural(len(seeds), 'seed')} ({' '.join(map(str, seeds))}); {device}.\n"
+        f"Δ: paired difference to {BASELINE} over seeds (same seed: same batches and noise), "
+        "with its 95% t interval; lower bits/dim is better. Sampling: median (IQR) over "
+        "timed blocks of 16 images.\n\n"
+    )
 
 
 def markdown_table(rows):
     """A markdown table of :func:`summarize` rows."""
     naive = any("naive_sample_ms_median" in row for row in rows)
-    header = ["mixing", "hidden", "parameters (effective / stored)", "test bits/dim",
-              f"Δ vs {BASELINE} [95% CI]", "verdict", "sample ms/image"]
+    header = [
+        "mixing",
+        "hidden",
+        "parameters (effective / stored)",
+        "test bits/dim",
+        f"Δ vs {BASELINE} [95% CI]",
+        "verdict",
+        "sample ms/image",
+    ]
     header += ["naive sample ms/image"] if naive else []
     header += ["train s (wall)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -279,10 +338,15 @@ def markdown_table(rows):
             difference = f"{d['mean']:+.3f}"
             if d["seeds"] > 1:
                 difference += f" [{d['low']:+.3f}, {d['high']:+.3f}]"
-        cells = [row["mixing"], str(row["hidden_channels"]),
-                 f"{row['parameters_effective']:,} / {row['parameters_total']:,}", bpd,
-                 difference, verdict,
-                 f"{row['sample_ms_median']:.2f} ({row['sample_ms_iqr']:.2f})"]
+        cells = [
+            row["mixing"],
+            str(row["hidden_channels"]),
+            f"{row['parameters_effective']:,} / {row['parameters_total']:,}",
+            bpd,
+            difference,
+            verdict,
+            f"{row['sample_ms_median']:.2f} ({row['sample_ms_iqr']:.2f})",
+        ]
         if naive:
             cells.append(f"{row['naive_sample_ms_median']:.2f} ({row['naive_sample_ms_iqr']:.2f})")
         cells.append(f"{row['train_seconds']:.1f}")
@@ -290,8 +354,14 @@ def markdown_table(rows):
     return "\n".join(lines) + "\n"
 
 
-LINE_STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))),
-               ("x", (0, (1, 3)))]
+LINE_STYLES = [
+    ("o", "-"),
+    ("s", "--"),
+    ("^", ":"),
+    ("D", "-."),
+    ("v", (0, (5, 1))),
+    ("x", (0, (1, 3))),
+]
 
 
 def plot_curves(out, runs, title):
@@ -313,8 +383,14 @@ def plot_curves(out, runs, title):
                     curves.setdefault(metrics["step"], []).append(metrics["test_bpd"])
         steps = sorted(curves)
         marker, style = LINE_STYLES[i % len(LINE_STYLES)]
-        ax.plot(steps, [statistics.fmean(curves[s]) for s in steps], marker=marker,
-                linestyle=style, fillstyle="none", label=mixing)
+        ax.plot(
+            steps,
+            [statistics.fmean(curves[s]) for s in steps],
+            marker=marker,
+            linestyle=style,
+            fillstyle="none",
+            label=mixing,
+        )
     ax.set_xlabel("training step")
     ax.set_ylabel("test bits/dim (mean over seeds)")
     ax.set_title(title, fontsize=9)
@@ -330,18 +406,41 @@ def write_comparison(out, config, mixings, seeds, device, match_budget, runs):
     text = markdown_header(config, seeds, device, match_budget) + markdown_table(rows)
     shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in PER_RUN_FIELDS}
     Path(out, "results.md").write_text(text)
-    Path(out, "results.json").write_text(json.dumps(
-        {"config": shared, "mixings": list(mixings), "seeds": list(seeds),
-         "flows_per_level": config.flows_per_level, "match_budget": match_budget,
-         "baseline": BASELINE, "device": device, "rows": rows, "runs": runs},
-        indent=2, allow_nan=False))
-    plot_curves(out, runs, f"Test bits/dim during training: {config.dataset}, "
-                           f"{_plural(len(seeds), 'seed')}")
+    Path(out, "results.json").write_text(
+        json.dumps(
+            {
+                "config": shared,
+                "mixings": list(mixings),
+                "seeds": list(seeds),
+                "flows_per_level": config.flows_per_level,
+                "match_budget": match_budget,
+                "baseline": BASELINE,
+                "device": device,
+                "rows": rows,
+                "runs": runs,
+            },
+            indent=2,
+            allow_nan=False,
+        )
+    )
+    plot_curves(
+        out, runs, f"Test bits/dim during training: {config.dataset}, {_plural(len(seeds), 'seed')}"
+    )
     return text
 
 
-def sweep_depths(config, depths, mixings, seeds, out, device="cpu", naive_timing=False,
-                 progress=True, match_budget=True, overwrite=False):
+def sweep_depths(
+    config,
+    depths,
+    mixings,
+    seeds,
+    out,
+    device="cpu",
+    naive_timing=False,
+    progress=True,
+    match_budget=True,
+    overwrite=False,
+):
     """The comparison at each number of steps per level (the shape of the paper's Table 4).
 
     Each depth gets its own comparison in ``out/depth-<d>`` (see :func:`write_comparison`);
@@ -356,22 +455,37 @@ def sweep_depths(config, depths, mixings, seeds, out, device="cpu", naive_timing
     for depth in depths:
         depth_config = dataclasses.replace(config, flows_per_level=depth)
         depth_out = Path(out) / f"depth-{depth}"
-        runs = compare_mixings(depth_config, mixings, seeds, depth_out, device, naive_timing,
-                               progress, match_budget, overwrite)
+        runs = compare_mixings(
+            depth_config,
+            mixings,
+            seeds,
+            depth_out,
+            device,
+            naive_timing,
+            progress,
+            match_budget,
+            overwrite,
+        )
         write_comparison(depth_out, depth_config, mixings, seeds, device, match_budget, runs)
         results.append((depth, summarize(runs)))
-    text = (markdown_header(config, seeds, device, match_budget, "/".join(map(str, depths)))
-            + depth_table(results))
+    text = markdown_header(
+        config, seeds, device, match_budget, "/".join(map(str, depths))
+    ) + depth_table(results)
     Path(out, "depths.md").write_text(text)
-    plot_depths(out, results, f"{config.dataset}: gain over {BASELINE} against model size, "
-                              f"{_plural(len(seeds), 'seed')}")
+    plot_depths(
+        out,
+        results,
+        f"{config.dataset}: gain over {BASELINE} against model size, {_plural(len(seeds), 'seed')}",
+    )
     return text
 
 
 def depth_table(results):
     """Markdown table of (depth, rows) pairs: each mixing's gain over 1x1."""
-    header = ("| steps per level | mixing | hidden | effective parameters | test bits/dim | "
-              f"gain over {BASELINE} [95% CI] | verdict |")
+    header = (
+        "| steps per level | mixing | hidden | effective parameters | test bits/dim | "
+        f"gain over {BASELINE} [95% CI] | verdict |"
+    )
     lines = [header, "|---|---|---|---|---|---|---|"]
     for depth, rows in results:
         for row in rows:
@@ -381,9 +495,11 @@ def depth_table(results):
                 gain = f"{-d['mean']:+.3f}"
                 if d["seeds"] > 1:
                     gain += f" [{-d['high']:+.3f}, {-d['low']:+.3f}]"
-            lines.append(f"| {depth} | {row['mixing']} | {row['hidden_channels']} | "
-                         f"{row['parameters_effective']:,} | {row['test_bpd_mean']:.3f} | {gain} "
-                         f"| {row.get('verdict', 'baseline')} |")
+            lines.append(
+                f"| {depth} | {row['mixing']} | {row['hidden_channels']} | "
+                f"{row['parameters_effective']:,} | {row['test_bpd_mean']:.3f} | {gain} "
+                f"| {row.get('verdict', 'baseline')} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -399,13 +515,26 @@ def plot_depths(out, results, title):
             d = by_name[mixing]["difference"]
             sizes.append(by_name[BASELINE]["parameters_effective"])
             gains.append(-d["mean"])
-            errors.append([0.0, 0.0] if d["seeds"] < 2 else [d["high"] - d["mean"],
-                                                              d["mean"] - d["low"]])
-            ax.annotate(f"{depth}/level", (sizes[-1], gains[-1]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
+            errors.append(
+                [0.0, 0.0] if d["seeds"] < 2 else [d["high"] - d["mean"], d["mean"] - d["low"]]
+            )
+            ax.annotate(
+                f"{depth}/level",
+                (sizes[-1], gains[-1]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
         marker, style = LINE_STYLES[i % len(LINE_STYLES)]
-        ax.errorbar(sizes, gains, yerr=list(zip(*errors)), marker=marker, linestyle=style,
-                    capsize=3, label=mixing)
+        ax.errorbar(
+            sizes,
+            gains,
+            yerr=list(zip(*errors)),
+            marker=marker,
+            linestyle=style,
+            capsize=3,
+            label=mixing,
+        )
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel(f"effective parameters of the {BASELINE} model")
@@ -418,20 +547,24 @@ def plot_depths(out, results, title):
 
 def _int_at_least(minimum):
     """argparse type: an int of at least ``minimum``."""
+
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected an integer of at least {minimum}, got {text!r}"
+            )
         return value
+
     return parse
 
 
-def build_parser(description, defaults, mixings, out, naive_timing=False, match_budget=True,
-                 seeds=SEEDS):
+def build_parser(
+    description, defaults, mixings, out, naive_timing=False, match_budget=True, seeds=SEEDS
+):
     """Parser of a comparison script: the training flags plus the comparison's own.
 
     Args:
@@ -447,29 +580,57 @@ def build_parser(description, defaults, mixings, out, naive_timing=False, match_
       argparse.ArgumentParser
     """
     parser = example_parser(description, defaults, out, exclude=("mixing", "seed"), resume=False)
-    parser.add_argument("--mixings", nargs="+", choices=mixing_layers(), default=list(mixings),
-                        help=f"mixing layers to compare (default: {' '.join(mixings)})")
-    parser.add_argument("--seeds", nargs="+", type=_int_at_least(0), default=list(seeds),
-                        help="seeds; each mixing is trained once per seed (default: "
-                             f"{' '.join(map(str, seeds))})")
-    parser.add_argument("--match-budget", action=argparse.BooleanOptionalAction,
-                        default=match_budget,
-                        help=f"shrink each mixing's --hidden-channels to the {BASELINE} model's "
-                             f"effective parameter count (default: {match_budget})")
-    parser.add_argument("--depths", nargs="+", type=_int_at_least(1), default=None,
-                        metavar="STEPS",
-                        help="repeat the comparison with each number of steps per level "
-                             "(replaces --flows-per-level) and write OUT/depths.md and "
-                             f"OUT/depths.png: the gain over {BASELINE} against model size")
-    parser.add_argument("--naive-timing", action=argparse.BooleanOptionalAction,
-                        default=naive_timing,
-                        help="also time sampling with the naive solve backend of the "
-                             f"autoregressive convolutions (default: {naive_timing})")
+    parser.add_argument(
+        "--mixings",
+        nargs="+",
+        choices=mixing_layers(),
+        default=list(mixings),
+        help=f"mixing layers to compare (default: {' '.join(mixings)})",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=_int_at_least(0),
+        default=list(seeds),
+        help=f"seeds; each mixing is trained once per seed (default: {' '.join(map(str, seeds))})",
+    )
+    parser.add_argument(
+        "--match-budget",
+        action=argparse.BooleanOptionalAction,
+        default=match_budget,
+        help=f"shrink each mixing's --hidden-channels to the {BASELINE} model's "
+        f"effective parameter count (default: {match_budget})",
+    )
+    parser.add_argument(
+        "--depths",
+        nargs="+",
+        type=_int_at_least(1),
+        default=None,
+        metavar="STEPS",
+        help="repeat the comparison with each number of steps per level "
+        "(replaces --flows-per-level) and write OUT/depths.md and "
+        f"OUT/depths.png: the gain over {BASELINE} against model size",
+    )
+    parser.add_argument(
+        "--naive-timing",
+        action=argparse.BooleanOptionalAction,
+        default=naive_timing,
+        help="also time sampling with the naive solve backend of the "
+        f"autoregressive convolutions (default: {naive_timing})",
+    )
     return parser
 
 
-def run(argv=None, description=__doc__, defaults=DEFAULTS, mixings=MIXINGS, out="runs/compare",
-        naive_timing=False, match_budget=True, seeds=SEEDS):
+def run(
+    argv=None,
+    description=__doc__,
+    defaults=DEFAULTS,
+    mixings=MIXINGS,
+    out="runs/compare",
+    naive_timing=False,
+    match_budget=True,
+    seeds=SEEDS,
+):
     """Parse the arguments, train and evaluate every mixing and seed, write and print the table.
 
     Args:
@@ -490,15 +651,33 @@ def run(argv=None, description=__doc__, defaults=DEFAULTS, mixings=MIXINGS, out=
     Path(args.out).mkdir(parents=True, exist_ok=True)
     try:
         if args.depths:
-            text = sweep_depths(config, args.depths, args.mixings, args.seeds, args.out,
-                                args.device, args.naive_timing, not args.no_progress,
-                                args.match_budget, args.overwrite)
+            text = sweep_depths(
+                config,
+                args.depths,
+                args.mixings,
+                args.seeds,
+                args.out,
+                args.device,
+                args.naive_timing,
+                not args.no_progress,
+                args.match_budget,
+                args.overwrite,
+            )
         else:
-            runs = compare_mixings(config, args.mixings, args.seeds, args.out, args.device,
-                                   args.naive_timing, not args.no_progress, args.match_budget,
-                                   args.overwrite)
-            text = write_comparison(args.out, config, args.mixings, args.seeds, args.device,
-                                    args.match_budget, runs)
+            runs = compare_mixings(
+                config,
+                args.mixings,
+                args.seeds,
+                args.out,
+                args.device,
+                args.naive_timing,
+                not args.no_progress,
+                args.match_budget,
+                args.overwrite,
+            )
+            text = write_comparison(
+                args.out, config, args.mixings, args.seeds, args.device, args.match_budget, runs
+            )
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(text)

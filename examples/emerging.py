@@ -30,9 +30,18 @@ from normflows_emerging.app.commands import evaluate_checkpoint
 from normflows_emerging.app.config import TrainConfig
 from normflows_emerging.backends.compiled import compiled_available
 
-DEFAULTS = TrainConfig(dataset="hubble", image_size=16, mixing="emerging", levels=2,
-                                flows_per_level=4, hidden_channels=32, batch_size=32, steps=500,
-                                warmup=50, eval_every=100)
+DEFAULTS = TrainConfig(
+    dataset="hubble",
+    image_size=16,
+    mixing="emerging",
+    levels=2,
+    flows_per_level=4,
+    hidden_channels=32,
+    batch_size=32,
+    steps=500,
+    warmup=50,
+    eval_every=100,
+)
 
 
 def main(argv=None):
@@ -40,8 +49,14 @@ def main(argv=None):
     parser = example_parser(__doc__, DEFAULTS, "runs/emerging", exclude=("mixing",))
     args, config = parse_config(parser, DEFAULTS, argv)
 
-    training.train(config, args.out, args.device, args.resume, progress=not args.no_progress,
-                   overwrite=args.overwrite)
+    training.train(
+        config,
+        args.out,
+        args.device,
+        args.resume,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     checkpoint = Path(args.out) / CHECKPOINT
     result = evaluate_checkpoint(checkpoint, device=args.device)
     model, _ = load_checkpoint(checkpoint, args.device)
@@ -49,7 +64,8 @@ def main(argv=None):
         if backend == "compiled" and (args.device == "cuda" or not compiled_available()):
             continue  # the compiled solve runs on CPU tensors only
         result[f"sample_ms_per_image_{backend}"] = evaluation.sample_ms_per_image(
-            model, device=args.device, backend=backend, seed=config.seed)
+            model, device=args.device, backend=backend, seed=config.seed
+        )
     print(json.dumps(result))
 
 

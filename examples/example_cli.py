@@ -22,8 +22,9 @@ from normflows_emerging.app.cli import (
 from normflows_emerging.app.config import TrainConfig
 
 
-def example_parser(description: str, defaults: TrainConfig, out: str, exclude: tuple = (),
-                   resume: bool = True) -> argparse.ArgumentParser:
+def example_parser(
+    description: str, defaults: TrainConfig, out: str, exclude: tuple = (), resume: bool = True
+) -> argparse.ArgumentParser:
     """Parser with the training flags, ``--out``, ``--overwrite``, ``--resume``, ``--no-progress``
     and ``--device``.
 
@@ -37,26 +38,36 @@ def example_parser(description: str, defaults: TrainConfig, out: str, exclude: t
     Returns:
       ``argparse.ArgumentParser``; add the example's own flags, then call :func:`parse_config`
     """
-    parser = CommandLineParser(description=description,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandLineParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_arguments(parser, defaults, exclude=exclude)
     parser.add_argument("--out", default=out, help=f"output folder (default: {out})")
     existing = parser.add_mutually_exclusive_group()
-    existing.add_argument("--overwrite", action="store_true",
-                          help="delete the files of earlier runs in OUT and start afresh "
-                               "(without it, a folder holding a run is refused)")
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the files of earlier runs in OUT and start afresh "
+        "(without it, a folder holding a run is refused)",
+    )
     if resume:
-        existing.add_argument("--resume", action="store_true",
-                              help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads of torch and the compiled solve (default: 1)")
+        existing.add_argument(
+            "--resume", action="store_true", help="continue from OUT/checkpoint.pt"
+        )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads of torch and the compiled solve (default: 1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_device_argument(parser)
     return parser
 
 
-def parse_config(parser: argparse.ArgumentParser, defaults: TrainConfig,
-                 argv: list | None = None) -> tuple[argparse.Namespace, TrainConfig]:
+def parse_config(
+    parser: argparse.ArgumentParser, defaults: TrainConfig, argv: list | None = None
+) -> tuple[argparse.Namespace, TrainConfig]:
     """Parse the arguments of an :func:`example_parser`.
 
     Args:

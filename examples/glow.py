@@ -35,9 +35,18 @@ from normflows_emerging.mixing import mixing_layers
 from normflows_emerging.multiscale import build_glow
 from normflows_emerging.parameters import count_parameters
 
-DEFAULTS = TrainConfig(dataset="hubble", image_size=16, mixing="plu", levels=2,
-                       flows_per_level=4, hidden_channels=32, batch_size=32, steps=500,
-                       warmup=50, eval_every=100)
+DEFAULTS = TrainConfig(
+    dataset="hubble",
+    image_size=16,
+    mixing="plu",
+    levels=2,
+    flows_per_level=4,
+    hidden_channels=32,
+    batch_size=32,
+    steps=500,
+    warmup=50,
+    eval_every=100,
+)
 
 
 def normflows_glow(input_shape, levels, flows_per_level, hidden_channels):
@@ -54,30 +63,50 @@ def normflows_glow(input_shape, levels, flows_per_level, hidden_channels):
     Returns:
       ``normflows_emerging.multiscale.ImageMultiscaleFlow`` (a ``normflows.MultiscaleFlow``)
     """
-    return build_glow(input_shape, levels, flows_per_level,
-                      lambda channels: nf.flows.GlowBlock(channels, hidden_channels))
+    return build_glow(
+        input_shape,
+        levels,
+        flows_per_level,
+        lambda channels: nf.flows.GlowBlock(channels, hidden_channels),
+    )
 
 
 def main(argv=None):
     """Train the normflows Glow (optionally with swapped mixing layers) and evaluate it."""
-    parser = example_parser(__doc__, DEFAULTS, "runs/glow",
-                            exclude=("mixing", "mixing_kwargs", "num_classes"))
-    parser.add_argument("--swap-mixing", choices=mixing_layers(), default=None,
-                        help="replace the GlowBlocks' 1x1 convolutions with this mixing layer")
+    parser = example_parser(
+        __doc__, DEFAULTS, "runs/glow", exclude=("mixing", "mixing_kwargs", "num_classes")
+    )
+    parser.add_argument(
+        "--swap-mixing",
+        choices=mixing_layers(),
+        default=None,
+        help="replace the GlowBlocks' 1x1 convolutions with this mixing layer",
+    )
     args, config = parse_config(parser, DEFAULTS, argv)
     config = dataclasses.replace(config, mixing=args.swap_mixing or DEFAULTS.mixing)
 
     train_set, test_set = load_datasets(config)
     torch.manual_seed(config.seed)
-    model = normflows_glow(tuple(train_set[0][0].shape), config.levels, config.flows_per_level,
-                           config.hidden_channels)
+    model = normflows_glow(
+        tuple(train_set[0][0].shape), config.levels, config.flows_per_level, config.hidden_channels
+    )
     if args.swap_mixing:
         replace_mixing(model, args.swap_mixing)
     count = count_parameters(model)
-    print(f"{count.effective:,} effective ({count.total:,} stored) parameters, "
-          f"mixing {config.mixing}")
-    training.fit(model, train_set, test_set, config, args.out, args.device, args.resume,
-                 progress=not args.no_progress, overwrite=args.overwrite)
+    print(
+        f"{count.effective:,} effective ({count.total:,} stored) parameters, mixing {config.mixing}"
+    )
+    training.fit(
+        model,
+        train_set,
+        test_set,
+        config,
+        args.out,
+        args.device,
+        args.resume,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     result = evaluate_checkpoint(Path(args.out) / CHECKPOINT, device=args.device)
     print(json.dumps(result))
 

@@ -25,9 +25,24 @@ Same options and outputs as ``compare.py`` (results.md, results.json, curves.png
 from compare import run
 from normflows_emerging.app.config import TrainConfig
 
-DEFAULTS = TrainConfig(dataset="digits", levels=1, flows_per_level=4, hidden_channels=32,
-                       batch_size=64, steps=500, warmup=50, eval_every=100)
+DEFAULTS = TrainConfig(
+    dataset="digits",
+    levels=1,
+    flows_per_level=4,
+    hidden_channels=32,
+    batch_size=64,
+    steps=500,
+    warmup=50,
+    eval_every=100,
+)
 
 if __name__ == "__main__":
-    run(description=__doc__, defaults=DEFAULTS, mixings=("1x1", "maf", "emerging"),
-        out="runs/maf", naive_timing=True, match_budget=False, seeds=(0, 1, 2))
+    run(
+        description=__doc__,
+        defaults=DEFAULTS,
+        mixings=("1x1", "maf", "emerging"),
+        out="runs/maf",
+        naive_timing=True,
+        match_budget=False,
+        seeds=(0, 1, 2),
+    )

@@ -37,10 +37,20 @@ from normflows_emerging.nflows import (
 )
 from normflows_emerging.parameters import count_parameters
 
-LAYERS = {"emerging": EmergingConv2dTransform, "periodic": PeriodicConv2dTransform,
-          "qr": QR1x1Transform}
-DEFAULTS = TrainConfig(dataset="digits", flows_per_level=4, hidden_channels=32,
-                       batch_size=64, steps=400, warmup=50, eval_every=100)
+LAYERS = {
+    "emerging": EmergingConv2dTransform,
+    "periodic": PeriodicConv2dTransform,
+    "qr": QR1x1Transform,
+}
+DEFAULTS = TrainConfig(
+    dataset="digits",
+    flows_per_level=4,
+    hidden_channels=32,
+    batch_size=64,
+    steps=400,
+    warmup=50,
+    eval_every=100,
+)
 
 
 class CouplingNet(torch.nn.Module):
@@ -55,8 +65,10 @@ class CouplingNet(torch.nn.Module):
     def __init__(self, in_channels, out_channels, hidden_channels):
         super().__init__()
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(in_channels, hidden_channels, 3, padding=1), torch.nn.ReLU(),
-            torch.nn.Conv2d(hidden_channels, hidden_channels, 1), torch.nn.ReLU(),
+            torch.nn.Conv2d(in_channels, hidden_channels, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(hidden_channels, hidden_channels, 1),
+            torch.nn.ReLU(),
             torch.nn.Conv2d(hidden_channels, out_channels, 3, padding=1),
         )
         torch.nn.init.zeros_(self.net[-1].weight)
@@ -125,12 +137,18 @@ class NflowsModel(torch.nn.Module):
 
 def main(argv=None):
     """Train the nflows model and print its evaluation."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, DEFAULTS,
-                         exclude=("mixing", "mixing_kwargs", "levels", "num_classes"))
-    parser.add_argument("--layer", choices=sorted(LAYERS), default="emerging",
-                        help="invertible convolution of each step (default: emerging)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_arguments(
+        parser, DEFAULTS, exclude=("mixing", "mixing_kwargs", "levels", "num_classes")
+    )
+    parser.add_argument(
+        "--layer",
+        choices=sorted(LAYERS),
+        default="emerging",
+        help="invertible convolution of each step (default: emerging)",
+    )
     parser.add_argument("--out", default="runs/nflows", help="output folder (default: runs/nflows)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_device_argument(parser)
@@ -140,22 +158,30 @@ def main(argv=None):
     train_set, test_set = load_datasets(config)
     shape = tuple(train_set[0][0].shape)
     torch.manual_seed(config.seed)
-    transform = image_transform(shape, config.flows_per_level, config.hidden_channels,
-                                LAYERS[args.layer])
+    transform = image_transform(
+        shape, config.flows_per_level, config.hidden_channels, LAYERS[args.layer]
+    )
     model = NflowsModel(transform, (4 * shape[0], shape[1] // 2, shape[2] // 2))
-    training.fit(model, train_set, test_set, config, args.out, args.device,
-                 progress=not args.no_progress)
+    training.fit(
+        model, train_set, test_set, config, args.out, args.device, progress=not args.no_progress
+    )
     images = torch.stack([test_set[i][0] for i in range(64)])
     x = evaluation.dequantize(images, test_set.num_bins).to(args.device)
     with torch.no_grad():
         z, _ = model.transform(x)
         x_again, _ = model.transform.inverse(z)
-    print(json.dumps({
-        "layer": args.layer,
-        "test_bpd": evaluation.evaluate_bpd(model, test_set, device=args.device, seed=config.seed),
-        "inverse_error": (x_again - x).abs().max().item(),
-        "parameters": count_parameters(model).effective,
-    }))
+    print(
+        json.dumps(
+            {
+                "layer": args.layer,
+                "test_bpd": evaluation.evaluate_bpd(
+                    model, test_set, device=args.device, seed=config.seed
+                ),
+                "inverse_error": (x_again - x).abs().max().item(),
+                "parameters": count_parameters(model).effective,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

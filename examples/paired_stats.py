@@ -37,8 +37,9 @@ class PairedDifference:
         return "within noise"
 
 
-def paired_difference(values: list[float], baseline: list[float],
-                      confidence: float = 0.95) -> PairedDifference:
+def paired_difference(
+    values: list[float], baseline: list[float], confidence: float = 0.95
+) -> PairedDifference:
     """Paired difference of two equally long lists (entry i of each: the same seed).
 
     The interval is ``mean ± t_{(1+confidence)/2, n-1} · sd / sqrt(n)`` of the n differences
@@ -57,15 +58,21 @@ def paired_difference(values: list[float], baseline: list[float],
         (0, 1)
     """
     if len(values) != len(baseline) or not values:
-        raise ValueError(f"expected two non-empty lists of the same length, got {len(values)} "
-                         f"and {len(baseline)} values")
+        raise ValueError(
+            f"expected two non-empty lists of the same length, got {len(values)} "
+            f"and {len(baseline)} values"
+        )
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     differences = [v - b for v, b in zip(values, baseline)]
     mean = statistics.fmean(differences)
     if len(differences) < 2:
         return PairedDifference(mean, None, None, 1, confidence)
-    half_width = (stats.t.ppf((1 + confidence) / 2, len(differences) - 1)
-                  * statistics.stdev(differences) / math.sqrt(len(differences)))
-    return PairedDifference(mean, mean - half_width, mean + half_width, len(differences),
-                            confidence)
+    half_width = (
+        stats.t.ppf((1 + confidence) / 2, len(differences) - 1)
+        * statistics.stdev(differences)
+        / math.sqrt(len(differences))
+    )
+    return PairedDifference(
+        mean, mean - half_width, mean + half_width, len(differences), confidence
+    )

@@ -23,9 +23,23 @@ Same options and outputs as ``compare.py`` (results.md, results.json, curves.png
 from compare import run
 from normflows_emerging.app.config import TrainConfig
 
-DEFAULTS = TrainConfig(dataset="hubble", image_size=16, levels=2, flows_per_level=4,
-                       hidden_channels=32, batch_size=32, steps=300, warmup=50, eval_every=100)
+DEFAULTS = TrainConfig(
+    dataset="hubble",
+    image_size=16,
+    levels=2,
+    flows_per_level=4,
+    hidden_channels=32,
+    batch_size=32,
+    steps=300,
+    warmup=50,
+    eval_every=100,
+)
 
 if __name__ == "__main__":
-    run(description=__doc__, defaults=DEFAULTS, mixings=("1x1", "periodic", "emerging"),
-        out="runs/periodic-galaxy", seeds=(0, 1, 2))
+    run(
+        description=__doc__,
+        defaults=DEFAULTS,
+        mixings=("1x1", "periodic", "emerging"),
+        out="runs/periodic-galaxy",
+        seeds=(0, 1, 2),
+    )

@@ -35,8 +35,9 @@ def registry(monkeypatch):
 
 
 def tiny_model(mixing, shape=SHAPE, num_classes=None):
-    model = build_multiscale_flow(shape, **TINY, mixing=mixing, num_classes=num_classes,
-                                  **SMALL.get(mixing, {}))
+    model = build_multiscale_flow(
+        shape, **TINY, mixing=mixing, num_classes=num_classes, **SMALL.get(mixing, {})
+    )
     return model.double()
 
 
@@ -44,9 +45,13 @@ def normflows_glow(input_shape, levels, flows_per_level, hidden_channels, num_cl
     """The package's Glow layout around normflows' own GlowBlocks (PLU 1x1 convolutions)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.lu.*")  # normflows' LU set-up
-        return build_glow(input_shape, levels, flows_per_level,
-                          lambda channels: nf.flows.GlowBlock(channels, hidden_channels),
-                          num_classes=num_classes)
+        return build_glow(
+            input_shape,
+            levels,
+            flows_per_level,
+            lambda channels: nf.flows.GlowBlock(channels, hidden_channels),
+            num_classes=num_classes,
+        )
 
 
 class ChannelFlip(nf.flows.Flow):
@@ -237,10 +242,15 @@ def test_replace_mixing_again_and_on_glow_steps():
     replace_mixing(model, "qr")
     ours = replace_mixing(tiny_model("emerging"), "periodic")
     for built in (model, ours):
-        layers = [block.flows[1] for block in built.modules()
-                  if isinstance(block, (nf.flows.GlowBlock, GlowStep))]
-        assert len(layers) == 4 and all(type(layer).__name__ == "PeriodicConv2d" or
-                                        type(layer).__name__ == "QR1x1" for layer in layers)
+        layers = [
+            block.flows[1]
+            for block in built.modules()
+            if isinstance(block, (nf.flows.GlowBlock, GlowStep))
+        ]
+        assert len(layers) == 4 and all(
+            type(layer).__name__ == "PeriodicConv2d" or type(layer).__name__ == "QR1x1"
+            for layer in layers
+        )
         x = torch.rand(2, *SHAPE, dtype=torch.float64)
         with torch.no_grad():
             built.log_prob(x, None)
@@ -430,15 +440,22 @@ def test_unconditional_model_refuses_labels():
     ],
 )
 def test_builder_refuses_bad_arguments(kwargs, match):
-    arguments = {"input_shape": (3, 8, 8), "levels": 2, "flows_per_level": 1,
-                 "hidden_channels": 8, "mixing": "qr", **kwargs}
+    arguments = {
+        "input_shape": (3, 8, 8),
+        "levels": 2,
+        "flows_per_level": 1,
+        "hidden_channels": 8,
+        "mixing": "qr",
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=match):
         build_multiscale_flow(**arguments)
 
 
 def test_builder_takes_numpy_ints():
-    model = build_multiscale_flow(tuple(np.array([3, 8, 8])), np.int64(2), np.int64(1),
-                                  np.int64(8), mixing="qr")
+    model = build_multiscale_flow(
+        tuple(np.array([3, 8, 8])), np.int64(2), np.int64(1), np.int64(8), mixing="qr"
+    )
     assert model.input_shape == (3, 8, 8)
 
 
@@ -485,8 +502,12 @@ def test_bits_per_dim_refuses_nan():
 def test_bits_per_dim_from_nll_by_hand_and_errors():
     assert bits_per_dim_from_nll(3 * math.log(2), 3, 256) == pytest.approx(9.0)
     assert bits_per_dim_from_nll(0.0, np.int64(3), np.int64(16)) == pytest.approx(4.0)
-    for num_dims, num_bins, match in [(0, 256, "num_dims"), (3.5, 256, "num_dims"),
-                                      (3, 1, "num_bins"), (3, True, "num_bins")]:
+    for num_dims, num_bins, match in [
+        (0, 256, "num_dims"),
+        (3.5, 256, "num_dims"),
+        (3, 1, "num_bins"),
+        (3, True, "num_bins"),
+    ]:
         with pytest.raises(ValueError, match=match):
             bits_per_dim_from_nll(1.0, num_dims, num_bins)
 
@@ -500,8 +521,13 @@ def test_build_mixing_checks_the_channel_count(mixing):
 
 
 @settings(max_examples=15, deadline=None)
-@given(channels=st.integers(1, 3), levels=st.integers(1, 3), rows=st.integers(1, 3),
-       columns=st.integers(1, 3), batch=st.integers(1, 3))
+@given(
+    channels=st.integers(1, 3),
+    levels=st.integers(1, 3),
+    rows=st.integers(1, 3),
+    columns=st.integers(1, 3),
+    batch=st.integers(1, 3),
+)
 def test_layout_keeps_every_dimension(channels, levels, rows, columns, batch):
     """With steps that only permute channels the model is a permutation of the pixels: latents of
     the stated shapes holding all C*H*W values, an exact round trip and log_det 0."""

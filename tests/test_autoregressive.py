@@ -82,11 +82,14 @@ def test_log_det_has_batch_shape_and_follows_dtype():
     assert layer(y)[1].shape == (4,)
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: SquareAutoregressiveConv2d(0),
-    lambda: SquareAutoregressiveConv2d(3, size=0),
-    lambda: SquareAutoregressiveConv2d(3, dilation=1.5),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: SquareAutoregressiveConv2d(0),
+        lambda: SquareAutoregressiveConv2d(3, size=0),
+        lambda: SquareAutoregressiveConv2d(3, dilation=1.5),
+    ],
+)
 def test_bad_construction(bad):
     with pytest.raises(ValueError):
         bad()

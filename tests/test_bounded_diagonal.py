@@ -29,12 +29,15 @@ def drive_log_scales_(layer, value):
     return layer
 
 
-@pytest.mark.parametrize("make", [
-    lambda: SquareAutoregressiveConv2d(3, 2),
-    lambda: SquareAutoregressiveConv2d(3, 2, flip=True),
-    lambda: QR1x1(3),
-    lambda: EmergingConv2d(3, 3),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SquareAutoregressiveConv2d(3, 2),
+        lambda: SquareAutoregressiveConv2d(3, 2, flip=True),
+        lambda: QR1x1(3),
+        lambda: EmergingConv2d(3, 3),
+    ],
+)
 @pytest.mark.parametrize("value", [-200.0, 200.0])
 def test_extreme_log_scales_sample_finitely_with_the_true_log_det(make, value):
     layer = drive_log_scales_(make(), value)
@@ -62,10 +65,13 @@ def test_every_diagonal_is_positive_and_finite(raw, dtype):
     assert diagonal > 0 and torch.isfinite(diagonal)
 
 
-@pytest.mark.parametrize("make,old_name", [
-    (lambda: SquareAutoregressiveConv2d(2), "log_d"),
-    (lambda: QR1x1(2), "log_s"),
-])
+@pytest.mark.parametrize(
+    "make,old_name",
+    [
+        (lambda: SquareAutoregressiveConv2d(2), "log_d"),
+        (lambda: QR1x1(2), "log_s"),
+    ],
+)
 def test_checkpoints_of_the_unbounded_parametrisation_load_to_the_same_diagonal(make, old_name):
     layer = make()
     old = {k: v for k, v in layer.state_dict().items() if not k.startswith("raw_")}

@@ -23,9 +23,26 @@ from normflows_emerging.app.cli import main
 from normflows_emerging.app.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ["train", "--dataset", "digits", "--levels", "1", "--flows-per-level", "1",
-       "--hidden-channels", "4", "--batch-size", "16", "--eval-batch-size", "512",
-       "--eval-every", "1", "--warmup", "3", "--no-progress"]
+RUN = [
+    "train",
+    "--dataset",
+    "digits",
+    "--levels",
+    "1",
+    "--flows-per-level",
+    "1",
+    "--hidden-channels",
+    "4",
+    "--batch-size",
+    "16",
+    "--eval-batch-size",
+    "512",
+    "--eval-every",
+    "1",
+    "--warmup",
+    "3",
+    "--no-progress",
+]
 STEPS = 5
 
 # Runs the command line in a subprocess that SIGKILLs itself at a chosen moment:
@@ -64,17 +81,24 @@ main(sys.argv[3:])
 
 
 def environment():
-    return dict(os.environ, OMP_NUM_THREADS="1",
-                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
 
 
 def killed_run(tmp_path, out, mode, n):
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    done = subprocess.run([sys.executable, str(script), mode, str(n), *RUN, "--steps",
-                           str(STEPS), "--out", str(out)],
-                          env=environment(), capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, str(script), mode, str(n), *RUN, "--steps", str(STEPS), "--out", str(out)],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
 
 
@@ -88,8 +112,13 @@ def assert_same_run(a, b):
         for name, value in state.items():
             assert torch.equal(value, second["optimizer"]["state"][key][name]), (key, name)
     assert first["scheduler"] == second["scheduler"]
-    metrics = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                for line in (p / "metrics.jsonl").read_text().splitlines()] for p in (a, b)]
+    metrics = [
+        [
+            {k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (p / "metrics.jsonl").read_text().splitlines()
+        ]
+        for p in (a, b)
+    ]
     assert [m["step"] for m in metrics[1]] == list(range(1, STEPS + 1))
     assert metrics[0] == metrics[1]
 
@@ -110,27 +139,41 @@ def reference(tmp_path_factory, one_thread):
     return out
 
 
-def test_kill_during_a_checkpoint_write_keeps_the_last_one_and_resume_is_exact(
-        tmp_path, reference):
+def test_kill_during_a_checkpoint_write_keeps_the_last_one_and_resume_is_exact(tmp_path, reference):
     out = tmp_path / "run"
     killed_run(tmp_path, out, "write", 3)  # the 3rd checkpoint (step 3) is half written
     assert read_checkpoint(out / "checkpoint.pt")["step"] == 2
     assert len(list(out.glob(".checkpoint.pt.*.tmp"))) == 1  # the half-written file
     assert main([*RUN, "--steps", str(STEPS), "--out", str(out), "--resume"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.jsonl",
-                                                    "samples.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "samples.png",
+    ]
     assert_same_run(reference, out)
 
 
 def test_kill_at_a_random_moment_leaves_a_loadable_checkpoint_and_resume_is_exact(
-        tmp_path, reference):
+    tmp_path, reference
+):
     out = tmp_path / "run"
     seed = random.randrange(2**32)
     delay = random.Random(seed).uniform(0, 1.5)
-    process = subprocess.Popen([sys.executable, "-m", "normflows_emerging", *RUN, "--steps",
-                                str(STEPS), "--out", str(out)],
-                               env=environment(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "normflows_emerging",
+            *RUN,
+            "--steps",
+            str(STEPS),
+            "--out",
+            str(out),
+        ],
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (out / "checkpoint.pt").exists() and process.poll() is None:
@@ -176,12 +219,14 @@ def damaged(path, how):
         # headers stay readable and only the CRC check can notice (a fixed offset sometimes hit
         # a header, which fails differently depending on the checkpoint's size).
         start = largest_entry_data_offset(path)
-        path.write_bytes(data[:start] + bytes(b ^ 0xFF for b in data[start:start + 64])
-                         + data[start + 64:])
+        path.write_bytes(
+            data[:start] + bytes(b ^ 0xFF for b in data[start : start + 64]) + data[start + 64 :]
+        )
     elif how == "header corrupted":  # the signature of the largest entry's local header
         start = largest_entry_data_offset(path, header=True)
-        path.write_bytes(data[:start] + bytes(b ^ 0xFF for b in data[start:start + 4])
-                         + data[start + 4:])
+        path.write_bytes(
+            data[:start] + bytes(b ^ 0xFF for b in data[start : start + 4]) + data[start + 4 :]
+        )
     elif how == "not a checkpoint":
         path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
     else:
@@ -195,22 +240,29 @@ def damaged(path, how):
         torch.save(checkpoint, path)
 
 
-@pytest.mark.parametrize("how, problem", [
-    ("truncated", "cannot be read as a checkpoint"),
-    ("corrupted", "is corrupted: its entry"),
-    ("header corrupted", "is corrupted: its entry"),
-    ("not a checkpoint", "cannot be read as a checkpoint"),
-    ("plain dict", "is not a checkpoint written by normflows_emerging"),
-    ("newer format", (f"format version {FORMAT_VERSION + 1}, newer than the version "
-                      f"{FORMAT_VERSION}")),
-    ("other architecture", "does not fit the model built from its settings"),
-])
+@pytest.mark.parametrize(
+    "how, problem",
+    [
+        ("truncated", "cannot be read as a checkpoint"),
+        ("corrupted", "is corrupted: its entry"),
+        ("header corrupted", "is corrupted: its entry"),
+        ("not a checkpoint", "cannot be read as a checkpoint"),
+        ("plain dict", "is not a checkpoint written by normflows_emerging"),
+        (
+            "newer format",
+            (f"format version {FORMAT_VERSION + 1}, newer than the version {FORMAT_VERSION}"),
+        ),
+        ("other architecture", "does not fit the model built from its settings"),
+    ],
+)
 def test_bad_checkpoint_is_one_line_naming_the_file(how, problem, reference, tmp_path, capsys):
     path = tmp_path / "bad.pt"
     path.write_bytes((reference / "checkpoint.pt").read_bytes())
     damaged(path, how)
-    for command in (["evaluate", "--checkpoint", str(path)],
-                    ["sample", "--checkpoint", str(path), "--out", str(tmp_path / "s.png")]):
+    for command in (
+        ["evaluate", "--checkpoint", str(path)],
+        ["sample", "--checkpoint", str(path), "--out", str(tmp_path / "s.png")],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(command)
         assert exc.value.code == 2

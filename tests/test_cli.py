@@ -16,8 +16,20 @@ from normflows_emerging.app.cli import build_parser, main
 from normflows_emerging.app.config import TrainConfig, build_model
 from normflows_emerging.app.errors import MissingDependencyError
 
-TINY = ["--dataset", "digits", "--levels", "2", "--flows-per-level", "1",
-        "--hidden-channels", "8", "--batch-size", "16", "--eval-batch-size", "128"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--levels",
+    "2",
+    "--flows-per-level",
+    "1",
+    "--hidden-channels",
+    "8",
+    "--batch-size",
+    "16",
+    "--eval-batch-size",
+    "128",
+]
 
 
 def run_train(out, *extra):
@@ -30,8 +42,23 @@ def read_metrics(out):
 
 def test_train_writes_checkpoint_metrics_and_samples(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--mixing", "emerging", "--steps", "4", "--eval-every", "2",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--mixing",
+                "emerging",
+                "--steps",
+                "4",
+                "--eval-every",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "bpd=" in captured.err and "loss=" in captured.err  # the progress lines
     final = json.loads(captured.out.strip().splitlines()[-1])
@@ -43,8 +70,11 @@ def test_train_writes_checkpoint_metrics_and_samples(tmp_path, capsys):
     assert checkpoint["step"] == 4
     assert checkpoint["config"]["mixing"] == "emerging"
     assert checkpoint["num_bins"] == 17
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.jsonl",
-                                                    "samples.png"]  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "samples.png",
+    ]  # no temporary files left
 
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [2, 4]
@@ -62,8 +92,7 @@ def test_resume_continues_exactly(tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert run_train(whole, "--steps", "4", "--eval-every", "2", "--warmup", "3") == 0
     assert run_train(split, "--steps", "2", "--eval-every", "2", "--warmup", "3") == 0
-    assert run_train(split, "--steps", "4", "--eval-every", "2", "--warmup", "3",
-                     "--resume") == 0
+    assert run_train(split, "--steps", "4", "--eval-every", "2", "--warmup", "3", "--resume") == 0
 
     a = torch.load(whole / "checkpoint.pt", weights_only=False)
     b = torch.load(split / "checkpoint.pt", weights_only=False)
@@ -124,8 +153,7 @@ def test_train_step_leaves_parameters_alone_on_overflow():
         model(x, None)
     optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
     before = [p.detach().clone() for p in model.parameters()]
-    assert training.train_step(model, optimizer, torch.full_like(x, 1e30), None,
-                               17) is None
+    assert training.train_step(model, optimizer, torch.full_like(x, 1e30), None, 17) is None
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert not optimizer.state
     nll, bpd = training.train_step(model, optimizer, x, None, 17)
@@ -142,16 +170,35 @@ def test_evaluate_and_sample_class_conditional(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
-    assert {"test_bpd", "sample_ms_per_image", "sample_ms_per_image_iqr", "inverse_error",
-            "inverse_error_worst_flow_value"} <= set(result)
+    assert {
+        "test_bpd",
+        "sample_ms_per_image",
+        "sample_ms_per_image_iqr",
+        "inverse_error",
+        "inverse_error_worst_flow_value",
+    } <= set(result)
     assert result["test_bpd"] == pytest.approx(trained["test_bpd"], rel=1e-6)
     assert 0 <= result["inverse_error"] < 1e-4
     assert result["sample_ms_per_image"] > 0 and result["sample_ms_per_image_iqr"] >= 0
     assert 0 <= result["inverse_error_worst_flow_value"] < 1e-4
 
     png = tmp_path / "grid.png"
-    assert main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--num", "9",
-                 "--temperature", "0.5", "--out", str(png)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(out / "checkpoint.pt"),
+                "--num",
+                "9",
+                "--temperature",
+                "0.5",
+                "--out",
+                str(png),
+            ]
+        )
+        == 0
+    )
     assert matplotlib.image.imread(png).ndim == 3
 
 
@@ -164,22 +211,36 @@ def test_evaluate_and_sample_class_conditional(tmp_path, capsys):
         (["train", "--out", "x", "--lr", "-1"], "expected a finite positive number"),
         (["train", "--out", "x", "--lr", "inf"], "--lr: expected a finite positive number"),
         (["train", "--out", "x", "--lr", "nan"], "--lr: expected a finite positive number"),
-        (["sample", "--checkpoint", "x.pt", "--out", "s.png", "--temperature", "inf"],
-         "--temperature: expected a finite positive number"),
-        (["sample", "--checkpoint", "x.pt", "--out", "s.png", "--temperature=-inf"],
-         "--temperature: expected a finite positive number"),
-        (["sample", "--checkpoint", "x.pt", "--out", "s.png", "--num", "100000000000"],
-         "--num: expected an integer in 1 .. 4096"),
-        (["sample", "--checkpoint", "x.pt", "--out", "s.png", "--num", "0"],
-         "--num: expected an integer in 1 .. 4096"),
-        (["train", "--out", ""],
-         "normflows-emerging train: error: the output folder name is empty"),
+        (
+            ["sample", "--checkpoint", "x.pt", "--out", "s.png", "--temperature", "inf"],
+            "--temperature: expected a finite positive number",
+        ),
+        (
+            ["sample", "--checkpoint", "x.pt", "--out", "s.png", "--temperature=-inf"],
+            "--temperature: expected a finite positive number",
+        ),
+        (
+            ["sample", "--checkpoint", "x.pt", "--out", "s.png", "--num", "100000000000"],
+            "--num: expected an integer in 1 .. 4096",
+        ),
+        (
+            ["sample", "--checkpoint", "x.pt", "--out", "s.png", "--num", "0"],
+            "--num: expected an integer in 1 .. 4096",
+        ),
+        (
+            ["train", "--out", ""],
+            "normflows-emerging train: error: the output folder name is empty",
+        ),
         (["train", "--out", "x", "--mixing-arg", "kernel_size"], "expected NAME=VALUE"),
-        (["train", "--out", "x", "--mixing-arg", "bogus=1"],
-         "normflows-emerging train: error: bad --mixing-arg for mixing 'emerging'"),
+        (
+            ["train", "--out", "x", "--mixing-arg", "bogus=1"],
+            "normflows-emerging train: error: bad --mixing-arg for mixing 'emerging'",
+        ),
         (["train", "--out", "x", "--step", "5"], "unrecognized arguments: --step 5 (see"),
-        (["train", "--out", "x", "--mixing-arg", "kernel_size=-1"],
-         "normflows-emerging train: error: bad --mixing-arg"),
+        (
+            ["train", "--out", "x", "--mixing-arg", "kernel_size=-1"],
+            "normflows-emerging train: error: bad --mixing-arg",
+        ),
         (["train", "--out", "x", "--image-size", "12", "--levels", "3"], "divisible by"),
         (["train", "--out", "x", "--num-classes", "3"], "has 10 classes"),
         (["train", "--out", "x"] + ["--batch-size", "5000"], "fewer than one batch"),
@@ -203,20 +264,42 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys, tmp_path
 def trained(tmp_path_factory):
     """A checkpoint of a tiny model trained for one step."""
     out = tmp_path_factory.mktemp("trained")
-    assert main(["train", "--dataset", "digits", "--levels", "1", "--flows-per-level", "1",
-                 "--hidden-channels", "4", "--steps", "1", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--levels",
+                "1",
+                "--flows-per-level",
+                "1",
+                "--hidden-channels",
+                "4",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out / "checkpoint.pt"
 
 
-@pytest.mark.parametrize("name, message", [
-    ("", "output '' is not a file name"),
-    (".", "is not a file name; expected a name ending in .png"),
-    ("s.jpg", "s.jpg does not end in .png"),
-    ("s", "does not end in .png"),
-])
-def test_sample_refuses_an_output_that_is_not_a_png_file(name, message, trained, tmp_path,
-                                                         monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("", "output '' is not a file name"),
+        (".", "is not a file name; expected a name ending in .png"),
+        ("s.jpg", "s.jpg does not end in .png"),
+        ("s", "does not end in .png"),
+    ],
+)
+def test_sample_refuses_an_output_that_is_not_a_png_file(
+    name, message, trained, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(["sample", "--checkpoint", str(trained), "--num", "4", "--out", name])
@@ -230,14 +313,26 @@ def test_sample_refuses_an_output_that_is_not_a_png_file(name, message, trained,
 def test_sample_refuses_non_finite_samples(trained, tmp_path, capsys):
     png = tmp_path / "s.png"
     with pytest.raises(SystemExit) as exc:  # overflows to inf, and inf - inf to NaN
-        main(["sample", "--checkpoint", str(trained), "--num", "4", "--temperature", "1e30",
-              "--out", str(png)])
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(trained),
+                "--num",
+                "4",
+                "--temperature",
+                "1e30",
+                "--out",
+                str(png),
+            ]
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NaN or infinite at temperature 1e+30" in err
     assert not png.exists()
     assert main(["sample", "--checkpoint", str(trained), "--num", "4", "--out", str(png)]) == 0
     assert png.exists()
+
 
 def test_tile_images_places_each_image_in_its_cell():
     images = torch.arange(1, 4, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 1, 2, 3) / 4
@@ -252,22 +347,51 @@ def test_tile_images_places_each_image_in_its_cell():
 def test_progress_in_a_log_is_plain_lines(tmp_path, capsys):
     # capsys' stderr is not a terminal, like a CI log or nohup.out (every N steps: see
     # test_training_parts.test_plain_progress_lines_when_not_a_terminal).
-    assert main(["train", *TINY, "--mixing", "qr", "--steps", "3", "--eval-every", "3",
-                 "--levels", "1", "--hidden-channels", "4", "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--mixing",
+                "qr",
+                "--steps",
+                "3",
+                "--eval-every",
+                "3",
+                "--levels",
+                "1",
+                "--hidden-channels",
+                "4",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "\r" not in err
-    steps = [line.split(" loss=")[0] for line in err.splitlines()
-             if line.startswith("train qr: step ")]
+    steps = [
+        line.split(" loss=")[0] for line in err.splitlines() if line.startswith("train qr: step ")
+    ]
     assert steps == [f"train qr: step {s}/3" for s in (1, 2, 3)]
 
 
-@pytest.mark.parametrize("error, message", [
-    (MissingDependencyError("the digits dataset needs scikit-learn: pip install scikit-learn"),
-     "pip install scikit-learn"),
-    (FileNotFoundError("no CIFAR-10 files in data/cifar10; pass --download"), "pass --download"),
-])
-def test_user_errors_are_one_line_with_exit_code_2(error, message, tmp_path, monkeypatch,
-                                                    capsys):
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (
+            MissingDependencyError(
+                "the digits dataset needs scikit-learn: pip install scikit-learn"
+            ),
+            "pip install scikit-learn",
+        ),
+        (
+            FileNotFoundError("no CIFAR-10 files in data/cifar10; pass --download"),
+            "pass --download",
+        ),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(error, message, tmp_path, monkeypatch, capsys):
     def get_dataset(*args, **kwargs):
         raise error
 
@@ -275,8 +399,10 @@ def test_user_errors_are_one_line_with_exit_code_2(error, message, tmp_path, mon
     run_train(out, "--steps", "1")  # a real checkpoint for evaluate
     monkeypatch.setattr(config_module, "get_dataset", get_dataset)
     monkeypatch.setattr(commands, "get_dataset", get_dataset)
-    for argv in (["train", *TINY, "--out", str(tmp_path / "other")],
-                 ["evaluate", "--checkpoint", str(out / "checkpoint.pt")]):
+    for argv in (
+        ["train", *TINY, "--out", str(tmp_path / "other")],
+        ["evaluate", "--checkpoint", str(out / "checkpoint.pt")],
+    ):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exc:
             main(argv)
@@ -314,8 +440,10 @@ def test_bits_reaches_the_dataset_and_the_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(config_module, "get_dataset", get_dataset)
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--steps", "1", "--bits", "4", "--no-progress",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["train", *TINY, "--steps", "1", "--bits", "4", "--no-progress", "--out", str(out)])
+        == 0
+    )
     assert asked == [4, 4]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["bits"] == 4
     with pytest.raises(ValueError, match=r"bits must be an int in 1 \.\. 16, got 17"):
@@ -334,9 +462,16 @@ def test_timing_imports_torch_benchmark_without_its_cuda_home_warning():
     """Importing torch.utils.benchmark logs "No CUDA runtime is found, using CUDA_HOME=..." where
     a CUDA toolkit is installed without a usable GPU (as on the CI machine); commands that time
     sampling must not print it."""
-    code = ("from normflows_emerging.app.evaluation import import_torch_benchmark\n"
-            "assert hasattr(import_torch_benchmark(), 'Timer')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "CUDA_HOME": sys.prefix})
+    code = (
+        "from normflows_emerging.app.evaluation import import_torch_benchmark\n"
+        "assert hasattr(import_torch_benchmark(), 'Timer')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CUDA_HOME": sys.prefix},
+    )
     assert done.returncode == 0, done.stderr
     assert "CUDA_HOME" not in done.stderr, done.stderr

@@ -14,14 +14,28 @@ from normflows_emerging.mixing import mixing_layers
 from normflows_emerging.parameters import count_parameters
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TINY = ["--levels", "1", "--hidden-channels", "8", "--flows-per-level", "1", "--batch-size",
-        "16", "--steps", "2", "--eval-every", "2", "--no-progress"]
+TINY = [
+    "--levels",
+    "1",
+    "--hidden-channels",
+    "8",
+    "--flows-per-level",
+    "1",
+    "--batch-size",
+    "16",
+    "--steps",
+    "2",
+    "--eval-every",
+    "2",
+    "--no-progress",
+]
 
 
 @pytest.fixture
 def compare(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))
     import compare
+
     monkeypatch.setattr(compare, "TIMING_SECONDS", 0.05)  # enough for a median and an IQR
     return compare
 
@@ -30,6 +44,7 @@ def compare(monkeypatch):
 def paired_stats(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))
     import paired_stats
+
     return paired_stats
 
 
@@ -42,7 +57,8 @@ def test_paired_difference_matches_a_t_table(paired_stats):
     assert d.high == pytest.approx(3 + half_width, abs=1e-5)
     assert d.verdict("1x1") == "higher than 1x1 beyond noise"
     assert paired_stats.paired_difference([11.0, 12.0, 13.0], [10.0] * 3).verdict("1x1") == (
-        "within noise")  # mean 2, interval 2 ± 2.48 includes 0
+        "within noise"
+    )  # mean 2, interval 2 ± 2.48 includes 0
     # the same per-seed noise cancels in the pairs: every difference is -0.01
     d = paired_stats.paired_difference([2.99, 3.49, 2.69], [3.0, 3.5, 2.7])
     assert d.high == pytest.approx(-0.01) and d.verdict("1x1") == "lower than 1x1 beyond noise"
@@ -60,8 +76,10 @@ def test_matched_widths_are_the_widest_within_the_1x1_budget(compare):
     widths = compare.matched_widths(config, mixings, (1, 8, 8))
 
     def effective(mixing, width):
-        model = build_model(config.__class__(
-            levels=1, flows_per_level=2, hidden_channels=width, mixing=mixing), (1, 8, 8))
+        model = build_model(
+            config.__class__(levels=1, flows_per_level=2, hidden_channels=width, mixing=mixing),
+            (1, 8, 8),
+        )
         return count_parameters(model).effective
 
     budget = effective("1x1", 16)
@@ -77,16 +95,32 @@ def test_matched_widths_are_the_widest_within_the_1x1_budget(compare):
 
 def test_compare_example_writes_tables_json_and_plot(compare, tmp_path):
     out = tmp_path / "cmp"
-    table = compare.run(["--mixings", "1x1", "emerging", "--seeds", "0", "1", *TINY,
-                         "--naive-timing", "--out", str(out)])
+    table = compare.run(
+        [
+            "--mixings",
+            "1x1",
+            "emerging",
+            "--seeds",
+            "0",
+            "1",
+            *TINY,
+            "--naive-timing",
+            "--out",
+            str(out),
+        ]
+    )
     assert (out / "results.md").read_text() == table
-    assert table.startswith("digits: 1 level of 1 step, coupling widths shrunk to at most the "
-                            "1x1 model's effective parameters; 2 training steps of batch 16; "
-                            "2 seeds (0 1); cpu.")
+    assert table.startswith(
+        "digits: 1 level of 1 step, coupling widths shrunk to at most the "
+        "1x1 model's effective parameters; 2 training steps of batch 16; "
+        "2 seeds (0 1); cpu."
+    )
     lines = table.strip().splitlines()
-    assert lines[3].startswith("| mixing | hidden | parameters (effective / stored) | "
-                               "test bits/dim | Δ vs 1x1 [95% CI] | verdict | sample ms/image "
-                               "| naive sample ms/image | train s (wall) |")
+    assert lines[3].startswith(
+        "| mixing | hidden | parameters (effective / stored) | "
+        "test bits/dim | Δ vs 1x1 [95% CI] | verdict | sample ms/image "
+        "| naive sample ms/image | train s (wall) |"
+    )
     cells = [line.split(" | ") for line in lines[5:]]
     assert [row[0] for row in cells] == ["| 1x1", "| emerging"]
 
@@ -100,8 +134,7 @@ def test_compare_example_writes_tables_json_and_plot(compare, tmp_path):
     assert emerging["parameters_total"] > emerging["parameters_effective"]
     differences = [runs["emerging", s]["test_bpd"] - runs["1x1", s]["test_bpd"] for s in (0, 1)]
     assert emerging["difference"]["mean"] == pytest.approx(statistics.fmean(differences))
-    assert float(cells[1][4].split()[0]) == pytest.approx(statistics.fmean(differences),
-                                                         abs=1e-3)
+    assert float(cells[1][4].split()[0]) == pytest.approx(statistics.fmean(differences), abs=1e-3)
     bpds = [runs["emerging", s]["test_bpd"] for s in (0, 1)]
     assert cells[1][3] == f"{statistics.fmean(bpds):.3f} ± {statistics.stdev(bpds):.3f}"
     for run in results["runs"]:
@@ -114,8 +147,9 @@ def test_compare_example_writes_tables_json_and_plot(compare, tmp_path):
     assert (out / "curves.png").is_file()
 
 
-def test_a_rerun_into_the_same_folder_is_refused_or_replaces_the_old_curves(compare, tmp_path,
-                                                                             capsys):
+def test_a_rerun_into_the_same_folder_is_refused_or_replaces_the_old_curves(
+    compare, tmp_path, capsys
+):
     out = tmp_path / "cmp"
     tiny = [arg if arg != "2" else "3" for arg in TINY]  # 3 steps, evaluated at step 3
     compare.run(["--mixings", "1x1", "--seeds", "0", *TINY, "--out", str(out)])
@@ -135,7 +169,8 @@ def test_curves_have_distinct_styles_and_a_title(compare, tmp_path):
         folder.mkdir()
         # identical curves, as when plu and qr cover 1x1 exactly
         (folder / METRICS).write_text(
-            "".join(json.dumps({"step": s, "test_bpd": 3.0}) + "\n" for s in (1, 2)))
+            "".join(json.dumps({"step": s, "test_bpd": 3.0}) + "\n" for s in (1, 2))
+        )
         runs.append({"mixing": mixing, "seed": 0})
     fig = compare.plot_curves(tmp_path, runs, "digits, 1 seed")
     lines = fig.axes[0].get_lines()
@@ -146,13 +181,31 @@ def test_curves_have_distinct_styles_and_a_title(compare, tmp_path):
 
 def test_depth_sweep_writes_gain_table_and_plot(compare, tmp_path):
     out = tmp_path / "sweep"
-    text = compare.run(["--mixings", "1x1", "emerging", "--seeds", "0", "1", "--depths", "2",
-                        "1", *TINY, "--out", str(out)])
+    text = compare.run(
+        [
+            "--mixings",
+            "1x1",
+            "emerging",
+            "--seeds",
+            "0",
+            "1",
+            "--depths",
+            "2",
+            "1",
+            *TINY,
+            "--out",
+            str(out),
+        ]
+    )
     assert (out / "depths.md").read_text() == text
     assert "1 level of 2/1 steps" in text
     rows = [line.split(" | ") for line in text.strip().splitlines()[5:]]
-    assert [(row[0], row[1]) for row in rows] == [("| 2", "1x1"), ("| 2", "emerging"),
-                                                  ("| 1", "1x1"), ("| 1", "emerging")]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("| 2", "1x1"),
+        ("| 2", "emerging"),
+        ("| 1", "1x1"),
+        ("| 1", "emerging"),
+    ]
     for depth, row in zip((2, 1), rows[1::2]):
         results = json.loads((out / f"depth-{depth}" / "results.json").read_text())
         assert results["flows_per_level"] == depth
@@ -163,12 +216,15 @@ def test_depth_sweep_writes_gain_table_and_plot(compare, tmp_path):
     assert (out / "depths.png").is_file()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--seeds", "0", "0"], "--seeds lists a value twice"),
-    (["--mixings", "emerging", "qr", "--depths", "2"], "add it to --mixings"),
-    (["--depths", "0"], "expected an integer of at least 1, got '0'"),
-    (["--seeds", "-1"], "expected an integer of at least 0, got '-1'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "0", "0"], "--seeds lists a value twice"),
+        (["--mixings", "emerging", "qr", "--depths", "2"], "add it to --mixings"),
+        (["--depths", "0"], "expected an integer of at least 1, got '0'"),
+        (["--seeds", "-1"], "expected an integer of at least 0, got '-1'"),
+    ],
+)
 def test_compare_rejects_bad_arguments_in_one_line(compare, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         compare.run(argv)

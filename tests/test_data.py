@@ -14,7 +14,13 @@ torchvision = pytest.importorskip("torchvision")
 Image = pytest.importorskip("PIL.Image")
 
 CIFAR_KEYS = {
-    "batch_label", "labels", "data", "filenames", "num_cases_per_batch", "label_names", "num_vis"
+    "batch_label",
+    "labels",
+    "data",
+    "filenames",
+    "num_cases_per_batch",
+    "label_names",
+    "num_vis",
 }
 
 
@@ -84,7 +90,14 @@ def cifar_md5_skipped(monkeypatch):
 
 def test_names():
     assert dataset_names() == [
-        "cifar10", "digits", "folder", "galaxy", "hubble", "imagenet32", "imagenet64", "mnist"
+        "cifar10",
+        "digits",
+        "folder",
+        "galaxy",
+        "hubble",
+        "imagenet32",
+        "imagenet64",
+        "mnist",
     ]
 
 

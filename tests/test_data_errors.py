@@ -34,16 +34,23 @@ def test_missing_package(tmp_path, monkeypatch, name, module, package):
 
 
 def test_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no images in the subfolder .*train: expected "
-                                                r"files ending in \.jpg"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no images in the subfolder .*train: expected "
+        r"files ending in \.jpg",
+    ):
         (tmp_path / "train").mkdir(), (tmp_path / "test").mkdir()
         get_dataset("folder", "train", root=tmp_path)
     (tmp_path / "other").mkdir()
-    with pytest.raises(FileNotFoundError,
-                       match=r"no images in the hash-based test split of .*other"):
+    with pytest.raises(
+        FileNotFoundError, match=r"no images in the hash-based test split of .*other"
+    ):
         get_dataset("galaxy", "test", root=tmp_path / "other")
-    with pytest.raises(FileNotFoundError, match=r"no downsampled ImageNet32 files "
-                                                r"train_data_batch_\*.npz in .*missing"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no downsampled ImageNet32 files "
+        r"train_data_batch_\*.npz in .*missing",
+    ):
         get_dataset("imagenet32", "train", root=tmp_path / "missing")
     pytest.importorskip("torchvision")
     with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py: expected data_batch_1"):
@@ -67,8 +74,10 @@ def test_imagenet_values_beyond_8_bits(tmp_path):
     np.savez(tmp_path / "val_data.npz", data=data, labels=[1, 2])
     dataset = get_dataset("imagenet32", "test", root=tmp_path)
     assert dataset[0][0].dtype == torch.uint8
-    with pytest.raises(ValueError, match="ImageNet32 image 1 has values 0 .. 256, outside the "
-                                         "0 .. 255 of its 256 levels"):
+    with pytest.raises(
+        ValueError,
+        match="ImageNet32 image 1 has values 0 .. 256, outside the 0 .. 255 of its 256 levels",
+    ):
         dataset[1]
 
 

@@ -33,8 +33,12 @@ def write_png16(path, array, color_type):
         return struct.pack(">I", len(data)) + kind + data + crc
 
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def folder(tmp_path, images, **kwargs):
@@ -100,8 +104,10 @@ def test_16bit_grey_tiff_modes(tmp_path, file_name, make):
     "make, expected",
     [
         (lambda: Image.fromarray(GREY8.astype(np.uint8)), GREY8[None]),
-        (lambda: Image.fromarray(np.stack([GREY8, 255 - GREY8], -1).astype(np.uint8), "LA"),
-         GREY8[None]),  # alpha dropped
+        (
+            lambda: Image.fromarray(np.stack([GREY8, 255 - GREY8], -1).astype(np.uint8), "LA"),
+            GREY8[None],
+        ),  # alpha dropped
         (lambda: Image.fromarray(GREY8 > 100), 255 * (GREY8[None] > 100)),  # mode "1"
     ],
     ids=["L", "LA", "1"],
@@ -173,8 +179,10 @@ def test_16bit_grey_alpha_png_is_grey(tmp_path):
 
 
 def test_mixed_depths_need_bits(tmp_path):
-    images = {"a.png": Image.fromarray(GREY8.astype(np.uint8)),
-              "b.png": Image.fromarray(GREY16.astype(np.uint16))}
+    images = {
+        "a.png": Image.fromarray(GREY8.astype(np.uint8)),
+        "b.png": Image.fromarray(GREY16.astype(np.uint16)),
+    }
     with pytest.raises(ValueError, match=r"different bit depths \(a.png: 8 bits, b.png: 16 bits"):
         folder(tmp_path, images)
     data = folder(tmp_path, images, bits=8)
@@ -194,8 +202,9 @@ def test_splits_agree_on_channels_and_depth(tmp_path):
     for split in ("train", "test"):
         with pytest.raises(ValueError, match="different bit depths"):
             get_dataset("folder", split, image_size=SIDE, root=tmp_path)
-    train, test = (get_dataset("folder", s, image_size=SIDE, root=tmp_path, bits=8)
-                   for s in ("train", "test"))
+    train, test = (
+        get_dataset("folder", s, image_size=SIDE, root=tmp_path, bits=8) for s in ("train", "test")
+    )
     assert (train.num_bins, train.channels, test.num_bins, test.channels) == (256, 3, 256, 3)
     assert train[0][0].shape == test[0][0].shape == (3, SIDE, SIDE)
     assert torch.equal(train[0][0].long(), torch.from_numpy(GREY16 >> 8).expand(3, -1, -1))
@@ -204,8 +213,9 @@ def test_splits_agree_on_channels_and_depth(tmp_path):
 def test_images_without_levels_are_refused(tmp_path):
     with pytest.raises(ValueError, match="mode 'F'"):
         folder(tmp_path, {"a.tif": Image.fromarray(np.ones((SIDE, SIDE), np.float32))})
-    too_big = folder(tmp_path / "big", {"a.tif": Image.fromarray(np.full((SIDE, SIDE), 70000,
-                                                                             np.int32))})
+    too_big = folder(
+        tmp_path / "big", {"a.tif": Image.fromarray(np.full((SIDE, SIDE), 70000, np.int32))}
+    )
     with pytest.raises(ValueError, match="70000 .. 70000, outside the 0 .. 65535"):
         too_big[0]
 
@@ -283,13 +293,16 @@ def test_digits_levels_and_bits():
     two = get_dataset("digits", "test", bits=2, image_size=16)
     big = torch.from_numpy((test_images[0] * 8 + 4) // 34)  # floor((v + 1/2) 4 / 17)
     assert torch.equal(two[0][0][0].long(), big.repeat_interleave(2, 0).repeat_interleave(2, 1))
-    with pytest.raises(ValueError, match="bits=5 is more than digits has: 17 levels, so at most "
-                                         "bits=4"):
+    with pytest.raises(
+        ValueError, match="bits=5 is more than digits has: 17 levels, so at most bits=4"
+    ):
         get_dataset("digits", "train", bits=5)
 
 
-@pytest.mark.parametrize("bits, error", [(0, ValueError), (17, ValueError), (True, TypeError),
-                                         ("5", TypeError), (5.0, TypeError)])
+@pytest.mark.parametrize(
+    "bits, error",
+    [(0, ValueError), (17, ValueError), (True, TypeError), ("5", TypeError), (5.0, TypeError)],
+)
 def test_bad_bits(bits, error):
     with pytest.raises(error, match="bits must be"):
         get_dataset("digits", "train", bits=bits)

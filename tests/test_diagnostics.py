@@ -76,8 +76,11 @@ def test_per_flow_errors_locate_the_bad_layer_of_a_multiscale_model():
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
         model(x, None)  # ActNorm initialisation
-    bad = next(m for name, m in model.named_modules()
-               if name.startswith("flows.1.1") and isinstance(m, EmergingConv2d))
+    bad = next(
+        m
+        for name, m in model.named_modules()
+        if name.startswith("flows.1.1") and isinstance(m, EmergingConv2d)
+    )
     ill = emerging(0.5, -1.0, channels=bad.num_channels)
     bad.load_state_dict(ill.state_dict())
     model.train()
@@ -86,8 +89,14 @@ def test_per_flow_errors_locate_the_bad_layer_of_a_multiscale_model():
     assert errors["worst_flow"] == "flows.1.1"
     assert errors["flows"]["flows.1.1"] > 1e-2
     assert all(e < 1e-4 for name, e in errors["flows"].items() if name != "flows.1.1")
-    assert set(errors["flows"]) == {"flows.0.0", "flows.0.1", "flows.0.2", "flows.1.0",
-                                    "flows.1.1", "flows.1.2"}  # steps and squeezes
+    assert set(errors["flows"]) == {
+        "flows.0.0",
+        "flows.0.1",
+        "flows.0.2",
+        "flows.1.0",
+        "flows.1.1",
+        "flows.1.2",
+    }  # steps and squeezes
 
     # A flow's error is measured on the input that flow receives in the density direction.
     step = model.flows[1][2]
@@ -109,9 +118,31 @@ def test_training_records_round_trip_error_and_warns_once(tmp_path, monkeypatch,
     monkeypatch.setattr(diagnostics, "INVERSE_ERROR_THRESHOLD", -1.0)  # every check "fails"
     out = tmp_path / "run"
     with pytest.warns(NumericalInvertibilityWarning) as caught:
-        assert main(["train", "--dataset", "digits", "--levels", "1", "--flows-per-level", "1",
-                     "--hidden-channels", "4", "--batch-size", "16", "--steps", "3",
-                     "--eval-every", "1", "--no-progress", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--dataset",
+                    "digits",
+                    "--levels",
+                    "1",
+                    "--flows-per-level",
+                    "1",
+                    "--hidden-channels",
+                    "4",
+                    "--batch-size",
+                    "16",
+                    "--steps",
+                    "3",
+                    "--eval-every",
+                    "1",
+                    "--no-progress",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     assert len([w for w in caught if w.category is NumericalInvertibilityWarning]) == 1
     assert "at step 1" in str(caught[0].message)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -144,8 +175,15 @@ class OtherModel(torch.nn.Module):
 
 
 def test_training_a_model_that_cannot_be_checked_records_none(tmp_path):
-    config = TrainConfig(levels=1, flows_per_level=1, hidden_channels=4, batch_size=16, steps=2,
-                         eval_every=1, eval_batch_size=512)
+    config = TrainConfig(
+        levels=1,
+        flows_per_level=1,
+        hidden_channels=4,
+        batch_size=16,
+        steps=2,
+        eval_every=1,
+        eval_batch_size=512,
+    )
     train_set, test_set = load_datasets(config)
     model = OtherModel(build_model(config, tuple(train_set[0][0].shape)))
     assert not diagnostics.is_checkable(model)

@@ -11,18 +11,50 @@ import torch
 from normflows_emerging.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--dataset", "digits", "--levels", "2", "--flows-per-level", "1", "--hidden-channels",
-        "8", "--steps", "3", "--eval-every", "2", "--warmup", "0", "--lr", "1e-2",
-        "--no-progress"]
+ARGS = [
+    "--dataset",
+    "digits",
+    "--levels",
+    "2",
+    "--flows-per-level",
+    "1",
+    "--hidden-channels",
+    "8",
+    "--steps",
+    "3",
+    "--eval-every",
+    "2",
+    "--warmup",
+    "0",
+    "--lr",
+    "1e-2",
+    "--no-progress",
+]
 
 
 def test_two_processes_match_one_process_with_the_global_batch(tmp_path):
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", "-m", "normflows_emerging", "train", *ARGS,
-               "--batch-size", "8", "--out", str(ddp_out)]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "normflows_emerging",
+        "train",
+        *ARGS,
+        "--batch-size",
+        "8",
+        "--out",
+        str(ddp_out),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -44,6 +76,9 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path):
     half_out = tmp_path / "half"
     assert main(["train", *ARGS, "--batch-size", "8", "--out", str(half_out)]) == 0
     half = torch.load(half_out / "checkpoint.pt", weights_only=False)
-    gap = max((half["model"][k] - v).abs().max().item()
-              for k, v in ddp["model"].items() if v.is_floating_point())
+    gap = max(
+        (half["model"][k] - v).abs().max().item()
+        for k, v in ddp["model"].items()
+        if v.is_floating_point()
+    )
     assert gap > 1e-3

@@ -25,8 +25,9 @@ LAYERS = {
 
 @pytest.mark.parametrize("make", LAYERS.values(), ids=LAYERS.keys())
 @pytest.mark.parametrize("direction", ["forward", "inverse"])
-@pytest.mark.parametrize("layer_dtype,input_dtype", [(torch.float32, torch.float64),
-                                                     (torch.float64, torch.float32)])
+@pytest.mark.parametrize(
+    "layer_dtype,input_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32)]
+)
 def test_dtype_mismatch_is_a_type_error_naming_both(make, direction, layer_dtype, input_dtype):
     layer = make().to(layer_dtype)
     x = torch.randn(1, 3, 4, 4, dtype=input_dtype)

@@ -7,9 +7,15 @@ from normflows_emerging import EmergingConv2d
 
 
 @pytest.mark.parametrize("one_by_one", ["qr", "plu", "none"])
-@pytest.mark.parametrize("channels,height,width,kernel_size", [
-    (1, 5, 7, 3), (5, 4, 3, 3), (3, 7, 6, 5), (2, 1, 4, 3),
-])
+@pytest.mark.parametrize(
+    "channels,height,width,kernel_size",
+    [
+        (1, 5, 7, 3),
+        (5, 4, 3, 3),
+        (3, 7, 6, 5),
+        (2, 1, 4, 3),
+    ],
+)
 def test_log_det_and_round_trip(channels, height, width, kernel_size, one_by_one):
     layer = perturb_(EmergingConv2d(channels, kernel_size, one_by_one=one_by_one).double())
     x = torch.randn(1, channels, height, width, dtype=torch.float64)
@@ -91,8 +97,9 @@ def test_folded_one_by_one_equals_the_three_layers_in_turn(kernel_size):
     torch.testing.assert_close(y, expected)
     torch.testing.assert_close(log_det, expected_log_det)
     grads = torch.autograd.grad(y.sum() + log_det.sum(), [x, *layer.parameters()])
-    expected_grads = torch.autograd.grad(expected.sum() + expected_log_det.sum(),
-                                         [x, *layer.parameters()])
+    expected_grads = torch.autograd.grad(
+        expected.sum() + expected_log_det.sum(), [x, *layer.parameters()]
+    )
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want)
 

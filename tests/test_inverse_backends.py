@@ -18,14 +18,17 @@ from solve_cases import random_causal_kernel
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-@pytest.mark.parametrize("batch,channels,height,width,size,dilation", [
-    (1, 1, 5, 7, 2, 1),
-    (3, 4, 6, 5, 3, 1),
-    (2, 3, 7, 4, 2, 2),
-    (5, 2, 3, 9, 3, 2),
-    (8, 3, 5, 4, 2, 1),   # batch kernel: one full block of images
-    (19, 5, 4, 6, 3, 2),  # batch kernel: blocks plus a partial one
-])
+@pytest.mark.parametrize(
+    "batch,channels,height,width,size,dilation",
+    [
+        (1, 1, 5, 7, 2, 1),
+        (3, 4, 6, 5, 3, 1),
+        (2, 3, 7, 4, 2, 2),
+        (5, 2, 3, 9, 3, 2),
+        (8, 3, 5, 4, 2, 1),  # batch kernel: one full block of images
+        (19, 5, 4, 6, 3, 2),  # batch kernel: blocks plus a partial one
+    ],
+)
 def test_backends_agree(batch, channels, height, width, size, dilation, dtype, tol):
     kernel = random_causal_kernel(channels, size, dtype)
     y = torch.randn(batch, channels, height, width, dtype=dtype)
@@ -38,27 +41,42 @@ def test_backends_agree(batch, channels, height, width, size, dilation, dtype, t
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("channels", [8, 9, 12, 17, 24])
 @pytest.mark.parametrize("batch,size", [(1, 2), (2, 3), (9, 2), (9, 3)])
-def test_compiled_matches_wavefront_over_whole_and_partial_vectors(batch, size, channels, dtype,
-                                                                    tol):
+def test_compiled_matches_wavefront_over_whole_and_partial_vectors(
+    batch, size, channels, dtype, tol
+):
     """Channel counts around the kernels' vector widths: the image kernel holds 8 output channels
     per vector, two vectors at a time (17: a pair and a single); the batch kernel goes 4 output
     channels at a time (9, 17: groups and a remainder)."""
     kernel = random_causal_kernel(channels, size, dtype)
     y = torch.randn(batch, channels, 5, 6, dtype=dtype)
-    torch.testing.assert_close(solve_autoregressive(y, kernel, 1, "compiled"),
-                               solve_wavefront(y, kernel), atol=tol, rtol=tol)
+    torch.testing.assert_close(
+        solve_autoregressive(y, kernel, 1, "compiled"),
+        solve_wavefront(y, kernel),
+        atol=tol,
+        rtol=tol,
+    )
 
 
-ENTRY_POINTS = {torch.float32: _solve.solve_causal_float32,
-                torch.float64: _solve.solve_causal_float64}
+ENTRY_POINTS = {
+    torch.float32: _solve.solve_causal_float32,
+    torch.float64: _solve.solve_causal_float64,
+}
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-@pytest.mark.parametrize("batch,schedule", [
-    (3, "image/serial"), (3, "image/over-images"), (1, "image/over-diagonals"),
-    (3, "image/over-diagonals"), (9, "batch/serial"), (20, "batch/over-blocks"),
-    (9, "batch/over-diagonals"), (20, "batch/over-diagonals"),
-])
+@pytest.mark.parametrize(
+    "batch,schedule",
+    [
+        (3, "image/serial"),
+        (3, "image/over-images"),
+        (1, "image/over-diagonals"),
+        (3, "image/over-diagonals"),
+        (9, "batch/serial"),
+        (20, "batch/over-blocks"),
+        (9, "batch/over-diagonals"),
+        (20, "batch/over-diagonals"),
+    ],
+)
 def test_every_schedule_runs_as_named_and_solves(batch, schedule, dtype, tol):
     """Each kernel and schedule of the compiled solve, forced and reported back, with thread 0 of
     the wavefront schedules sleeping before every anti-diagonal, so that a missing barrier between
@@ -75,24 +93,29 @@ def test_every_schedule_runs_as_named_and_solves(batch, schedule, dtype, tol):
     torch.testing.assert_close(out, solve_wavefront(y, kernel), atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("batch,channels,side,threads,expected", [
-    (1, 12, 16, 2, "image/serial"),      # paper sizes at batch 1: far too small to split
-    (4, 12, 16, 2, "image/serial"),
-    (16, 12, 16, 2, "batch/serial"),
-    (64, 48, 4, 2, "batch/serial"),
-    (4, 64, 32, 2, "image/over-images"),  # 6.7e7 multiply-adds: worth a second thread
-    (4, 64, 32, 1, "image/serial"),
-    (32, 32, 32, 2, "batch/over-blocks"),
-])
+@pytest.mark.parametrize(
+    "batch,channels,side,threads,expected",
+    [
+        (1, 12, 16, 2, "image/serial"),  # paper sizes at batch 1: far too small to split
+        (4, 12, 16, 2, "image/serial"),
+        (16, 12, 16, 2, "batch/serial"),
+        (64, 48, 4, 2, "batch/serial"),
+        (4, 64, 32, 2, "image/over-images"),  # 6.7e7 multiply-adds: worth a second thread
+        (4, 64, 32, 1, "image/serial"),
+        (32, 32, 32, 2, "batch/over-blocks"),
+    ],
+)
 def test_schedule_chosen_by_work_size(batch, channels, side, threads, expected):
     kernel = random_causal_kernel(channels, 2, torch.float32)
     y = torch.randn(batch, channels, side, side)
     out = torch.empty_like(y)
-    assert _solve.solve_causal_float32(y.numpy(), kernel.numpy(), out.numpy(), 1,
-                                         threads) == expected
+    assert (
+        _solve.solve_causal_float32(y.numpy(), kernel.numpy(), out.numpy(), 1, threads) == expected
+    )
     serial = torch.empty_like(y)
-    _solve.solve_causal_float32(y.numpy(), kernel.numpy(), serial.numpy(), 1, 1,
-                                  expected.split("/")[0] + "/serial")
+    _solve.solve_causal_float32(
+        y.numpy(), kernel.numpy(), serial.numpy(), 1, 1, expected.split("/")[0] + "/serial"
+    )
     torch.testing.assert_close(out, serial)
 
 
@@ -166,8 +189,9 @@ def test_missing_extension_falls_back_to_torch_with_a_warning(monkeypatch):
     """Without the extension the compiled solve cannot run: only a working fallback passes."""
     monkeypatch.setattr(normflows_emerging.backends.compiled, "_solve", None)
     with pytest.raises(RuntimeError, match="not available"):
-        solve_autoregressive(torch.randn(1, 2, 3, 3), torch.eye(2)[:, :, None, None],
-                             backend="compiled")
+        solve_autoregressive(
+            torch.randn(1, 2, 3, 3), torch.eye(2)[:, :, None, None], backend="compiled"
+        )
     with pytest.warns(RuntimeWarning):
         assert inverse_backend() == "torch"
     layer = perturb_(SquareAutoregressiveConv2d(2))
@@ -183,12 +207,14 @@ def test_compiled_rejects_what_it_cannot_run():
     with pytest.raises(TypeError, match="float32 or float64"):
         solve_autoregressive(torch.randn(1, 2, 3, 3).half(), kernel.half(), backend="compiled")
     with pytest.raises(ValueError, match="CPU tensors"):
-        solve_autoregressive(torch.randn(1, 2, 3, 3, device="meta"), kernel.to("meta"),
-                             backend="compiled")
+        solve_autoregressive(
+            torch.randn(1, 2, 3, 3, device="meta"), kernel.to("meta"), backend="compiled"
+        )
 
 
 def test_compiled_accepts_non_contiguous_input():
     kernel = random_causal_kernel(3, 2, torch.float64)
     y = torch.randn(2, 3, 4, 5, dtype=torch.float64).transpose(2, 3)
-    torch.testing.assert_close(solve_autoregressive(y, kernel, backend="compiled"),
-                               solve_naive(y, kernel))
+    torch.testing.assert_close(
+        solve_autoregressive(y, kernel, backend="compiled"), solve_naive(y, kernel)
+    )

@@ -14,8 +14,9 @@ from normflows_emerging import (
 )
 
 TOLERANCE = {torch.float32: {"atol": 2e-4, "rtol": 2e-4}, torch.float64: {}}
-PROPERTY_SETTINGS = settings(max_examples=12, deadline=None,
-                             suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @st.composite
@@ -25,13 +26,20 @@ def layers_and_inputs(draw):
     channels = draw(st.integers(1, 3))
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     if kind == "autoregressive":
-        layer = SquareAutoregressiveConv2d(channels, draw(st.integers(1, 3)), flip=draw(
-            st.booleans()), dilation=draw(st.integers(1, 2)), solver=draw(
-            st.sampled_from(["compiled", "torch", "naive"])))
+        layer = SquareAutoregressiveConv2d(
+            channels,
+            draw(st.integers(1, 3)),
+            flip=draw(st.booleans()),
+            dilation=draw(st.integers(1, 2)),
+            solver=draw(st.sampled_from(["compiled", "torch", "naive"])),
+        )
         min_side = 1
     elif kind == "emerging":
-        layer = EmergingConv2d(channels, draw(st.sampled_from([3, 5])),
-                               one_by_one=draw(st.sampled_from(["qr", "plu", "none"])))
+        layer = EmergingConv2d(
+            channels,
+            draw(st.sampled_from([3, 5])),
+            one_by_one=draw(st.sampled_from(["qr", "plu", "none"])),
+        )
         min_side = 1
     elif kind == "qr":
         layer = QR1x1(channels, draw(st.integers(0, channels)))
@@ -41,8 +49,9 @@ def layers_and_inputs(draw):
         layer = PeriodicConv2d(channels, kernel_size)
         min_side = kernel_size
     else:
-        layer = MaskedAffineAutoregressiveConv2d(channels, draw(st.integers(1, 4)),
-                                                 reverse=draw(st.booleans()))
+        layer = MaskedAffineAutoregressiveConv2d(
+            channels, draw(st.integers(1, 4)), reverse=draw(st.booleans())
+        )
         min_side = 1
     height, width = draw(st.sampled_from([(1, 5), (5, 1), (2, 3), (4, 4), (3, 2)]))
     height, width = max(height, min_side), max(width, min_side)

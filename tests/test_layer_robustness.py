@@ -27,37 +27,52 @@ LAYERS = {
 }
 
 
-@pytest.mark.parametrize("build,error,message", [
-    (lambda: EmergingConv2d(True), ValueError, "num_channels must be a positive int"),
-    (lambda: EmergingConv2d(3, kernel_size=True), ValueError, "kernel_size must be an odd int"),
-    (lambda: QR1x1(True), ValueError, "num_channels must be a positive int"),
-    (lambda: QR1x1(3, True), ValueError, "num_reflections must be an int >= 0"),
-    (lambda: QR1x1(3, -1), ValueError, "num_reflections must be an int >= 0"),
-    (lambda: PeriodicConv2d(True), ValueError, "num_channels must be a positive int"),
-    (lambda: PeriodicConv2d(3, kernel_size=True), ValueError, "kernel_size must be an odd int"),
-    (lambda: PeriodicConv2d(3, kernel_size=2), ValueError, "kernel_size must be an odd int"),
-    (lambda: PeriodicConv2d(3, bias="no"), TypeError, "bias must be True or False"),
-    (lambda: MaskedAffineAutoregressiveConv2d(3, hidden_channels=True), ValueError,
-     "hidden_channels must be a positive int"),
-    (lambda: MaskedAffineAutoregressiveConv2d(3.0), ValueError, "num_channels must be"),
-    (lambda: MaskedAffineAutoregressiveConv2d(3, reverse="no"), TypeError,
-     "reverse must be True or False"),
-    (lambda: SquareAutoregressiveConv2d(3, 2, flip="no"), TypeError,
-     "flip must be True or False"),
-    (lambda: SquareAutoregressiveConv2d(3, True), ValueError, "size must be a positive int"),
-])
+@pytest.mark.parametrize(
+    "build,error,message",
+    [
+        (lambda: EmergingConv2d(True), ValueError, "num_channels must be a positive int"),
+        (lambda: EmergingConv2d(3, kernel_size=True), ValueError, "kernel_size must be an odd int"),
+        (lambda: QR1x1(True), ValueError, "num_channels must be a positive int"),
+        (lambda: QR1x1(3, True), ValueError, "num_reflections must be an int >= 0"),
+        (lambda: QR1x1(3, -1), ValueError, "num_reflections must be an int >= 0"),
+        (lambda: PeriodicConv2d(True), ValueError, "num_channels must be a positive int"),
+        (lambda: PeriodicConv2d(3, kernel_size=True), ValueError, "kernel_size must be an odd int"),
+        (lambda: PeriodicConv2d(3, kernel_size=2), ValueError, "kernel_size must be an odd int"),
+        (lambda: PeriodicConv2d(3, bias="no"), TypeError, "bias must be True or False"),
+        (
+            lambda: MaskedAffineAutoregressiveConv2d(3, hidden_channels=True),
+            ValueError,
+            "hidden_channels must be a positive int",
+        ),
+        (lambda: MaskedAffineAutoregressiveConv2d(3.0), ValueError, "num_channels must be"),
+        (
+            lambda: MaskedAffineAutoregressiveConv2d(3, reverse="no"),
+            TypeError,
+            "reverse must be True or False",
+        ),
+        (
+            lambda: SquareAutoregressiveConv2d(3, 2, flip="no"),
+            TypeError,
+            "flip must be True or False",
+        ),
+        (lambda: SquareAutoregressiveConv2d(3, True), ValueError, "size must be a positive int"),
+    ],
+)
 def test_bad_constructor_arguments_are_named(build, error, message):
     with pytest.raises(error, match=message):
         build()
 
 
-@pytest.mark.parametrize("build", [
-    lambda: QR1x1(np.int64(3), np.int32(2)),
-    lambda: EmergingConv2d(np.int64(3), np.int64(3)),
-    lambda: PeriodicConv2d(np.int64(3), kernel_size=np.int64(3)),
-    lambda: SquareAutoregressiveConv2d(np.int64(3), np.int64(2), dilation=np.int64(2)),
-    lambda: MaskedAffineAutoregressiveConv2d(np.int64(3), np.int64(6)),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: QR1x1(np.int64(3), np.int32(2)),
+        lambda: EmergingConv2d(np.int64(3), np.int64(3)),
+        lambda: PeriodicConv2d(np.int64(3), kernel_size=np.int64(3)),
+        lambda: SquareAutoregressiveConv2d(np.int64(3), np.int64(2), dilation=np.int64(2)),
+        lambda: MaskedAffineAutoregressiveConv2d(np.int64(3), np.int64(6)),
+    ],
+)
 def test_numpy_ints_are_accepted_as_python_ints(build):
     layer = perturb_(build().double())
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
@@ -138,8 +153,11 @@ def test_autoregressive_constants_are_not_saved_and_old_checkpoints_cannot_repla
     state = layer.state_dict()
     assert set(state) == {"weight", "bias", "raw_log_d"}
     # A checkpoint of the time these buffers were saved, with corrupted values.
-    old = dict(state, mask=torch.zeros(3, 3, 2, 2, dtype=torch.float64),
-               corner_diagonal=torch.zeros(3, 3, 2, 2, dtype=torch.float64))
+    old = dict(
+        state,
+        mask=torch.zeros(3, 3, 2, 2, dtype=torch.float64),
+        corner_diagonal=torch.zeros(3, 3, 2, 2, dtype=torch.float64),
+    )
     loaded = SquareAutoregressiveConv2d(3, 2).double()
     loaded.load_state_dict(old, strict=True)
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
@@ -152,8 +170,13 @@ def test_maf_masks_are_not_saved_and_old_checkpoints_cannot_replace_them():
     layer = perturb_(MaskedAffineAutoregressiveConv2d(2, 4).double())
     state = layer.state_dict()
     assert not any(key.endswith("mask") for key in state)
-    old = dict(state, **{f"{conv}.mask": torch.ones_like(getattr(layer, conv).mask)
-                         for conv in ("conv_in", "conv_hidden", "conv_out")})
+    old = dict(
+        state,
+        **{
+            f"{conv}.mask": torch.ones_like(getattr(layer, conv).mask)
+            for conv in ("conv_in", "conv_hidden", "conv_out")
+        },
+    )
     loaded = MaskedAffineAutoregressiveConv2d(2, 4).double()
     loaded.load_state_dict(old, strict=True)
     x = torch.randn(2, 2, 4, 3, dtype=torch.float64)
@@ -177,8 +200,9 @@ def test_periodic_refuses_a_kernel_too_ill_conditioned_for_float32():
         _periodic_1x1(matrix, torch.float32)(z.float())
     layer = _periodic_1x1(matrix, torch.float64)
     x, _ = layer(z)
-    expected = torch.einsum("oc,bchw->bohw", torch.linalg.inv(torch.tensor(matrix,
-                            dtype=torch.float64)), z)
+    expected = torch.einsum(
+        "oc,bchw->bohw", torch.linalg.inv(torch.tensor(matrix, dtype=torch.float64)), z
+    )
     torch.testing.assert_close(x, expected, rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(F.conv2d(x, layer.weight), z)
 
@@ -191,8 +215,9 @@ def test_a_huge_dilation_reads_only_the_corner_tap_in_both_directions(flip):
     corner = layer.causal_kernel()[:, :, -1, -1]
     if flip:  # the flipped layer applies the corner tap reversed in both channel axes
         corner = corner.flip(0, 1)
-    torch.testing.assert_close(y, torch.einsum("oc,bchw->bohw", corner, x)
-                               + layer.bias.view(1, -1, 1, 1))
+    torch.testing.assert_close(
+        y, torch.einsum("oc,bchw->bohw", corner, x) + layer.bias.view(1, -1, 1, 1)
+    )
     torch.testing.assert_close(log_det, torch.linalg.slogdet(corner)[1].expand(2) * 20)
     torch.testing.assert_close(layer(y)[0], x)
 
@@ -208,12 +233,15 @@ def test_second_derivatives_through_the_solve_are_refused():
     assert grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("build,error,message", [
-    (lambda: MAFMixing(True), ValueError, "num_channels must be a positive int"),
-    (lambda: MAFMixing(2, 0), ValueError, "maf_hidden_channels must be a positive int"),
-    (lambda: GlowStep(4, 8, scale="no"), TypeError, "scale must be True or False"),
-    (lambda: GlowStep(4, 8, net_actnorm=1), TypeError, "net_actnorm must be True or False"),
-])
+@pytest.mark.parametrize(
+    "build,error,message",
+    [
+        (lambda: MAFMixing(True), ValueError, "num_channels must be a positive int"),
+        (lambda: MAFMixing(2, 0), ValueError, "maf_hidden_channels must be a positive int"),
+        (lambda: GlowStep(4, 8, scale="no"), TypeError, "scale must be True or False"),
+        (lambda: GlowStep(4, 8, net_actnorm=1), TypeError, "net_actnorm must be True or False"),
+    ],
+)
 def test_bad_step_arguments_are_named(build, error, message):
     with pytest.raises(error, match=message):
         build()

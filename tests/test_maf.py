@@ -143,8 +143,9 @@ def test_use_backend_naive_selects_the_naive_solve(monkeypatch):
     calls = []
     for name in ("_solve_fast", "_solve_naive"):
         original = getattr(flow, name)
-        monkeypatch.setattr(flow, name, lambda z, name=name, original=original:
-                            calls.append(name) or original(z))
+        monkeypatch.setattr(
+            flow, name, lambda z, name=name, original=original: calls.append(name) or original(z)
+        )
     z = torch.randn(1, 2, 3, 3)
     flow(z)
     with use_backend("naive"):

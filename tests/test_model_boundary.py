@@ -19,13 +19,16 @@ def _model(num_classes=None):
 GOOD = torch.rand(2, 1, 8, 8)
 
 
-@pytest.mark.parametrize("bad,error,message", [
-    (GOOD.double(), TypeError, "float32 parameters but got images of dtype torch.float64"),
-    ((GOOD * 255).to(torch.uint8), TypeError, "dtype torch.uint8"),
-    (torch.full((2, 1, 8, 8), float("nan")), ValueError, "finite images"),
-    (GOOD.clone().index_fill_(0, torch.tensor([1]), float("inf")), ValueError, "finite images"),
-    (GOOD[:0], ValueError, "at least one example"),
-])
+@pytest.mark.parametrize(
+    "bad,error,message",
+    [
+        (GOOD.double(), TypeError, "float32 parameters but got images of dtype torch.float64"),
+        ((GOOD * 255).to(torch.uint8), TypeError, "dtype torch.uint8"),
+        (torch.full((2, 1, 8, 8), float("nan")), ValueError, "finite images"),
+        (GOOD.clone().index_fill_(0, torch.tensor([1]), float("inf")), ValueError, "finite images"),
+        (GOOD[:0], ValueError, "at least one example"),
+    ],
+)
 def test_a_refused_batch_reaches_no_layer(bad, error, message):
     """The first batch initialises ActNorm: a refused one must not, nor change anything else."""
     model = _model()
@@ -98,11 +101,14 @@ def test_bits_per_dim_of_an_empty_batch_is_refused_by_the_model():
         bits_per_dim(_model(), torch.rand(0, 1, 8, 8))
 
 
-@pytest.mark.parametrize("bad,error", [
-    (torch.rand(2, 4, 4, 4).double(), TypeError),
-    (torch.full((2, 4, 4, 4), float("nan")), ValueError),
-    (torch.rand(0, 4, 4, 4), ValueError),
-])
+@pytest.mark.parametrize(
+    "bad,error",
+    [
+        (torch.rand(2, 4, 4, 4).double(), TypeError),
+        (torch.full((2, 4, 4, 4), float("nan")), ValueError),
+        (torch.rand(0, 4, 4, 4), ValueError),
+    ],
+)
 def test_a_glow_step_checks_before_its_actnorm_initialises(bad, error):
     step = GlowStep(4, 8)
     untouched = copy.deepcopy(step)
@@ -125,8 +131,11 @@ def test_non_finite_samples_are_refused():
 
 
 def test_builder_refuses_levels_too_small_for_the_mixing_kernel():
-    with pytest.raises(ValueError, match=r"level 2 \(of 2\) see 2x2 images, but GlowStep needs "
-                                         r"at least 3x3"):
+    with pytest.raises(
+        ValueError,
+        match=r"level 2 \(of 2\) see 2x2 images, but GlowStep needs "
+        r"at least 3x3",
+    ):
         build_multiscale_flow((3, 8, 8), 2, 2, 16, mixing="periodic")
     with pytest.raises(ValueError, match="see 4x4 images, but GlowStep needs at least 5x5"):
         build_multiscale_flow((1, 8, 8), 1, 1, 4, mixing="periodic", kernel_size=5)
@@ -149,9 +158,18 @@ class _SizedStep(nf.flows.Flow):
         return self.inner.inverse(x)
 
 
-@pytest.mark.parametrize("size, error", [
-    ("3", TypeError), (3.0, TypeError), (float("nan"), TypeError), (True, TypeError),
-    (torch.tensor(3), TypeError), (0, ValueError), (-1, ValueError)])
+@pytest.mark.parametrize(
+    "size, error",
+    [
+        ("3", TypeError),
+        (3.0, TypeError),
+        (float("nan"), TypeError),
+        (True, TypeError),
+        (torch.tensor(3), TypeError),
+        (0, ValueError),
+        (-1, ValueError),
+    ],
+)
 def test_builder_refuses_a_min_image_size_that_is_not_a_positive_int(size, error):
     # was: a bare "'<' not supported" for "3"; NaN, True, 0 and -1 built a model that failed
     # only at its first log_prob
@@ -182,8 +200,11 @@ def test_replace_mixing_refuses_levels_too_small_for_the_new_kernel():
     # was: replaced silently, and the 2x2 level failed only at the first log_prob
     model = build_multiscale_flow((3, 8, 8), 2, 1, 8, mixing="qr")
     before = [type(m).__name__ for m in model.modules()]
-    with pytest.raises(ValueError, match=r"level 2 \(of 2\) see 2x2 images, but PeriodicConv2d "
-                                         r"needs at least 3x3"):
+    with pytest.raises(
+        ValueError,
+        match=r"level 2 \(of 2\) see 2x2 images, but PeriodicConv2d "
+        r"needs at least 3x3",
+    ):
         replace_mixing(model, "periodic")
     assert [type(m).__name__ for m in model.modules()] == before
     model = build_multiscale_flow((3, 12, 12), 2, 1, 8, mixing="qr")

@@ -14,9 +14,24 @@ from normflows_emerging.app.errors import NonFiniteError
 from normflows_emerging.diagnostics import inverse_error, non_finite_parameters
 from normflows_emerging.multiscale import ImageMultiscaleFlow
 
-TINY = ["train", "--dataset", "digits", "--levels", "1", "--flows-per-level", "1",
-        "--hidden-channels", "4", "--batch-size", "8", "--eval-batch-size", "512",
-        "--warmup", "0", "--no-progress"]
+TINY = [
+    "train",
+    "--dataset",
+    "digits",
+    "--levels",
+    "1",
+    "--flows-per-level",
+    "1",
+    "--hidden-channels",
+    "4",
+    "--batch-size",
+    "8",
+    "--eval-batch-size",
+    "512",
+    "--warmup",
+    "0",
+    "--no-progress",
+]
 
 
 def tiny_model():
@@ -44,7 +59,8 @@ def test_config_refuses_a_learning_rate_that_is_not_finite_and_positive(lr):
 
 
 def test_a_step_that_makes_parameters_non_finite_stops_and_keeps_the_last_checkpoint(
-        tmp_path, capsys, monkeypatch):
+    tmp_path, capsys, monkeypatch
+):
     real = training.train_step
     calls = []
 
@@ -58,21 +74,24 @@ def test_a_step_that_makes_parameters_non_finite_stops_and_keeps_the_last_checkp
 
     monkeypatch.setattr(training, "train_step", nan_parameter_on_step_3)
     out = tmp_path / "run"
-    code, err = exit_code_and_error([*TINY, "--steps", "4", "--eval-every", "2", "--out",
-                                     str(out)], capsys)
+    code, err = exit_code_and_error(
+        [*TINY, "--steps", "4", "--eval-every", "2", "--out", str(out)], capsys
+    )
     assert code == 2
     assert "step 3 made 1 parameter tensors NaN or infinite" in err
     checkpoint = torch.load(out / CHECKPOINT, weights_only=False)
     assert checkpoint["step"] == 2  # the last good state is kept
-    assert [line for line in (out / "metrics.jsonl").read_text().splitlines()
-            if '"step": 4' in line] == []
+    assert [
+        line for line in (out / "metrics.jsonl").read_text().splitlines() if '"step": 4' in line
+    ] == []
 
 
 def test_a_diverged_model_is_not_checkpointed(tmp_path, capsys):
     # lr 1e30 leaves the parameters finite but useless: the test bits/dim are NaN.
     out = tmp_path / "run"
-    code, err = exit_code_and_error([*TINY, "--steps", "3", "--eval-every", "2", "--lr", "1e30",
-                                     "--out", str(out)], capsys)
+    code, err = exit_code_and_error(
+        [*TINY, "--steps", "3", "--eval-every", "2", "--lr", "1e30", "--out", str(out)], capsys
+    )
     assert code == 2 and "step 2: test bits/dim is nan, the model diverged" in err
     assert not (out / CHECKPOINT).exists() and not (out / "samples.png").exists()
     assert not (out / "metrics.jsonl").exists()
@@ -117,8 +136,10 @@ def test_non_finite_parameters_are_never_saved_nor_loaded(tmp_path, capsys):
     checkpoint["model"][name].fill_(math.nan)
     torch.save(checkpoint, out / CHECKPOINT)  # as written by a run before this check
     png = tmp_path / "s.png"
-    for argv in (["sample", "--checkpoint", str(out / CHECKPOINT), "--out", str(png)],
-                 ["evaluate", "--checkpoint", str(out / CHECKPOINT)]):
+    for argv in (
+        ["sample", "--checkpoint", str(out / CHECKPOINT), "--out", str(png)],
+        ["evaluate", "--checkpoint", str(out / CHECKPOINT)],
+    ):
         code, err = exit_code_and_error(argv, capsys)
         assert code == 2 and f"{out / CHECKPOINT}: 1 parameter tensors are NaN or infinite" in err
     assert not png.exists()
@@ -128,8 +149,15 @@ def test_non_finite_parameters_are_never_saved_nor_loaded(tmp_path, capsys):
         next(model.parameters())[0] = math.inf
     optimizer = torch.optim.Adamax(model.parameters())
     with pytest.raises(NonFiniteError, match="non-finite"):
-        save_checkpoint(tmp_path / "new.pt", model, optimizer,
-                        training.warmup_schedule(optimizer, 0), 1, TrainConfig(), {})
+        save_checkpoint(
+            tmp_path / "new.pt",
+            model,
+            optimizer,
+            training.warmup_schedule(optimizer, 0),
+            1,
+            TrainConfig(),
+            {},
+        )
     assert not (tmp_path / "new.pt").exists()
 
 

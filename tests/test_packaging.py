@@ -23,17 +23,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENSION_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
-REPORT = ("import json, warnings, normflows_emerging as p\n"
-          "with warnings.catch_warnings(record=True) as caught:\n"
-          "    warnings.simplefilter('always')\n"
-          "    backend = p.inverse_backend()\n"
-          "print(json.dumps({'file': p.__file__, 'backend': backend,\n"
-          "                  'warnings': [str(w.message) for w in caught]}))\n")
+REPORT = (
+    "import json, warnings, normflows_emerging as p\n"
+    "with warnings.catch_warnings(record=True) as caught:\n"
+    "    warnings.simplefilter('always')\n"
+    "    backend = p.inverse_backend()\n"
+    "print(json.dumps({'file': p.__file__, 'backend': backend,\n"
+    "                  'warnings': [str(w.message) for w in caught]}))\n"
+)
 # Sources the sdist must carry: the package, the extension, and what tests/examples/benchmarks
 # import (tests import brute_force and conftest; test_cli imports examples; benchmarks timing).
-SDIST_SOURCES = ["normflows_emerging/**/*.py", "ext/*.pyx", "ext/*.h", "tests/*.py",
-                 "examples/*.py", "benchmarks/*.py", "LICENSE", "README.md", "pyproject.toml",
-                 "setup.py"]
+SDIST_SOURCES = [
+    "normflows_emerging/**/*.py",
+    "ext/*.pyx",
+    "ext/*.h",
+    "tests/*.py",
+    "examples/*.py",
+    "benchmarks/*.py",
+    "LICENSE",
+    "README.md",
+    "pyproject.toml",
+    "setup.py",
+]
 # A part of the suite (it imports conftest and brute_force) run from the unpacked sdist against
 # the installed wheel; the full suite would take minutes.
 SDIST_TESTS = ["tests/test_qr.py"]
@@ -46,8 +57,14 @@ def clean_env():
 
 def report(python, cwd, env=None):
     """``inverse_backend()``, the imported ``__file__`` and warnings, from a fresh interpreter."""
-    done = subprocess.run([str(python), "-c", REPORT], cwd=cwd, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(python), "-c", REPORT],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])
 
@@ -61,17 +78,29 @@ def test_repository_root_imports_a_built_package():
 
 def test_installed_package_is_this_checkout(tmp_path):
     """An installed normflows_emerging (imported away from the checkout) is this checkout."""
-    probe = ("import importlib.util; spec = importlib.util.find_spec('normflows_emerging'); "
-             "print(spec.origin if spec else '')")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=clean_env(),
-                          capture_output=True, text=True, timeout=60, check=True)
+    probe = (
+        "import importlib.util; spec = importlib.util.find_spec('normflows_emerging'); "
+        "print(spec.origin if spec else '')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     origin = done.stdout.strip()
     if not origin:
-        pytest.skip("normflows-emerging is not installed in this interpreter; the tests import "
-                    "the checkout from the current directory")
+        pytest.skip(
+            "normflows-emerging is not installed in this interpreter; the tests import "
+            "the checkout from the current directory"
+        )
     assert Path(origin).resolve() == ROOT / "normflows_emerging" / "__init__.py", (
         f"the installed package {origin} is not this checkout, so running from {ROOT} imports a "
-        "different copy; install with `pip install -e .`")
+        "different copy; install with `pip install -e .`"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +112,11 @@ def bare_python(tmp_path_factory):
 
 def copy_package(destination):
     """The checkout's package without any built extension, at ``destination``/normflows_emerging."""
-    shutil.copytree(ROOT / "normflows_emerging", destination / "normflows_emerging",
-                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    shutil.copytree(
+        ROOT / "normflows_emerging",
+        destination / "normflows_emerging",
+        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"),
+    )
     return destination / "normflows_emerging"
 
 
@@ -117,8 +149,9 @@ def test_missing_extension_warning_names_a_shadowed_installed_copy(tmp_path, bar
     (site / "normflows_emerging" / "__init__.py").write_text("")
     info = site / "normflows_emerging-0.1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: normflows-emerging\n"
-                                   "Version: 0.1.0\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: normflows-emerging\nVersion: 0.1.0\n"
+    )
     env = dict(clean_env(), PYTHONPATH=str(site))
     got = report(bare_python, checkout, env=env)
     assert got["backend"] == "torch"
@@ -128,15 +161,35 @@ def test_missing_extension_warning_names_a_shadowed_installed_copy(tmp_path, bar
 
 def project_copy(destination):
     """The project's files without build products, so building does not touch the checkout."""
-    shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "runs", "*.egg-info", "__pycache__", ".pytest_cache",
-        "*.so", "*.pyd", "_solve.c"))
+    shutil.copytree(
+        ROOT,
+        destination,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "dist",
+            "runs",
+            "*.egg-info",
+            "__pycache__",
+            ".pytest_cache",
+            "*.so",
+            "*.pyd",
+            "_solve.c",
+        ),
+    )
     return destination
 
 
 def built_files(root, patterns):
-    return sorted({path.relative_to(root).as_posix()
-                   for pattern in patterns for path in root.glob(pattern) if path.is_file()})
+    return sorted(
+        {
+            path.relative_to(root).as_posix()
+            for pattern in patterns
+            for path in root.glob(pattern)
+            if path.is_file()
+        }
+    )
 
 
 def fresh_venv(path):
@@ -144,8 +197,9 @@ def fresh_venv(path):
     venv.EnvBuilder(with_pip=False).create(path)
     python = path / "bin" / "python"
     purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
-    site = subprocess.run([str(python), "-c", purelib],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", purelib], capture_output=True, text=True, check=True
+    ).stdout.strip()
     parents = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
     Path(site, "_reuse_parent_packages.pth").write_text("\n".join(sorted(parents)) + "\n")
     return python
@@ -154,14 +208,22 @@ def fresh_venv(path):
 def test_sdist_and_wheel_build_install_and_test(tmp_path):
     source = project_copy(tmp_path / "source")
     dist = tmp_path / "dist"
-    done = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist),
-                           str(source)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (sdist,) = dist.glob("*.tar.gz")
     (wheel,) = dist.glob("*.whl")
 
-    done = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(sdist),
-                           str(wheel)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(sdist), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
     with tarfile.open(sdist) as archive:
@@ -184,19 +246,50 @@ def test_sdist_and_wheel_build_install_and_test(tmp_path):
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 
     python = fresh_venv(tmp_path / "venv")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        timeout=300,
+    )
     got = report(python, tmp_path)
     assert Path(got["file"]).is_relative_to(tmp_path / "venv"), got["file"]
     assert got["backend"] == "compiled", got["warnings"]
-    subprocess.run([str(tmp_path / "venv" / "bin" / "normflows-emerging"), "--help"],
-                   capture_output=True, check=True, timeout=120)
+    subprocess.run(
+        [str(tmp_path / "venv" / "bin" / "normflows-emerging"), "--help"],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
 
     # The sdist's own tests, against the installed wheel (cwd outside the unpacked sdist, so its
     # unbuilt ./normflows_emerging cannot shadow the wheel).
-    done = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                           *[str(unpacked / test) for test in SDIST_TESTS]],
-                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-x",
+            *[str(unpacked / test) for test in SDIST_TESTS],
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout.splitlines()[-1]

@@ -39,10 +39,12 @@ def gradient_used_entries(module, loss, trials=8):
 
 def layer_loss(channels, size=5):
     """Random scalar of a layer's density pass: random projection of the output plus log-det."""
+
     def loss(layer):
         x = torch.randn(4, channels, size, size + 1, dtype=torch.float64)
         z, log_det = layer.inverse(x)
         return (z * torch.randn_like(z)).sum() + log_det.sum()
+
     return loss
 
 
@@ -60,11 +62,14 @@ def test_autoregressive_conv_counts_match_hand_counts(channels, size):
 def test_qr_and_emerging_counts_match_hand_counts(channels):
     qr_effective = channels * channels + channels * (channels - 1) // 2 + channels
     assert count_parameters(QR1x1(channels)) == ParameterCount(
-        2 * channels * channels + channels, qr_effective)
-    autoregressive_effective = (4 * channels * channels - channels * (channels + 1) // 2
-                                + 2 * channels)
+        2 * channels * channels + channels, qr_effective
+    )
+    autoregressive_effective = (
+        4 * channels * channels - channels * (channels + 1) // 2 + 2 * channels
+    )
     assert count_parameters(EmergingConv2d(channels, kernel_size=3)).effective == (
-        qr_effective + 2 * autoregressive_effective)
+        qr_effective + 2 * autoregressive_effective
+    )
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
@@ -72,7 +77,8 @@ def test_plu_and_plain_1x1_have_channels_squared_effective_parameters(channels):
     plu = count_parameters(build_mixing("plu", channels))
     assert plu == ParameterCount(2 * channels * channels + channels, channels * channels)
     assert count_parameters(build_mixing("1x1", channels)) == ParameterCount(
-        channels * channels, channels * channels)
+        channels * channels, channels * channels
+    )
 
 
 @pytest.mark.parametrize("mixing", mixing_layers())

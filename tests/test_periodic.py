@@ -263,8 +263,12 @@ def test_bad_inputs():
             flow(torch.randn(shape))
     with pytest.raises(ValueError, match="method"):
         flow.inverse(torch.randn(1, 3, 6, 6), method="dft")
-    for kwargs in [dict(num_channels=0), dict(num_channels=2, kernel_size=2),
-                   dict(num_channels=2, kernel_size=0), dict(num_channels=2.0)]:
+    for kwargs in [
+        dict(num_channels=0),
+        dict(num_channels=2, kernel_size=2),
+        dict(num_channels=2, kernel_size=0),
+        dict(num_channels=2.0),
+    ]:
         with pytest.raises(ValueError):
             PeriodicConv2d(**kwargs)
 

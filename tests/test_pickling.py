@@ -40,8 +40,12 @@ def test_pickled_layer_gives_the_same_results_and_an_empty_cache(make):
 def test_pickled_layer_still_converts_checkpoints_and_drops_stored_masks():
     """The load_state_dict hooks (old log_d name, stored masks) are pickled with the layer."""
     layer = pickle.loads(pickle.dumps(SquareAutoregressiveConv2d(2, 2)))
-    old = {"weight": torch.zeros(2, 2, 2, 2), "bias": torch.zeros(2),
-           "log_d": torch.tensor([0.7, -3.0]), "mask": torch.zeros(2, 2, 2, 2)}
+    old = {
+        "weight": torch.zeros(2, 2, 2, 2),
+        "bias": torch.zeros(2),
+        "log_d": torch.tensor([0.7, -3.0]),
+        "mask": torch.zeros(2, 2, 2, 2),
+    }
     layer.load_state_dict(old, strict=True)
     torch.testing.assert_close(layer.log_d, torch.tensor([0.7, -3.0]))
     assert layer.mask.sum() > 0

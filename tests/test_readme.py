@@ -20,30 +20,81 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "results"
-SAMPLING_COLUMNS = ["model", "sample_b1 ms", "sample_b1 ratio", "sample_b1 ratio range",
-                    "sample_b16 ms", "sample_b16 ratio", "sample_b16 ratio range", "train_step ms",
-                    "train_step ratio", "train_step ratio range"]
+SAMPLING_COLUMNS = [
+    "model",
+    "sample_b1 ms",
+    "sample_b1 ratio",
+    "sample_b1 ratio range",
+    "sample_b16 ms",
+    "sample_b16 ratio",
+    "sample_b16 ratio range",
+    "train_step ms",
+    "train_step ratio",
+    "train_step ratio range",
+]
 # results file: (rows shown: None for all, columns) as each benchmark script names them
 SPEED_TABLES = {
-    "inverse.json": (lambda row: row["threads"] == 1,
-                     ["C", "HxW", "m", "batch", "conv_ms", "compiled_ms", "solve_ms", "torch_ms",
-                      "compiled/conv", "solve/conv", "torch/conv"]),
-    "mixing_layers.json": (None, ["shape", "layer", "density ms", "density ratio", "sampling ms",
-                                  "sampling ratio", "training ms", "training ratio"]),
+    "inverse.json": (
+        lambda row: row["threads"] == 1,
+        [
+            "C",
+            "HxW",
+            "m",
+            "batch",
+            "conv_ms",
+            "compiled_ms",
+            "solve_ms",
+            "torch_ms",
+            "compiled/conv",
+            "solve/conv",
+            "torch/conv",
+        ],
+    ),
+    "mixing_layers.json": (
+        None,
+        [
+            "shape",
+            "layer",
+            "density ms",
+            "density ratio",
+            "sampling ms",
+            "sampling ratio",
+            "training ms",
+            "training ratio",
+        ],
+    ),
     "sampling.json": (None, SAMPLING_COLUMNS),
     "sampling_small.json": (None, SAMPLING_COLUMNS),
     "sampling_paper.json": (None, SAMPLING_COLUMNS),
-    "long_run.json": (None, ["mixing", "steps", "test_bpd", "finite_parameters", "inverse_error",
-                             "max_inverse_error_during_run", "skipped_steps", "train_seconds"]),
-    "maf.json": (None, ["what", "backend", "batch", "ms_per_image", "speedup", "params",
-                        "max_abs_diff"]),
+    "long_run.json": (
+        None,
+        [
+            "mixing",
+            "steps",
+            "test_bpd",
+            "finite_parameters",
+            "inverse_error",
+            "max_inverse_error_during_run",
+            "skipped_steps",
+            "train_seconds",
+        ],
+    ),
+    "maf.json": (
+        None,
+        ["what", "backend", "batch", "ms_per_image", "speedup", "params", "max_abs_diff"],
+    ),
 }
 # the paper's Table 5 row (key of paper_ms_per_sample in sampling.json: naive, accelerated) and
 # the models of benchmarks/sampling.py that stand for it
-PAPER_TABLE5 = [("Glow (1x1)", ("glow", "glow"), ("1x1", "1x1")),
-                ("Emerging", ("emerging_naive", "emerging_accelerated"),
-                 ("emerging (naive)", "emerging (compiled)")),
-                ("MAF", ("maf_naive", "maf_accelerated"), ("maf (naive)", "maf (fast)"))]
+PAPER_TABLE5 = [
+    ("Glow (1x1)", ("glow", "glow"), ("1x1", "1x1")),
+    (
+        "Emerging",
+        ("emerging_naive", "emerging_accelerated"),
+        ("emerging (naive)", "emerging (compiled)"),
+    ),
+    ("MAF", ("maf_naive", "maf_accelerated"), ("maf (naive)", "maf (fast)")),
+]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 RUN_BLOCKS = """
 import json, sys
@@ -57,8 +108,11 @@ for line, code in json.load(open(sys.argv[1])):
 def readme_blocks(language):
     """(first line number, code) of every fenced block of ``language`` in README.md."""
     text = README.read_text()
-    return [(text.count("\n", 0, match.start(2)) + 1, match.group(2))
-            for match in FENCE.finditer(text) if match.group(1) == language]
+    return [
+        (text.count("\n", 0, match.start(2)) + 1, match.group(2))
+        for match in FENCE.finditer(text)
+        if match.group(1) == language
+    ]
 
 
 def cell(value):
@@ -84,15 +138,19 @@ def speed_tables():
     tables = {}
     for name, (keep, columns) in SPEED_TABLES.items():
         rows = json.loads((RESULTS / name).read_text())["rows"]
-        tables[name] = markdown_table(columns, [[row.get(c) for c in columns] for row in rows
-                                                if keep is None or keep(row)])
+        tables[name] = markdown_table(
+            columns, [[row.get(c) for c in columns] for row in rows if keep is None or keep(row)]
+        )
     sampling = json.loads((RESULTS / "sampling.json").read_text())
     here = {row["model"]: row["sample_b1 ms"] for row in sampling["rows"]}
     paper = sampling["paper_ms_per_sample"]
     tables["table5"] = markdown_table(
         ["model", "paper naive", "paper accelerated", "here naive", "here accelerated"],
-        [[model, paper[naive], paper[fast], here.get(ours_naive), here.get(ours_fast)]
-         for model, (naive, fast), (ours_naive, ours_fast) in PAPER_TABLE5])
+        [
+            [model, paper[naive], paper[fast], here.get(ours_naive), here.get(ours_fast)]
+            for model, (naive, fast), (ours_naive, ours_fast) in PAPER_TABLE5
+        ],
+    )
     return tables
 
 
@@ -109,13 +167,16 @@ def test_readme_has_python_and_bash_blocks():
 def test_speed_tables_are_the_benchmark_results():
     text = README.read_text()
     stale = [name for name, table in speed_tables().items() if table not in text]
-    assert not stale, f"README.md's tables differ from benchmarks/results/ for {stale}: paste " \
+    assert not stale, (
+        f"README.md's tables differ from benchmarks/results/ for {stale}: paste "
         "the output of `python tests/test_readme.py`"
+    )
 
 
 def test_markdown_table_cells():
     assert markdown_table(["a", "b"], [[63124.99, None], [0.072051, "x"], [3000, 4.8e-07]]) == (
-        "| a | b |\n|---|---|\n| 63,125 |  |\n| 0.0721 | x |\n| 3,000 | 4.8e-07 |")
+        "| a | b |\n|---|---|\n| 63,125 |  |\n| 0.0721 | x |\n| 3,000 | 4.8e-07 |"
+    )
 
 
 def test_python_blocks_run(tmp_path):
@@ -123,8 +184,14 @@ def test_python_blocks_run(tmp_path):
     blocks.write_text(json.dumps(readme_blocks("python")))
     script = tmp_path / "run_blocks.py"
     script.write_text(RUN_BLOCKS)
-    done = subprocess.run([sys.executable, str(script), str(blocks)], cwd=tmp_path,
-                          env=checkout_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), str(blocks)],
+        cwd=tmp_path,
+        env=checkout_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-5000:]
 
 
@@ -154,11 +221,15 @@ def program_and_flags(command):
     """
     if command[0].endswith("normflows-emerging"):
         program, rest = ["-m", "normflows_emerging"], command[1:]
-    elif "-m" in command and command[command.index("-m") + 1:][:1] == ["normflows_emerging"]:
+    elif "-m" in command and command[command.index("-m") + 1 :][:1] == ["normflows_emerging"]:
         start = command.index("-m") + 2
         program, rest = ["-m", "normflows_emerging"], command[start:]
-    elif Path(command[0]).name.startswith("python") and len(command) > 1 \
-            and command[1].endswith(".py") and (ROOT / command[1]).is_file():
+    elif (
+        Path(command[0]).name.startswith("python")
+        and len(command) > 1
+        and command[1].endswith(".py")
+        and (ROOT / command[1]).is_file()
+    ):
         program, rest = [command[1]], command[2:]
     else:
         return None
@@ -178,25 +249,40 @@ def test_bash_blocks_use_only_flags_that_exist():
     assert ("-m", "normflows_emerging", "train") in flags_by_program  # the parsing found them
     unknown = []
     for program, flags in flags_by_program.items():
-        done = subprocess.run([sys.executable, *program, "--help"], cwd=ROOT, env=checkout_env(),
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, *program, "--help"],
+            cwd=ROOT,
+            env=checkout_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, f"{' '.join(program)} --help: {done.stderr[-2000:]}"
-        unknown += [f"{' '.join(program)} {flag}" for flag in sorted(flags)
-                    if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", done.stdout)]
+        unknown += [
+            f"{' '.join(program)} {flag}"
+            for flag in sorted(flags)
+            if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", done.stdout)
+        ]
     assert not unknown, f"README.md uses flags the programs do not have: {unknown}"
 
 
 def test_command_parsing_finds_programs_and_flags():
     """The helpers above on the README's kinds of command lines (so a README test cannot pass
     by finding nothing)."""
-    block = ("python3 -m venv .venv && .venv/bin/pip install -e \".[test]\" && "
-             ".venv/bin/python examples/compare.py --seeds 0 1\n"
-             "normflows-emerging train --dataset digits \\\n    --steps 5  # a comment --no\n"
-             "torchrun --nproc-per-node 2 -m normflows_emerging train ... --lr=1e-3\n")
+    block = (
+        'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && '
+        ".venv/bin/python examples/compare.py --seeds 0 1\n"
+        "normflows-emerging train --dataset digits \\\n    --steps 5  # a comment --no\n"
+        "torchrun --nproc-per-node 2 -m normflows_emerging train ... --lr=1e-3\n"
+    )
     found = [program_and_flags(command) for command in shell_commands(block)]
-    assert found == [None, None, (["examples/compare.py"], ["--seeds"]),
-                     (["-m", "normflows_emerging", "train"], ["--dataset", "--steps"]),
-                     (["-m", "normflows_emerging", "train"], ["--lr"])]
+    assert found == [
+        None,
+        None,
+        (["examples/compare.py"], ["--seeds"]),
+        (["-m", "normflows_emerging", "train"], ["--dataset", "--steps"]),
+        (["-m", "normflows_emerging", "train"], ["--lr"]),
+    ]
 
 
 if __name__ == "__main__":

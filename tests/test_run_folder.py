@@ -11,9 +11,21 @@ from normflows_emerging.app.cli import main
 from normflows_emerging.app.errors import RunFolderError
 from normflows_emerging.app.run_folder import prepare_run_folder, truncate_metrics
 
-TINY = ["--dataset", "digits", "--levels", "1", "--flows-per-level", "1",
-        "--hidden-channels", "4", "--batch-size", "16", "--eval-batch-size", "512",
-        "--no-progress"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--levels",
+    "1",
+    "--flows-per-level",
+    "1",
+    "--hidden-channels",
+    "4",
+    "--batch-size",
+    "16",
+    "--eval-batch-size",
+    "512",
+    "--no-progress",
+]
 
 
 def steps_in(out):
@@ -91,11 +103,13 @@ def test_truncate_metrics_drops_later_steps_and_a_line_cut_by_a_crash(tmp_path):
         truncate_metrics(tmp_path, 4)
 
 
-@pytest.mark.parametrize("line", ["[1, 2]", '"text"', "7", '{"test_bpd": 1.0}', '{"step": "2"}',
-                                  "null"])
+@pytest.mark.parametrize(
+    "line", ["[1, 2]", '"text"', "7", '{"test_bpd": 1.0}', '{"step": "2"}', "null"]
+)
 def test_truncate_metrics_names_a_line_that_is_not_a_record(tmp_path, line, capsys):
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2}) + "\n" + line + "\n"
-                                            + json.dumps({"step": 4}) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"step": 2}) + "\n" + line + "\n" + json.dumps({"step": 4}) + "\n"
+    )
     with pytest.raises(RunFolderError, match=r"metrics\.jsonl line 2 is not a metrics record"):
         truncate_metrics(tmp_path, 4)
 
@@ -110,8 +124,10 @@ def test_resume_with_a_metrics_line_that_is_not_a_record_is_one_line(tmp_path, c
         main(["train", *TINY, "--steps", "2", "--resume", "--out", str(out)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err == (f"normflows-emerging train: error: {out / 'metrics.jsonl'} line 2 is not a "
-                   f"metrics record (a JSON object with an integer \"step\")\n")
+    assert err == (
+        f"normflows-emerging train: error: {out / 'metrics.jsonl'} line 2 is not a "
+        f'metrics record (a JSON object with an integer "step")\n'
+    )
 
 
 @pytest.mark.parametrize("name", ["", "."])

@@ -39,8 +39,9 @@ def test_solves_from_several_python_threads_at_once():
         for _ in range(5):
             for schedule in ("serial", units, "over-diagonals"):
                 out = torch.full_like(y, float("nan"))
-                _solve.solve_causal_float64(y.numpy(), kernel.numpy(), out.numpy(), 1, 2,
-                                              f"{kind}/{schedule}")
+                _solve.solve_causal_float64(
+                    y.numpy(), kernel.numpy(), out.numpy(), 1, 2, f"{kind}/{schedule}"
+                )
                 torch.testing.assert_close(out, expected)
             torch.testing.assert_close(solve_autoregressive(y, kernel, 1, "compiled"), expected)
         finished.append(True)  # only reached when every result was right
@@ -96,9 +97,14 @@ print("ok")
 @pytest.mark.skipif(not _solve.has_openmp(), reason="built without OpenMP")
 def test_dataloader_workers_forked_after_openmp_solve_correctly_without_hanging():
     # In its own process group, so that hung workers are killed with it.
-    process = subprocess.Popen([sys.executable, "-c", DATALOADER_SCRIPT], cwd=REPOSITORY,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", DATALOADER_SCRIPT],
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=180)
     except subprocess.TimeoutExpired:

@@ -14,8 +14,10 @@ from normflows_emerging.solve.naive import solve_naive
 from solve_cases import random_causal_kernel
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRY_POINTS = {torch.float32: _solve.solve_causal_float32,
-                torch.float64: _solve.solve_causal_float64}
+ENTRY_POINTS = {
+    torch.float32: _solve.solve_causal_float32,
+    torch.float64: _solve.solve_causal_float64,
+}
 
 
 def test_kernel_of_other_channel_count_is_rejected_not_garbage():
@@ -29,35 +31,81 @@ def test_kernel_of_other_channel_count_is_rejected_not_garbage():
 
 BAD_INPUTS = [
     # (y, kernel, dilation, error, message)
-    (torch.randn(2, 3, 4), random_causal_kernel(3, 2, torch.float32), 1, ValueError,
-     r"y must have shape \(batch, channels >= 1, height, width\)"),
+    (
+        torch.randn(2, 3, 4),
+        random_causal_kernel(3, 2, torch.float32),
+        1,
+        ValueError,
+        r"y must have shape \(batch, channels >= 1, height, width\)",
+    ),
     (torch.randn(1, 0, 4, 4), torch.randn(0, 0, 2, 2), 1, ValueError, "channels >= 1"),
-    (torch.randint(0, 3, (1, 2, 3, 3)), torch.randint(0, 3, (2, 2, 2, 2)), 1, TypeError,
-     "floating-point"),
-    (torch.randn(1, 2, 3, 3), random_causal_kernel(2, 2, torch.float64), 1, TypeError,
-     "kernel must have y's dtype torch.float32, got torch.float64"),
+    (
+        torch.randint(0, 3, (1, 2, 3, 3)),
+        torch.randint(0, 3, (2, 2, 2, 2)),
+        1,
+        TypeError,
+        "floating-point",
+    ),
+    (
+        torch.randn(1, 2, 3, 3),
+        random_causal_kernel(2, 2, torch.float64),
+        1,
+        TypeError,
+        "kernel must have y's dtype torch.float32, got torch.float64",
+    ),
     (torch.randn(1, 2, 3, 3), torch.randn(2, 2, 2, 3), 1, ValueError, r"\(2, 2, m, m\)"),
     (torch.randn(1, 2, 3, 3), torch.randn(2, 2, 0, 0), 1, ValueError, "m >= 1"),
     (torch.randn(1, 2, 3, 3), torch.randn(2, 2, 2), 1, ValueError, r"\(2, 2, m, m\)"),
-    (torch.randn(1, 2, 3, 3), random_causal_kernel(2, 2, torch.float32), 0, ValueError,
-     "dilation must be a positive integer, got 0"),
-    (torch.randn(1, 2, 3, 3), random_causal_kernel(2, 2, torch.float32), -1, ValueError,
-     "dilation must be a positive integer, got -1"),
-    (torch.randn(1, 2, 3, 3), random_causal_kernel(2, 2, torch.float32), 1.0, TypeError,
-     "dilation must be an int, got float"),
-    (torch.randn(1, 2, 3, 3), random_causal_kernel(2, 2, torch.float32), True, TypeError,
-     "dilation must be an int, got bool"),
-    (torch.randn(1, 2, 3, 3), random_causal_kernel(2, 2, torch.float32).to("meta"), 1,
-     ValueError, "kernel must be on y's device cpu, got meta"),
-    (torch.randn(1, 2, 3, 3).numpy(), random_causal_kernel(2, 2, torch.float32), 1, TypeError,
-     "must be torch.Tensors"),
+    (
+        torch.randn(1, 2, 3, 3),
+        random_causal_kernel(2, 2, torch.float32),
+        0,
+        ValueError,
+        "dilation must be a positive integer, got 0",
+    ),
+    (
+        torch.randn(1, 2, 3, 3),
+        random_causal_kernel(2, 2, torch.float32),
+        -1,
+        ValueError,
+        "dilation must be a positive integer, got -1",
+    ),
+    (
+        torch.randn(1, 2, 3, 3),
+        random_causal_kernel(2, 2, torch.float32),
+        1.0,
+        TypeError,
+        "dilation must be an int, got float",
+    ),
+    (
+        torch.randn(1, 2, 3, 3),
+        random_causal_kernel(2, 2, torch.float32),
+        True,
+        TypeError,
+        "dilation must be an int, got bool",
+    ),
+    (
+        torch.randn(1, 2, 3, 3),
+        random_causal_kernel(2, 2, torch.float32).to("meta"),
+        1,
+        ValueError,
+        "kernel must be on y's device cpu, got meta",
+    ),
+    (
+        torch.randn(1, 2, 3, 3).numpy(),
+        random_causal_kernel(2, 2, torch.float32),
+        1,
+        TypeError,
+        "must be torch.Tensors",
+    ),
 ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("y,kernel,dilation,error,message", BAD_INPUTS)
-def test_bad_input_gets_a_clear_error_from_every_backend(backend, y, kernel, dilation, error,
-                                                         message):
+def test_bad_input_gets_a_clear_error_from_every_backend(
+    backend, y, kernel, dilation, error, message
+):
     with pytest.raises(error, match=message):
         solve_autoregressive(y, kernel, dilation, backend)
 
@@ -79,8 +127,14 @@ def test_huge_negative_dilation_raises_instead_of_crashing():
         "    else:\n"
         "        raise SystemExit('no error')\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, cwd=REPOSITORY, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPOSITORY,
+        check=False,
+    )
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
 
 
@@ -128,13 +182,15 @@ def test_entry_points_check_before_touching_memory(dtype):
         ((y, kernel[:, :, :0, :0].contiguous(), out, 1, 1), "m >= 1"),
         ((y, kernel, out[:1], 1, 1), r"out must have the shape of y \(2, 3, 4, 5\)"),
         ((y, kernel, out, 0, 1), "dilation must be a positive integer"),
-        ((y, kernel, out, -10**8, 1), "dilation must be a positive integer"),
+        ((y, kernel, out, -(10**8), 1), "dilation must be a positive integer"),
         ((y, kernel, out, 1, 0), "num_threads must be at least 1"),
         ((y[:, :, :, ::2], kernel, out[:, :, :, :3], 1, 1), "contiguous"),
         ((y.transpose(2, 3), kernel, out.transpose(2, 3), 1, 1), "contiguous"),
         ((y.to(other_dtype), kernel, out, 1, 1), "dtype mismatch"),
-        ((y[:, :0].contiguous(), kernel[:0, :0].contiguous(), out[:, :0].contiguous(), 1, 1),
-         "at least one channel"),
+        (
+            (y[:, :0].contiguous(), kernel[:0, :0].contiguous(), out[:, :0].contiguous(), 1, 1),
+            "at least one channel",
+        ),
     ]
     for (y_, kernel_, out_, dilation, threads), message in cases:
         before = out.clone()
@@ -150,8 +206,9 @@ def test_entry_point_leaves_out_unwritten_on_a_singular_kernel():
     kernel[2, 2, -1, -1] = 0
     out = torch.full((9, 3, 4, 4), 7.0, dtype=torch.float64)
     with pytest.raises(ZeroDivisionError, match=r"kernel\[2, 2, 1, 1\] is 0"):
-        _solve.solve_causal_float64(torch.randn(9, 3, 4, 4, dtype=torch.float64).numpy(),
-                                      kernel.numpy(), out.numpy(), 1, 1)
+        _solve.solve_causal_float64(
+            torch.randn(9, 3, 4, 4, dtype=torch.float64).numpy(), kernel.numpy(), out.numpy(), 1, 1
+        )
     assert (out == 7).all()
 
 

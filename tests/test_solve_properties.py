@@ -28,17 +28,19 @@ def in_layout(y, layout):
     return y
 
 
-problems = st.fixed_dictionaries({
-    "batch": st.sampled_from([1, 2, 9]),  # 9: the compiled batch kernel (8 lanes) plus one
-    "channels": st.integers(1, 5),
-    "height": st.integers(1, 6),
-    "width": st.integers(1, 6),
-    "size": st.integers(1, 3),
-    "dilation": st.integers(1, 3),
-    "dtype": st.sampled_from([torch.float32, torch.float64]),
-    "layout": st.sampled_from(LAYOUTS),
-    "seed": st.integers(0, 2**31 - 1),
-})
+problems = st.fixed_dictionaries(
+    {
+        "batch": st.sampled_from([1, 2, 9]),  # 9: the compiled batch kernel (8 lanes) plus one
+        "channels": st.integers(1, 5),
+        "height": st.integers(1, 6),
+        "width": st.integers(1, 6),
+        "size": st.integers(1, 3),
+        "dilation": st.integers(1, 3),
+        "dtype": st.sampled_from([torch.float32, torch.float64]),
+        "layout": st.sampled_from(LAYOUTS),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -48,8 +50,9 @@ def test_solve_inverts_the_convolution_and_matches_the_reference(backend, proble
     generator = torch.Generator().manual_seed(problem["seed"])
     dtype, tol = problem["dtype"], TOLERANCES[problem["dtype"]]
     shape = (problem["batch"], problem["channels"], problem["height"], problem["width"])
-    kernel = random_causal_kernel(problem["channels"], problem["size"], dtype, upper=1.0,
-                                  generator=generator)
+    kernel = random_causal_kernel(
+        problem["channels"], problem["size"], dtype, upper=1.0, generator=generator
+    )
     y = in_layout(torch.randn(shape, dtype=dtype, generator=generator), problem["layout"])
 
     x = solve_autoregressive(y, kernel, problem["dilation"], backend)
@@ -57,5 +60,6 @@ def test_solve_inverts_the_convolution_and_matches_the_reference(backend, proble
     assert x.shape == shape and x.dtype == dtype
     torch.testing.assert_close(causal_conv(x, kernel, problem["dilation"]), y, atol=tol, rtol=tol)
     if backend != "naive":  # the reference on the first two images (it is slow)
-        torch.testing.assert_close(x[:2], solve_naive(y[:2], kernel, problem["dilation"]),
-                                   atol=tol, rtol=tol)
+        torch.testing.assert_close(
+            x[:2], solve_naive(y[:2], kernel, problem["dilation"]), atol=tol, rtol=tol
+        )

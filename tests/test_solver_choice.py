@@ -16,9 +16,13 @@ def two_level_model(solver, maf_solver="auto"):
     """A normflows MultiscaleFlow for 1 x 8 x 8 images built from normflows' own classes."""
     q0, flows, merges = [], [], []
     for level, (channels, side) in enumerate([(8, 2), (4, 4)]):
-        flows.append([EmergingConv2d(channels, 3, solver=solver),
-                      MaskedAffineAutoregressiveConv2d(channels, 4, solver=maf_solver),
-                      nf.flows.Squeeze()])
+        flows.append(
+            [
+                EmergingConv2d(channels, 3, solver=solver),
+                MaskedAffineAutoregressiveConv2d(channels, 4, solver=maf_solver),
+                nf.flows.Squeeze(),
+            ]
+        )
         latent_channels = channels if level == 0 else channels // 2
         q0.append(nf.distributions.DiagGaussian((latent_channels, side, side)))
         if level > 0:
@@ -65,9 +69,11 @@ def test_maf_solver_and_use_backend_inside_a_model(monkeypatch):
     calls = []
     for name in ("_solve_fast", "_solve_naive"):
         original = getattr(MaskedAffineAutoregressiveConv2d, name)
-        monkeypatch.setattr(MaskedAffineAutoregressiveConv2d, name,
-                            lambda self, z, name=name, original=original:
-                            calls.append(name) or original(self, z))
+        monkeypatch.setattr(
+            MaskedAffineAutoregressiveConv2d,
+            name,
+            lambda self, z, name=name, original=original: calls.append(name) or original(self, z),
+        )
     model = two_level_model("auto", maf_solver="naive")
     model.sample(1)
     assert calls == ["_solve_naive"] * 2
@@ -77,11 +83,14 @@ def test_maf_solver_and_use_backend_inside_a_model(monkeypatch):
     assert calls == ["_solve_fast"] * 2
 
 
-@pytest.mark.parametrize("make", [
-    lambda solver: SquareAutoregressiveConv2d(2, solver=solver),
-    lambda solver: EmergingConv2d(2, solver=solver),
-    lambda solver: MaskedAffineAutoregressiveConv2d(2, solver=solver),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda solver: SquareAutoregressiveConv2d(2, solver=solver),
+        lambda solver: EmergingConv2d(2, solver=solver),
+        lambda solver: MaskedAffineAutoregressiveConv2d(2, solver=solver),
+    ],
+)
 def test_unknown_solver_is_rejected_in_constructor_and_attribute(make):
     with pytest.raises(ValueError, match="solver must be one of"):
         make("fortran")

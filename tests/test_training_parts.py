@@ -22,8 +22,9 @@ def test_eval_mode_restores_every_submodule_also_on_exceptions():
     assert model.training and model[0].training and not model[1].training
 
 
-@pytest.mark.parametrize("warmup, factors", [(3, [1 / 3, 2 / 3, 1, 1, 1]), (0, [1] * 5),
-                                             (1, [1] * 5)])
+@pytest.mark.parametrize(
+    "warmup, factors", [(3, [1 / 3, 2 / 3, 1, 1, 1]), (0, [1] * 5), (1, [1] * 5)]
+)
 def test_warmup_schedule_is_linear_over_the_first_steps(warmup, factors):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
     schedule = warmup_schedule(optimizer, warmup)
@@ -64,8 +65,11 @@ def test_plain_progress_lines_when_not_a_terminal():
     assert "\r" not in text
     lines = text.splitlines()
     assert [line.split(" (")[0] for line in lines] == [
-        "train qr: step 4/10 loss=1.50 bpd=3.250", "step 5: test bits/dim 3.0",
-        "train qr: step 8/10 loss=1.50 bpd=3.250", "train qr: step 10/10 loss=1.50 bpd=3.250"]
+        "train qr: step 4/10 loss=1.50 bpd=3.250",
+        "step 5: test bits/dim 3.0",
+        "train qr: step 8/10 loss=1.50 bpd=3.250",
+        "train qr: step 10/10 loss=1.50 bpd=3.250",
+    ]
 
 
 class Terminal(io.StringIO):

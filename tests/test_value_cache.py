@@ -32,8 +32,13 @@ def make_emerging_without_1x1():
     return perturb_(EmergingConv2d(4, 3, one_by_one="none").double(), std=0.1)
 
 
-LAYERS = {"periodic": make_periodic, "qr": make_qr, "autoregressive": make_autoregressive,
-          "emerging": make_emerging, "emerging without 1x1": make_emerging_without_1x1}
+LAYERS = {
+    "periodic": make_periodic,
+    "qr": make_qr,
+    "autoregressive": make_autoregressive,
+    "emerging": make_emerging,
+    "emerging without 1x1": make_emerging_without_1x1,
+}
 
 
 def fresh_outputs(layer, z, x):
@@ -46,8 +51,10 @@ def fresh_outputs(layer, z, x):
 def other_values(layer, seed):
     """A state with different values for every parameter."""
     generator = torch.Generator().manual_seed(seed)
-    return {name: p + 0.1 * torch.randn(p.shape, generator=generator, dtype=p.dtype)
-            for name, p in layer.named_parameters()}
+    return {
+        name: p + 0.1 * torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        for name, p in layer.named_parameters()
+    }
 
 
 def by_inplace_no_grad(layer, new):
@@ -71,8 +78,9 @@ def by_load_state_dict(layer, new):
 
 
 def by_vector_to_parameters(layer, new):
-    vector_to_parameters(parameters_to_vector([new[n] for n, _ in layer.named_parameters()]),
-                         layer.parameters())
+    vector_to_parameters(
+        parameters_to_vector([new[n] for n, _ in layer.named_parameters()]), layer.parameters()
+    )
 
 
 def by_ema_lerp(layer, new):
@@ -81,8 +89,14 @@ def by_ema_lerp(layer, new):
             p.lerp_(new[name], 0.5)
 
 
-ROUTES = [by_inplace_no_grad, by_data_assignment, by_data_copy, by_load_state_dict,
-          by_vector_to_parameters, by_ema_lerp]
+ROUTES = [
+    by_inplace_no_grad,
+    by_data_assignment,
+    by_data_copy,
+    by_load_state_dict,
+    by_vector_to_parameters,
+    by_ema_lerp,
+]
 
 
 @pytest.mark.parametrize("make", LAYERS.values(), ids=LAYERS.keys())
@@ -140,8 +154,11 @@ def count_kernel_assemblies(monkeypatch):
     """A list that grows by one with every autoregressive kernel assembly."""
     calls = []
     original = SquareAutoregressiveConv2d._assemble  # every kernel assembly goes through it
-    monkeypatch.setattr(SquareAutoregressiveConv2d, "_assemble",
-                        lambda self, log_d: calls.append(1) or original(self, log_d))
+    monkeypatch.setattr(
+        SquareAutoregressiveConv2d,
+        "_assemble",
+        lambda self, log_d: calls.append(1) or original(self, log_d),
+    )
     return calls
 
 
@@ -158,8 +175,9 @@ def test_autoregressive_kernel_is_assembled_once_in_eval_mode(monkeypatch):
     assert len(calls) == 2
 
 
-@pytest.mark.parametrize("make", [make_autoregressive, make_emerging],
-                         ids=["autoregressive", "emerging"])
+@pytest.mark.parametrize(
+    "make", [make_autoregressive, make_emerging], ids=["autoregressive", "emerging"]
+)
 def test_cache_follows_in_place_changes_of_constant_buffers(make):
     """Masks are watched by identity and version (cheaper than values): an in-place change or a
     replacement of a buffer is still seen."""
@@ -195,8 +213,9 @@ def test_emerging_plan_is_built_once_in_eval_mode(monkeypatch):
         torch.testing.assert_close(first, fresh_outputs(layer, z, z))
 
 
-@pytest.mark.parametrize("make", [make_autoregressive, make_emerging],
-                         ids=["autoregressive", "emerging"])
+@pytest.mark.parametrize(
+    "make", [make_autoregressive, make_emerging], ids=["autoregressive", "emerging"]
+)
 @pytest.mark.parametrize("how", ["built", "converted"])
 def test_cache_follows_constant_buffers_that_are_inference_tensors(make, how):
     """A layer built or converted under inference_mode holds inference-tensor masks, which have no
@@ -208,8 +227,11 @@ def test_cache_follows_constant_buffers_that_are_inference_tensors(make, how):
         else:
             layer = make().float().eval()
             layer.double()
-        assert all(module.mask.is_inference() for module in layer.modules()
-                   if isinstance(module, SquareAutoregressiveConv2d))
+        assert all(
+            module.mask.is_inference()
+            for module in layer.modules()
+            if isinstance(module, SquareAutoregressiveConv2d)
+        )
         first = layer(z)
         torch.testing.assert_close(first, layer.train()(z))
         for module in layer.modules():
@@ -260,13 +282,15 @@ def test_forward_mode_derivatives_with_respect_to_parameters_in_eval_mode(make):
         layer.inverse(x)  # fills the cache with the same parameter values
     expected = forward_mode_derivative(copy.deepcopy(layer).train(), parameters, tangents, x)
     torch.testing.assert_close(forward_mode_derivative(layer, parameters, tangents, x), expected)
-    _, jvp = torch.func.jvp(lambda p: sum(t.sum() for t in density(layer, p, x)),
-                            (parameters,), (tangents,))
+    _, jvp = torch.func.jvp(
+        lambda p: sum(t.sum() for t in density(layer, p, x)), (parameters,), (tangents,)
+    )
     torch.testing.assert_close(jvp, expected)
 
 
-@pytest.mark.parametrize("make", [make_periodic, make_autoregressive],
-                         ids=["periodic", "autoregressive"])
+@pytest.mark.parametrize(
+    "make", [make_periodic, make_autoregressive], ids=["periodic", "autoregressive"]
+)
 def test_vmap_over_stacked_parameters_in_eval_mode(make):
     """An ensemble evaluated with torch.func.vmap over stacked parameters: each member's result."""
     members = [make().eval() for _ in range(3)]
@@ -295,8 +319,9 @@ class HalfFillDetector(dict):
             assert first not in self or second in self, f"{first!r} stored before {second!r}"
 
 
-@pytest.mark.parametrize("make", [make_autoregressive, make_periodic],
-                         ids=["autoregressive", "periodic"])
+@pytest.mark.parametrize(
+    "make", [make_autoregressive, make_periodic], ids=["autoregressive", "periodic"]
+)
 def test_cache_entries_are_filled_in_one_write(make, monkeypatch):
     original = ValueKeyedCache.entry
 

@@ -50,8 +50,10 @@ def _is_multiscale(model):
 
 
 def _is_normalizing_flow(model):
-    return all(hasattr(model, name) for name in ("q0", "flows", "inverse_and_log_det",
-                                                 "forward_and_log_det"))
+    return all(
+        hasattr(model, name)
+        for name in ("q0", "flows", "inverse_and_log_det", "forward_and_log_det")
+    )
 
 
 @torch.no_grad()
@@ -75,8 +77,9 @@ def inverse_error(model, x) -> dict:
       TypeError: if the model is neither of the two normflows models (see :func:`is_checkable`)
     """
     if not is_checkable(model):
-        raise TypeError(f"expected a normflows MultiscaleFlow or NormalizingFlow, got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"expected a normflows MultiscaleFlow or NormalizingFlow, got {type(model).__name__}"
+        )
     with eval_mode(model):
         flow_errors = _per_flow_errors(model, x)
         z, _ = model.inverse_and_log_det(x)
@@ -139,5 +142,7 @@ def warn_if_not_invertible(errors, where="") -> bool:
         f"in {worst} ({errors['flows'].get(worst, float('nan')):.3g}); "
         f"samples may be wrong. Remedies: sample in float64, lower the learning rate, or "
         f"resume from an earlier checkpoint",
-        NumericalInvertibilityWarning, stacklevel=2)
+        NumericalInvertibilityWarning,
+        stacklevel=2,
+    )
     return True

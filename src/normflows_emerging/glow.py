@@ -1,7 +1,7 @@
 """A Glow step with any registered mixing layer, and mixing swaps in existing normflows models.
 
-    step = GlowStep(12, hidden_channels=64, mixing="emerging", kernel_size=5)
-    replace_mixing(normflows_glow_model, "qr")   # every GlowBlock / GlowStep, in place
+step = GlowStep(12, hidden_channels=64, mixing="emerging", kernel_size=5)
+replace_mixing(normflows_glow_model, "qr")   # every GlowBlock / GlowStep, in place
 """
 
 from __future__ import annotations
@@ -296,4 +296,5 @@ def _check_image_sizes(model: nn.Module, blocks: list, layers: list) -> None:
             raise ValueError(
                 f"the steps of level {level} (of {levels}) see {height}x{width} images, but "
                 f"{type(layer).__name__} needs at least {needed}x{needed} (its min_image_size): "
-                f"the model is left as it was")
+                f"the model is left as it was"
+            )

@@ -1,8 +1,8 @@
 """Glow's multiscale layout, for any step, as a normflows model that checks its inputs.
 
-    model = build_multiscale_flow((3, 32, 32), levels=3, flows_per_level=8,
-                                  hidden_channels=256, mixing="emerging")
-    glow = build_glow((3, 32, 32), 3, 8, lambda c: normflows.flows.GlowBlock(c, 256))
+model = build_multiscale_flow((3, 32, 32), levels=3, flows_per_level=8,
+                              hidden_channels=256, mixing="emerging")
+glow = build_glow((3, 32, 32), 3, 8, lambda c: normflows.flows.GlowBlock(c, 256))
 """
 
 from __future__ import annotations
@@ -105,8 +105,12 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             raise TypeError(
                 f"class-conditional model needs labels y as a torch.Tensor, got {type(y).__name__}"
             )
-        indices = (y.dim() == 1 and not y.is_floating_point() and not y.is_complex()
-                   and y.dtype != torch.bool)
+        indices = (
+            y.dim() == 1
+            and not y.is_floating_point()
+            and not y.is_complex()
+            and y.dtype != torch.bool
+        )
         weights = y.dim() == 2 and y.is_floating_point() and y.shape[1] == self.num_classes
         if not (indices or weights) or (batch is not None and y.shape[0] != batch):
             size = "batch" if batch is None else batch
@@ -193,8 +197,10 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         """
         check_positive_int("num_samples", num_samples)
         if temperature is not None and (
-            isinstance(temperature, bool) or not isinstance(temperature, Real)
-            or not math.isfinite(temperature) or temperature <= 0
+            isinstance(temperature, bool)
+            or not isinstance(temperature, Real)
+            or not math.isfinite(temperature)
+            or temperature <= 0
         ):
             raise ValueError(
                 f"temperature must be a finite number > 0 or None, got {temperature!r}"
@@ -210,8 +216,9 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             self.reset_temperature()
 
     @staticmethod
-    def _finite_samples(x: torch.Tensor, log_p: torch.Tensor,
-                        temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _finite_samples(
+        x: torch.Tensor, log_p: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, log_p)`` unless a sample is NaN or infinite.
 
         The latents are finite draws, so a non-finite image means a flow's sampling direction
@@ -224,7 +231,8 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
                 f"{bad} of the {x.numel()} sampled values are NaN or infinite at temperature "
                 f"{temperature}: a flow's sampling direction overflowed, so no samples are "
                 f"returned (a lower temperature may help; a model with non-finite or extreme "
-                f"parameters cannot sample)")
+                f"parameters cannot sample)"
+            )
         return x, log_p
 
 
@@ -240,11 +248,13 @@ def _min_image_size(step: nf.flows.Flow) -> int:
     if needed is None:
         return 1
     if isinstance(needed, bool) or not isinstance(needed, Integral):
-        raise TypeError(f"{type(step).__name__}.min_image_size must be a positive int or None, "
-                        f"got {needed!r}")
+        raise TypeError(
+            f"{type(step).__name__}.min_image_size must be a positive int or None, got {needed!r}"
+        )
     if needed < 1:
-        raise ValueError(f"{type(step).__name__}.min_image_size must be a positive int or None, "
-                         f"got {needed!r}")
+        raise ValueError(
+            f"{type(step).__name__}.min_image_size must be a positive int or None, got {needed!r}"
+        )
     return int(needed)
 
 
@@ -307,7 +317,8 @@ def build_glow(
                     f"the steps of level {levels - i} (of {levels}) see {height // factor}x"
                     f"{width // factor} images, but {type(step).__name__} needs at least "
                     f"{needed}x{needed} (its min_image_size, e.g. a periodic mixing layer's "
-                    f"kernel): use fewer levels or larger images")
+                    f"kernel): use fewer levels or larger images"
+                )
         flows.append(steps + [nf.flows.Squeeze()])
         latent_shape = (channels * factor * (2 if i == 0 else 1), height // factor, width // factor)
         if i > 0:

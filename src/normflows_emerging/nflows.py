@@ -49,7 +49,8 @@ class FlowTransform(Transform):
         """
         if not isinstance(flow, Flow):
             raise TypeError(
-                f"FlowTransform wraps a normflows.flows.Flow, got {type(flow).__name__}")
+                f"FlowTransform wraps a normflows.flows.Flow, got {type(flow).__name__}"
+            )
         super().__init__()
         self.flow = flow
 

@@ -28,8 +28,11 @@ def main(argv=None) -> int:
     """
     missing = missing_train_modules()
     if missing:
-        print(f"normflows-emerging: error: the command line needs {', '.join(missing)}: "
-              "pip install \"normflows-emerging[train]\"", file=sys.stderr)
+        print(
+            f"normflows-emerging: error: the command line needs {', '.join(missing)}: "
+            'pip install "normflows-emerging[train]"',
+            file=sys.stderr,
+        )
         return 2
     from .cli import main as cli_main
 

@@ -48,8 +48,10 @@ class BatchOrder:
         Returns:
           dict with ``epoch`` and ``position`` (index of its first example in the epoch's order)
         """
-        return {"epoch": step // self.steps_per_epoch,
-                "position": step % self.steps_per_epoch * self.global_batch}
+        return {
+            "epoch": step // self.steps_per_epoch,
+            "position": step % self.steps_per_epoch * self.global_batch,
+        }
 
     def indices(self, step, whole=False):
         """Indices of the examples this process reads at ``step``.
@@ -64,7 +66,8 @@ class BatchOrder:
         state = self.state(step)
         if state["epoch"] != self._epoch:
             generator = torch.Generator().manual_seed(
-                derive_seed(self.seed, DATA_ORDER, state["epoch"]))
+                derive_seed(self.seed, DATA_ORDER, state["epoch"])
+            )
             self._permutation = torch.randperm(self.num_examples, generator=generator)
             self._epoch = state["epoch"]
         if whole:

@@ -32,8 +32,17 @@ from .errors import CheckpointError, NonFiniteError
 CHECKPOINT = "checkpoint.pt"
 # Version of the checkpoint layout; bump it when the layout changes.
 FORMAT_VERSION = 2
-REQUIRED_KEYS = ("format_version", "model", "optimizer", "scheduler", "step", "config", "rng",
-                 "input_shape", "num_bins")
+REQUIRED_KEYS = (
+    "format_version",
+    "model",
+    "optimizer",
+    "scheduler",
+    "step",
+    "config",
+    "rng",
+    "input_shape",
+    "num_bins",
+)
 
 # Tags that keep the random streams derived from one seed apart.
 DATA_ORDER, TRAIN_NOISE, EVAL_NOISE, SAMPLING = range(4)
@@ -110,8 +119,13 @@ def rng_state(order, step):
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()  # noqa: NPY002
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss,
-                  cached_gaussian],
+        "numpy": [
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            position,
+            has_gauss,
+            cached_gaussian,
+        ],
         "python": random.getstate(),
         "data": order.state(step),
     }
@@ -124,8 +138,8 @@ def set_rng_state(state):
     """Restore the random states captured by :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     name, keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss,  # noqa: NPY002
-                         cached_gaussian))
+    numpy_state = (name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian)
+    np.random.set_state(numpy_state)  # noqa: NPY002
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -149,8 +163,10 @@ def save_checkpoint(path, model, optimizer, scheduler, step, config, rng, extra=
     """
     bad = non_finite_parameters(model)
     if bad:
-        raise NonFiniteError(f"not saving {path}: {len(bad)} parameter tensors of the model are "
-                             f"non-finite (e.g. {bad[0]!r})")
+        raise NonFiniteError(
+            f"not saving {path}: {len(bad)} parameter tensors of the model are "
+            f"non-finite (e.g. {bad[0]!r})"
+        )
     checkpoint = {
         "format_version": FORMAT_VERSION,
         "model": model.state_dict(),
@@ -188,14 +204,17 @@ def read_checkpoint(path) -> dict:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
         if damaged is not None:
-            raise CheckpointError(f"{path} is corrupted: its entry {damaged} fails the archive's "
-                                  "header or CRC check")
+            raise CheckpointError(
+                f"{path} is corrupted: its entry {damaged} fails the archive's header or CRC check"
+            )
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001 -- torch.load raises many types for damaged files
-        raise CheckpointError(f"{path} cannot be read as a checkpoint (truncated, corrupted or "
-                              f"not written by this package): {_first_line(err)}") from None
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint (truncated, corrupted or "
+            f"not written by this package): {_first_line(err)}"
+        ) from None
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise CheckpointError(f"{path} is not a checkpoint written by normflows_emerging")
     version = checkpoint["format_version"]
@@ -204,7 +223,8 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(
             f"{path} has checkpoint format version {version!r}, "
             f"{'newer than' if newer else 'other than'} the version {FORMAT_VERSION} this "
-            f"normflows_emerging reads{'; upgrade normflows_emerging' if newer else ''}")
+            f"normflows_emerging reads{'; upgrade normflows_emerging' if newer else ''}"
+        )
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise CheckpointError(f"{path} is missing the checkpoint entries {missing}")
@@ -230,13 +250,17 @@ def load_state(module, state, path, what="model") -> None:
     if isinstance(module, torch.nn.Module):
         problem = _state_mismatch(module.state_dict(), state)
         if problem:
-            raise CheckpointError(f"{path}: the saved {what} does not fit the {what} built from "
-                                  f"its settings (another architecture?): {problem}")
+            raise CheckpointError(
+                f"{path}: the saved {what} does not fit the {what} built from "
+                f"its settings (another architecture?): {problem}"
+            )
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{path}: the saved {what} does not fit the {what} built from its "
-                              f"settings (another architecture?): {_first_line(err)}") from None
+        raise CheckpointError(
+            f"{path}: the saved {what} does not fit the {what} built from its "
+            f"settings (another architecture?): {_first_line(err)}"
+        ) from None
 
 
 def _state_mismatch(expected, saved):
@@ -251,8 +275,10 @@ def _state_mismatch(expected, saved):
         parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
     if reshaped:
         key = reshaped[0]
-        parts.append(f"{len(reshaped)} of another shape (e.g. {key!r}: saved "
-                     f"{tuple(saved[key].shape)}, expected {tuple(expected[key].shape)})")
+        parts.append(
+            f"{len(reshaped)} of another shape (e.g. {key!r}: saved "
+            f"{tuple(saved[key].shape)}, expected {tuple(expected[key].shape)})"
+        )
     return ", ".join(parts)
 
 
@@ -279,8 +305,10 @@ def load_checkpoint(path, device="cpu"):
     load_state(model, checkpoint["model"], path)
     bad = non_finite_parameters(model)
     if bad:
-        raise CheckpointError(f"{path}: {len(bad)} parameter tensors are NaN or infinite (e.g. "
-                              f"{bad[0]!r}); the run that wrote it diverged")
+        raise CheckpointError(
+            f"{path}: {len(bad)} parameter tensors are NaN or infinite (e.g. "
+            f"{bad[0]!r}); the run that wrote it diverged"
+        )
     return model.to(device).eval(), checkpoint
 
 

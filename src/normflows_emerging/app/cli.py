@@ -61,8 +61,9 @@ def _int_in(low, high):
     def parse(text):
         value = _int(text)
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected an integer in {low} .. {high}, "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected an integer in {low} .. {high}, got {text!r}"
+            )
         return value
 
     return parse
@@ -105,13 +106,17 @@ def add_config_arguments(parser, defaults=None, exclude=()):
             return
         default = getattr(defaults, dest)
         if default is None:
-            default_text = {"image_size": "the dataset's", "data_root": "data/<dataset>",
-                            "num_classes": "unconditional",
-                            "bits": "the dataset's native depth"}[dest]
+            default_text = {
+                "image_size": "the dataset's",
+                "data_root": "data/<dataset>",
+                "num_classes": "unconditional",
+                "bits": "the dataset's native depth",
+            }[dest]
         else:
             default_text = default
-        parser.add_argument(flag, default=default, help=f"{helptext} (default: {default_text})",
-                            **kwargs)
+        parser.add_argument(
+            flag, default=default, help=f"{helptext} (default: {default_text})", **kwargs
+        )
 
     add("--dataset", "dataset", choices=dataset_names())
     add("--mixing", "invertible mixing layer of each step", choices=mixing_layers())
@@ -119,29 +124,42 @@ def add_config_arguments(parser, defaults=None, exclude=()):
     add("--flows-per-level", "Glow steps per level", type=_positive_int)
     add("--hidden-channels", "hidden channels of the coupling networks", type=_positive_int)
     add("--image-size", "side length of the images", type=_positive_int)
-    add("--bits", f"intensity resolution: quantise the images to 2**BITS levels (1 .. {MAX_BITS})",
-        type=_int_in(1, MAX_BITS))
+    add(
+        "--bits",
+        f"intensity resolution: quantise the images to 2**BITS levels (1 .. {MAX_BITS})",
+        type=_int_in(1, MAX_BITS),
+    )
     add("--batch-size", "examples per step (per process under torchrun)", type=_positive_int)
-    add("--steps", "total optimisation steps (with --resume: the new total)",
-        type=_positive_int)
+    add("--steps", "total optimisation steps (with --resume: the new total)", type=_positive_int)
     add("--lr", "Adamax learning rate after the warm-up", type=_positive_float)
     add("--warmup", "steps of linear learning-rate warm-up", type=_non_negative_int)
-    add("--seed", "seed of initialisation, data order, noise and samples",
-        type=_non_negative_int)
-    add("--num-classes", "train a class-conditional model with this many classes",
-        type=_positive_int)
+    add("--seed", "seed of initialisation, data order, noise and samples", type=_non_negative_int)
+    add(
+        "--num-classes",
+        "train a class-conditional model with this many classes",
+        type=_positive_int,
+    )
     add("--eval-every", "steps between test evaluations and checkpoints", type=_positive_int)
     add("--eval-batch-size", "batch size of the evaluations", type=_positive_int)
     add("--workers", "data-loading worker processes", type=_non_negative_int)
     add("--data-root", "folder of the dataset files")
     if "download" not in exclude:
-        parser.add_argument("--download", action="store_true", default=defaults.download,
-                            help="let torchvision download cifar10/mnist")
+        parser.add_argument(
+            "--download",
+            action="store_true",
+            default=defaults.download,
+            help="let torchvision download cifar10/mnist",
+        )
     if "mixing_kwargs" not in exclude:
-        parser.add_argument("--mixing-arg", type=_key_value, action="append", default=[],
-                            metavar="NAME=VALUE",
-                            help="keyword argument of the mixing layer, e.g. kernel_size=5 "
-                                 f"(repeatable; default: {defaults.mixing_kwargs or 'none'})")
+        parser.add_argument(
+            "--mixing-arg",
+            type=_key_value,
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="keyword argument of the mixing layer, e.g. kernel_size=5 "
+            f"(repeatable; default: {defaults.mixing_kwargs or 'none'})",
+        )
 
 
 def config_from_args(args, parser, defaults=None):
@@ -156,8 +174,10 @@ def config_from_args(args, parser, defaults=None):
       ``TrainConfig``
     """
     defaults = defaults or TrainConfig()
-    values = {f.name: getattr(args, f.name, getattr(defaults, f.name))
-              for f in dataclasses.fields(TrainConfig)}
+    values = {
+        f.name: getattr(args, f.name, getattr(defaults, f.name))
+        for f in dataclasses.fields(TrainConfig)
+    }
     if getattr(args, "mixing_arg", None):
         values["mixing_kwargs"] = dict(args.mixing_arg)
     mixings = getattr(args, "mixings", [values["mixing"]])
@@ -171,8 +191,9 @@ def config_from_args(args, parser, defaults=None):
 
 def add_device_argument(parser):
     """Add ``--device cpu|cuda`` to a parser."""
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="device to run on (default: cpu)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="device to run on (default: cpu)"
+    )
 
 
 class CommandLineParser(argparse.ArgumentParser):
@@ -200,57 +221,89 @@ def build_parser():
     parser = CommandLineParser(
         prog="normflows-emerging",
         description="Train, evaluate and sample multiscale flows with emerging, periodic and "
-                    "QR invertible convolutions.",
+        "QR invertible convolutions.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    tr = commands.add_parser("train", help="train a model",
-                             description="Train a multiscale (Glow-style) flow. Writes "
-                                         "OUT/checkpoint.pt, OUT/metrics.jsonl (test bits/dim "
-                                         "and round-trip error at every evaluation), "
-                                         "OUT/samples.png and prints the last evaluation as a "
-                                         "JSON line. A folder that already holds a run needs "
-                                         "--resume or --overwrite. Killed at any moment, the run "
-                                         "resumes exactly from its last checkpoint.")
+    tr = commands.add_parser(
+        "train",
+        help="train a model",
+        description="Train a multiscale (Glow-style) flow. Writes "
+        "OUT/checkpoint.pt, OUT/metrics.jsonl (test bits/dim "
+        "and round-trip error at every evaluation), "
+        "OUT/samples.png and prints the last evaluation as a "
+        "JSON line. A folder that already holds a run needs "
+        "--resume or --overwrite. Killed at any moment, the run "
+        "resumes exactly from its last checkpoint.",
+    )
     add_config_arguments(tr)
     tr.add_argument("--out", required=True, help="output folder")
     existing = tr.add_mutually_exclusive_group()
-    existing.add_argument("--resume", action="store_true",
-                          help="continue exactly from OUT/checkpoint.pt (same settings; --steps "
-                               "may grow)")
-    existing.add_argument("--overwrite", action="store_true",
-                          help="delete the files of a previous run in OUT and start afresh "
-                               "(without this or --resume, a folder holding a run is refused)")
-    tr.add_argument("--no-progress", action="store_true",
-                    help="hide the progress (a bar on a terminal, else a plain line every few "
-                         "steps)")
+    existing.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue exactly from OUT/checkpoint.pt (same settings; --steps may grow)",
+    )
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the files of a previous run in OUT and start afresh "
+        "(without this or --resume, a folder holding a run is refused)",
+    )
+    tr.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress (a bar on a terminal, else a plain line every few steps)",
+    )
     add_device_argument(tr)
     tr.set_defaults(command_parser=tr)
 
-    ev = commands.add_parser("evaluate", help="evaluate a checkpoint",
-                             description="Print one JSON line: bits/dim over the whole split, "
-                                         "sampling milliseconds per image (median and "
-                                         "interquartile range over repeated timed draws), the "
-                                         "largest round-trip error on the split's images (with "
-                                         "a warning above 1e-3), parameters and step.")
+    ev = commands.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint",
+        description="Print one JSON line: bits/dim over the whole split, "
+        "sampling milliseconds per image (median and "
+        "interquartile range over repeated timed draws), the "
+        "largest round-trip error on the split's images (with "
+        "a warning above 1e-3), parameters and step.",
+    )
     ev.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
-    ev.add_argument("--dataset", choices=dataset_names(), default=None,
-                    help="dataset (default: the one it was trained on)")
-    ev.add_argument("--split", choices=("train", "test"), default="test",
-                    help="split (default: test)")
-    ev.add_argument("--data-root", default=None,
-                    help="folder of the dataset files (default: the training run's)")
+    ev.add_argument(
+        "--dataset",
+        choices=dataset_names(),
+        default=None,
+        help="dataset (default: the one it was trained on)",
+    )
+    ev.add_argument(
+        "--split", choices=("train", "test"), default="test", help="split (default: test)"
+    )
+    ev.add_argument(
+        "--data-root",
+        default=None,
+        help="folder of the dataset files (default: the training run's)",
+    )
     add_device_argument(ev)
     ev.set_defaults(command_parser=ev)
 
-    sa = commands.add_parser("sample", help="save samples of a checkpoint as a PNG grid",
-                             description="Draw seeded samples of a checkpoint at a temperature "
-                                         "and save them as one PNG grid; prints the file name.")
+    sa = commands.add_parser(
+        "sample",
+        help="save samples of a checkpoint as a PNG grid",
+        description="Draw seeded samples of a checkpoint at a temperature "
+        "and save them as one PNG grid; prints the file name.",
+    )
     sa.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
-    sa.add_argument("--num", type=_int_in(1, MAX_SAMPLE_IMAGES), default=64,
-                    help=f"number of images, 1 .. {MAX_SAMPLE_IMAGES} (default: 64)")
-    sa.add_argument("--temperature", type=_positive_float, default=1.0,
-                    help="sampling temperature (default: 1.0)")
+    sa.add_argument(
+        "--num",
+        type=_int_in(1, MAX_SAMPLE_IMAGES),
+        default=64,
+        help=f"number of images, 1 .. {MAX_SAMPLE_IMAGES} (default: 64)",
+    )
+    sa.add_argument(
+        "--temperature",
+        type=_positive_float,
+        default=1.0,
+        help="sampling temperature (default: 1.0)",
+    )
     sa.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
     sa.add_argument("--out", required=True, help="output file, ending in .png")
     add_device_argument(sa)
@@ -272,16 +325,28 @@ def main(argv=None):
     try:
         if args.command == "train":
             config = config_from_args(args, parser)
-            result = train(config, args.out, args.device, args.resume,
-                           progress=not args.no_progress, overwrite=args.overwrite)
+            result = train(
+                config,
+                args.out,
+                args.device,
+                args.resume,
+                progress=not args.no_progress,
+                overwrite=args.overwrite,
+            )
             if result is not None:  # None on ranks other than 0
                 print(json.dumps(result))
         elif args.command == "evaluate":
-            print(json.dumps(evaluate_checkpoint(
-                args.checkpoint, args.dataset, args.split, args.device, args.data_root)))
+            print(
+                json.dumps(
+                    evaluate_checkpoint(
+                        args.checkpoint, args.dataset, args.split, args.device, args.data_root
+                    )
+                )
+            )
         else:
-            sample_checkpoint(args.checkpoint, args.out, args.num, args.temperature,
-                                       args.seed, args.device)
+            sample_checkpoint(
+                args.checkpoint, args.out, args.num, args.temperature, args.seed, args.device
+            )
             print(args.out)
     except USER_ERRORS as err:
         message = " ".join(str(err).split())  # one line, whatever the message holds

@@ -22,8 +22,9 @@ PROBE_IMAGES = 64
 MAX_SAMPLE_IMAGES = 4096
 
 
-def evaluate_checkpoint(path, dataset=None, split="test", device="cpu", data_root=None,
-                        num_samples=16, timing_repeats=7) -> dict:
+def evaluate_checkpoint(
+    path, dataset=None, split="test", device="cpu", data_root=None, num_samples=16, timing_repeats=7
+) -> dict:
     """Bits/dim over a whole split, sampling speed and round-trip error of a checkpoint.
 
     Args:
@@ -51,22 +52,31 @@ def evaluate_checkpoint(path, dataset=None, split="test", device="cpu", data_roo
     device = check_device(device)
     model, checkpoint = load_checkpoint(path, device)
     config = checkpoint["config"]
-    data = get_dataset(dataset or config.dataset, split, checkpoint["input_shape"][-1],
-                       data_root if data_root is not None else config.data_root, bits=config.bits)
+    data = get_dataset(
+        dataset or config.dataset,
+        split,
+        checkpoint["input_shape"][-1],
+        data_root if data_root is not None else config.data_root,
+        bits=config.bits,
+    )
     if list(data[0][0].shape) != list(checkpoint["input_shape"]):
-        raise ValueError(f"dataset images have shape {tuple(data[0][0].shape)}, the model "
-                         f"expects {tuple(checkpoint['input_shape'])}")
+        raise ValueError(
+            f"dataset images have shape {tuple(data[0][0].shape)}, the model "
+            f"expects {tuple(checkpoint['input_shape'])}"
+        )
     if data.num_bins != checkpoint["num_bins"]:
-        raise ValueError(f"dataset images have {data.num_bins} levels, the model was trained "
-                         f"on {checkpoint['num_bins']}")
+        raise ValueError(
+            f"dataset images have {data.num_bins} levels, the model was trained "
+            f"on {checkpoint['num_bins']}"
+        )
     errors = inverse_error(model, probe_batch(data, PROBE_IMAGES, config.seed).to(device))
     warn_if_not_invertible(errors, f"({path})")
-    timing = sample_timing(model, num_samples, device, seed=config.seed,
-                           repeats=timing_repeats)
+    timing = sample_timing(model, num_samples, device, seed=config.seed, repeats=timing_repeats)
     count = count_parameters(model)
     return {
-        f"{split}_bpd": evaluate_bpd(model, data, config.eval_batch_size, device, config.seed,
-                                     config.num_classes is not None),
+        f"{split}_bpd": evaluate_bpd(
+            model, data, config.eval_batch_size, device, config.seed, config.num_classes is not None
+        ),
         "sample_ms_per_image": 1000 * timing.median / num_samples,
         "sample_ms_per_image_iqr": 1000 * timing.iqr / num_samples,
         "inverse_error": errors["model"],
@@ -95,10 +105,14 @@ def sample_checkpoint(path, out, num_samples=16, temperature=1.0, seed=0, device
       NonFiniteError: if a sample is NaN or infinite (nothing is written)
     """
     check_png_path(out)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not (
-            1 <= num_samples <= MAX_SAMPLE_IMAGES):
-        raise ValueError(f"num_samples must be an int in 1 .. {MAX_SAMPLE_IMAGES}, got "
-                         f"{num_samples!r}")
+    if (
+        isinstance(num_samples, bool)
+        or not isinstance(num_samples, int)
+        or not (1 <= num_samples <= MAX_SAMPLE_IMAGES)
+    ):
+        raise ValueError(
+            f"num_samples must be an int in 1 .. {MAX_SAMPLE_IMAGES}, got {num_samples!r}"
+        )
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be finite and positive, got {temperature!r}")
     device = check_device(device)

@@ -16,8 +16,7 @@ from .data import get_dataset
 from .errors import IncompatibleResumeError
 
 # Settings that may change when a run is resumed; all others must match the checkpoint.
-RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batch_size", "workers", "data_root",
-                     "download")
+RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batch_size", "workers", "data_root", "download")
 # Deepest intensity resolution a dataset can be asked for (16-bit images).
 MAX_BITS = 16
 
@@ -75,8 +74,15 @@ class TrainConfig:
     workers: int = 0
 
     def __post_init__(self):
-        for name in ("levels", "flows_per_level", "hidden_channels", "batch_size", "steps",
-                     "eval_every", "eval_batch_size"):
+        for name in (
+            "levels",
+            "flows_per_level",
+            "hidden_channels",
+            "batch_size",
+            "steps",
+            "eval_every",
+            "eval_batch_size",
+        ):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("warmup", "seed", "workers"):
             _check_int(name, getattr(self, name), minimum=0)
@@ -85,14 +91,21 @@ class TrainConfig:
                 _check_int(name, getattr(self, name), minimum=1)
         if self.bits is not None:
             _check_int("bits", self.bits, minimum=1, maximum=MAX_BITS)
-        if (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
-                or not (math.isfinite(self.lr) and self.lr > 0)):
+        if (
+            isinstance(self.lr, bool)
+            or not isinstance(self.lr, (int, float))
+            or not (math.isfinite(self.lr) and self.lr > 0)
+        ):
             raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
 
 
 def _check_int(name, value, minimum, maximum=None):
-    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
-            or (maximum is not None and value > maximum)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         bounds = f"at least {minimum}" if maximum is None else f"in {minimum} .. {maximum}"
         raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
 
@@ -108,11 +121,13 @@ def check_resumable(saved: dict, config: TrainConfig) -> None:
       IncompatibleResumeError: naming every differing setting with both values
     """
     current = dataclasses.asdict(config)
-    changed = [key for key in current
-               if key not in RESUMABLE_CHANGES and saved.get(key) != current[key]]
+    changed = [
+        key for key in current if key not in RESUMABLE_CHANGES and saved.get(key) != current[key]
+    ]
     if changed:
-        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}"
-                            for k in changed)
+        details = ", ".join(
+            f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}" for k in changed
+        )
         raise IncompatibleResumeError(f"cannot resume with different settings ({details})")
 
 
@@ -147,8 +162,14 @@ def load_datasets(config: TrainConfig):
       ValueError: if the dataset has more classes than ``config.num_classes``
     """
     splits = [
-        get_dataset(config.dataset, split, config.image_size, config.data_root, config.download,
-                    bits=config.bits)
+        get_dataset(
+            config.dataset,
+            split,
+            config.image_size,
+            config.data_root,
+            config.download,
+            bits=config.bits,
+        )
         for split in ("train", "test")
     ]
     if config.num_classes is not None and config.num_classes < splits[0].num_classes:

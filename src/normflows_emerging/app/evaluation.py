@@ -122,10 +122,11 @@ def tile_images(images, padding=1):
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     canvas = images.new_ones(rows * cols, channels, height + 2 * padding, width + 2 * padding)
-    canvas[:n, :, padding:padding + height, padding:padding + width] = images
+    canvas[:n, :, padding : padding + height, padding : padding + width] = images
     grid = canvas.view(rows, cols, channels, height + 2 * padding, width + 2 * padding)
-    return grid.permute(0, 3, 1, 4, 2).reshape(rows * canvas.shape[2], cols * canvas.shape[3],
-                                                 channels)
+    return grid.permute(0, 3, 1, 4, 2).reshape(
+        rows * canvas.shape[2], cols * canvas.shape[3], channels
+    )
 
 
 def check_png_path(path) -> None:
@@ -135,8 +136,7 @@ def check_png_path(path) -> None:
       ValueError: if ``path`` is empty, names a folder or does not end in ``.png``
     """
     if not str(path) or Path(path).is_dir():
-        raise ValueError(f"output {str(path)!r} is not a file name; expected a name ending "
-                         f"in .png")
+        raise ValueError(f"output {str(path)!r} is not a file name; expected a name ending in .png")
     if Path(path).suffix.lower() != ".png":
         raise ValueError(f"output {path} does not end in .png; sample grids are written as PNG")
 
@@ -200,8 +200,9 @@ def import_torch_benchmark():
 
 
 @torch.no_grad()
-def sample_timing(model, num_samples=16, device="cpu", backend=None, seed=0,
-                  repeats=7) -> benchmark.Measurement:
+def sample_timing(
+    model, num_samples=16, device="cpu", backend=None, seed=0, repeats=7
+) -> benchmark.Measurement:
     """Time drawing a batch of samples with ``torch.utils.benchmark`` (wall clock).
 
     One untimed draw warms up (caches, compiled code); then ``repeats`` draws are timed one by
@@ -223,18 +224,26 @@ def sample_timing(model, num_samples=16, device="cpu", backend=None, seed=0,
     benchmark = import_torch_benchmark()
     timer = benchmark.Timer(
         stmt="sample(model, num_samples, 1.0, seed, device)",
-        globals={"sample": sample, "model": model, "num_samples": num_samples, "seed": seed,
-                 "device": device},
+        globals={
+            "sample": sample,
+            "model": model,
+            "num_samples": num_samples,
+            "seed": seed,
+            "device": device,
+        },
         num_threads=torch.get_num_threads(),
-        label="sampling", description=f"{num_samples} samples")
+        label="sampling",
+        description=f"{num_samples} samples",
+    )
     with use_backend(backend) if backend else contextlib.nullcontext():
         sample(model, num_samples, 1.0, seed, device)
         (measurement,) = benchmark.Measurement.merge([timer.timeit(1) for _ in range(repeats)])
     return measurement
 
 
-def sample_ms_per_image(model, num_samples=16, device="cpu", backend=None, seed=0,
-                        repeats=7) -> float:
+def sample_ms_per_image(
+    model, num_samples=16, device="cpu", backend=None, seed=0, repeats=7
+) -> float:
     """Median wall-clock milliseconds per image of drawing a batch (see :func:`sample_timing`).
 
     Returns:

@@ -25,16 +25,18 @@ class Progress:
       log_every: steps between plain lines (None: about ``LINES_PER_RUN`` lines per run)
     """
 
-    def __init__(self, total, initial=0, description="train", enabled=True, stream=None,
-                 log_every=None):
+    def __init__(
+        self, total, initial=0, description="train", enabled=True, stream=None, log_every=None
+    ):
         self.stream = sys.stderr if stream is None else stream
         self.total, self.description = total, description
         self.enabled = enabled
         self.log_every = log_every or max(1, total // LINES_PER_RUN)
         self.bar = None
         if enabled and _is_terminal(self.stream):
-            self.bar = tqdm(total=total, initial=initial, desc=description, dynamic_ncols=True,
-                            file=self.stream)
+            self.bar = tqdm(
+                total=total, initial=initial, desc=description, dynamic_ncols=True, file=self.stream
+            )
         self._start, self._start_step = time.perf_counter(), initial
 
     def update(self, step, loss=None, bpd=None):
@@ -46,8 +48,9 @@ class Progress:
         elif self.enabled and (step % self.log_every == 0 or step == self.total):
             rate = (step - self._start_step) / max(time.perf_counter() - self._start, 1e-9)
             values = "" if loss is None else f" loss={loss:.2f} bpd={bpd:.3f}"
-            self.stream.write(f"{self.description}: step {step}/{self.total}{values} "
-                              f"({rate:.2f} steps/s)\n")
+            self.stream.write(
+                f"{self.description}: step {step}/{self.total}{values} ({rate:.2f} steps/s)\n"
+            )
             self.stream.flush()
 
     def write(self, message):

@@ -40,8 +40,10 @@ def prepare_run_folder(out, resume=False, overwrite=False, remove=True) -> None:
         raise RunFolderError(f"output folder {out} is a file")
     found = [name for name in RUN_FILES if (out / name).exists()]
     if found and not (resume or overwrite):
-        raise RunFolderError(f"{out} already holds a training run ({', '.join(found)}); pass "
-                             f"--resume to continue it or --overwrite to start afresh")
+        raise RunFolderError(
+            f"{out} already holds a training run ({', '.join(found)}); pass "
+            f"--resume to continue it or --overwrite to start afresh"
+        )
     if remove:
         for name in found if overwrite else ():
             (out / name).unlink()
@@ -80,8 +82,10 @@ def truncate_metrics(out, step) -> None:
                 break  # cut short by a crash while appending
             raise RunFolderError(f"{path} line {number + 1} is not JSON") from None
         if not (isinstance(record, dict) and isinstance(record.get("step"), int)):
-            raise RunFolderError(f"{path} line {number + 1} is not a metrics record (a JSON "
-                                 f"object with an integer \"step\")")
+            raise RunFolderError(
+                f"{path} line {number + 1} is not a metrics record (a JSON "
+                f'object with an integer "step")'
+            )
         if record["step"] <= step:
             kept.append(line + "\n")
     atomic_write(path, lambda f: f.write("".join(kept).encode()))

@@ -131,8 +131,7 @@ def _distributed_setup(device):
     return dist.get_rank(), dist.get_world_size(), device, True
 
 
-def train(config: TrainConfig, out, device="cpu", resume=False, progress=True,
-          overwrite=False):
+def train(config: TrainConfig, out, device="cpu", resume=False, progress=True, overwrite=False):
     """Train the model a config describes on its dataset (see :func:`fit`).
 
     Args:
@@ -154,8 +153,17 @@ def train(config: TrainConfig, out, device="cpu", resume=False, progress=True,
     return fit(model, train_set, test_set, config, out, device, resume, progress, overwrite)
 
 
-def fit(model, train_set, test_set, config, out, device="cpu", resume=False, progress=True,
-        overwrite=False):
+def fit(
+    model,
+    train_set,
+    test_set,
+    config,
+    out,
+    device="cpu",
+    resume=False,
+    progress=True,
+    overwrite=False,
+):
     """Train a model; evaluate, checkpoint and sample every ``config.eval_every`` steps.
 
     Writes into ``out``: ``checkpoint.pt`` (see :mod:`~normflows_emerging.app.checkpoint`),
@@ -199,8 +207,9 @@ def fit(model, train_set, test_set, config, out, device="cpu", resume=False, pro
     rank, world_size, device, own_group = _distributed_setup(check_device(device))
     try:
         prepare_run_folder(out, resume, overwrite, remove=rank == 0)
-        result = _fit(model, train_set, test_set, config, out, device, resume, progress,
-                      rank, world_size)
+        result = _fit(
+            model, train_set, test_set, config, out, device, resume, progress, rank, world_size
+        )
         if world_size > 1:
             dist.barrier()
         return result
@@ -224,7 +233,8 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
         if checkpoint["step"] >= config.steps:
             raise IncompatibleResumeError(
                 f"the checkpoint is already at step {checkpoint['step']}; ask for more steps "
-                f"than that to continue")
+                f"than that to continue"
+            )
         load_state(model, checkpoint["model"], path)
         load_state(optimizer, checkpoint["optimizer"], path, "optimizer")
         load_state(scheduler, checkpoint["scheduler"], path, "learning-rate schedule")
@@ -250,8 +260,9 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
     last, warned = None, False
     train_bpds = []
     probe = probe_batch(test_set, PROBE_IMAGES, config.seed).to(device)
-    loader = DataLoader(train_set, batch_sampler=order.batches(step, config.steps),
-                        num_workers=config.workers)
+    loader = DataLoader(
+        train_set, batch_sampler=order.batches(step, config.steps), num_workers=config.workers
+    )
     bar = Progress(config.steps, step, f"train {config.mixing}", progress and rank == 0)
     start = time.perf_counter() - elapsed
     for images, labels in loader:
@@ -262,8 +273,9 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
         if result is None:
             skipped += 1
             if rank == 0:
-                bar.write(f"step {step}: non-finite loss or gradient, step skipped "
-                          f"({skipped} so far)")
+                bar.write(
+                    f"step {step}: non-finite loss or gradient, step skipped ({skipped} so far)"
+                )
         else:
             train_bpds.append(result[1])
             _check_parameters(model, f"step {step}", out)
@@ -273,13 +285,22 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
             if rank == 0:
                 eval_start = time.perf_counter()
                 rng = rng_state(order, step)  # before the evaluation draws from it
-                errors = (inverse_error(model, probe) if is_checkable(model)
-                          else {"model": None, "worst_flow": None})
+                errors = (
+                    inverse_error(model, probe)
+                    if is_checkable(model)
+                    else {"model": None, "worst_flow": None}
+                )
                 last = {
                     "step": step,
                     "train_bpd": statistics.fmean(train_bpds) if train_bpds else None,
-                    "test_bpd": evaluate_bpd(model, test_set, config.eval_batch_size, device,
-                                             config.seed, config.num_classes is not None),
+                    "test_bpd": evaluate_bpd(
+                        model,
+                        test_set,
+                        config.eval_batch_size,
+                        device,
+                        config.seed,
+                        config.num_classes is not None,
+                    ),
                     "inverse_error": errors["model"],
                     "inverse_error_worst_flow": errors["worst_flow"],
                     "seconds": round(seconds, 3),
@@ -289,7 +310,8 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
                     raise NonFiniteError(
                         f"step {step}: test bits/dim is {last['test_bpd']}, the model diverged; "
                         f"training stopped without saving, {out / CHECKPOINT} (if any) is the "
-                        f"last good state; lower the learning rate or lengthen the warm-up")
+                        f"last good state; lower the learning rate or lengthen the warm-up"
+                    )
                 # The checkpoint comes last: a crash before it resumes from the previous one,
                 # which drops this metrics line and redoes the samples.
                 append_metrics(out, last)
@@ -298,14 +320,27 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
                 except NonFiniteError as err:  # finite parameters, but sampling overflows
                     (out / SAMPLES).unlink(missing_ok=True)  # never show an older model's
                     bar.write(f"step {step}: {SAMPLES} not written: {err}")
-                save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, step, config, rng,
-                                {"input_shape": input_shape, "num_bins": num_bins,
-                                 "elapsed": seconds, "skipped": skipped})
+                save_checkpoint(
+                    out / CHECKPOINT,
+                    model,
+                    optimizer,
+                    scheduler,
+                    step,
+                    config,
+                    rng,
+                    {
+                        "input_shape": input_shape,
+                        "num_bins": num_bins,
+                        "elapsed": seconds,
+                        "skipped": skipped,
+                    },
+                )
                 if errors["model"] is not None:
                     warned = warned or warn_if_not_invertible(errors, f"at step {step}")
                 error = "n/a" if errors["model"] is None else f"{errors['model']:.2g}"
-                bar.write(f"step {step}: test bits/dim {last['test_bpd']:.4f}, round-trip "
-                          f"error {error}")
+                bar.write(
+                    f"step {step}: test bits/dim {last['test_bpd']:.4f}, round-trip error {error}"
+                )
                 start += time.perf_counter() - eval_start  # count training time only
             train_bpds = []
     bar.close()
@@ -319,7 +354,8 @@ def _check_parameters(model, when, out):
         raise NonFiniteError(
             f"{when} made {len(bad)} parameter tensors NaN or infinite (e.g. {bad[0]!r}); "
             f"training stopped without saving, {out / CHECKPOINT} (if any) is the last good "
-            f"state; lower the learning rate or lengthen the warm-up")
+            f"state; lower the learning rate or lengthen the warm-up"
+        )
 
 
 def _labels(labels, config, device):

@@ -7,7 +7,11 @@ default when the Cython extension is built).
 from ..solve import register_backend
 from . import compiled
 
-register_backend("compiled", compiled.solve_compiled, default_for=("cpu",),
-                 unavailable_reason=compiled.unavailable_reason)
+register_backend(
+    "compiled",
+    compiled.solve_compiled,
+    default_for=("cpu",),
+    unavailable_reason=compiled.unavailable_reason,
+)
 
 __all__ = ["compiled"]

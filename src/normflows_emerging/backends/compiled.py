@@ -30,12 +30,16 @@ def missing_extension_message() -> str:
     message = f"normflows_emerging was imported from {package_dir}, and {why}. "
     shadowed = [path for path in _installed_package_dirs() if path != package_dir]
     if shadowed:
-        message += (f"The installed copy in {shadowed[0]} is shadowed: {package_dir.parent} comes "
-                    "first on sys.path (the current directory or PYTHONPATH); run from another "
-                    "directory, or install this checkout with `pip install -e .`. ")
-    return message + (f"To build it, run `pip install -e .` in {package_dir.parent} if that is a "
-                      "source checkout, else reinstall normflows-emerging; either needs a C "
-                      "compiler, and with `pip install -v` pip shows why a build failed.")
+        message += (
+            f"The installed copy in {shadowed[0]} is shadowed: {package_dir.parent} comes "
+            "first on sys.path (the current directory or PYTHONPATH); run from another "
+            "directory, or install this checkout with `pip install -e .`. "
+        )
+    return message + (
+        f"To build it, run `pip install -e .` in {package_dir.parent} if that is a "
+        "source checkout, else reinstall normflows-emerging; either needs a C "
+        "compiler, and with `pip install -v` pip shows why a build failed."
+    )
 
 
 def _installed_package_dirs() -> list[Path]:
@@ -50,8 +54,10 @@ def _installed_package_dirs() -> list[Path]:
 
 _SOLVERS = {}
 if _solve is not None:
-    _SOLVERS = {torch.float32: _solve.solve_causal_float32,
-                torch.float64: _solve.solve_causal_float64}
+    _SOLVERS = {
+        torch.float32: _solve.solve_causal_float32,
+        torch.float64: _solve.solve_causal_float64,
+    }
 
 
 def compiled_available():
@@ -88,8 +94,10 @@ def solve_compiled(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> 
     if _solve is None:
         raise RuntimeError("the compiled inverse is not available. " + missing_extension_message())
     if not y.is_cpu:
-        raise ValueError(f"the compiled inverse runs on CPU tensors, got a {y.device} tensor; "
-                         "use the 'torch' backend")
+        raise ValueError(
+            f"the compiled inverse runs on CPU tensors, got a {y.device} tensor; "
+            "use the 'torch' backend"
+        )
     solver = _SOLVERS.get(y.dtype)
     if solver is None:
         raise TypeError(f"the compiled inverse takes float32 or float64, got {y.dtype}")

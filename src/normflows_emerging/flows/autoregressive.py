@@ -43,8 +43,14 @@ class SquareAutoregressiveConv2d(Flow):
     by forward substitution (see :mod:`normflows_emerging.solve`).
     """
 
-    def __init__(self, num_channels: int, size: int = 2, flip: bool = False, dilation: int = 1,
-                 solver: str = "auto"):
+    def __init__(
+        self,
+        num_channels: int,
+        size: int = 2,
+        flip: bool = False,
+        dilation: int = 1,
+        solver: str = "auto",
+    ):
         """Constructor
 
         Args:
@@ -124,8 +130,9 @@ class SquareAutoregressiveConv2d(Flow):
         parameters = self.kernel_parameters()
         entry = {}
         if reusable(self, parameters):
-            entry = self._cache.entry(parameters, torch.is_inference_mode_enabled(),
-                                      constants=self.constants())
+            entry = self._cache.entry(
+                parameters, torch.is_inference_mode_enabled(), constants=self.constants()
+            )
         if "kernel" not in entry:
             log_d = self.log_d
             # one update: another thread sharing the layer never sees a kernel without its log-det
@@ -136,8 +143,9 @@ class SquareAutoregressiveConv2d(Flow):
     def _log_det(log_d_sum, x):
         return (log_d_sum * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
-    def inverse(self, x: torch.Tensor,
-                premix: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(
+        self, x: torch.Tensor, premix: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: the masked convolution.
 
         Args:
@@ -159,8 +167,9 @@ class SquareAutoregressiveConv2d(Flow):
         kernel, log_d_sum = self._kernel_and_log_d_sum()
         return self.convolve(x, self.density_kernel(kernel, premix)), self._log_det(log_d_sum, x)
 
-    def density_kernel(self, kernel: torch.Tensor,
-                       premix: torch.Tensor | None = None) -> torch.Tensor:
+    def density_kernel(
+        self, kernel: torch.Tensor, premix: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The filter :meth:`convolve` applies: ``kernel`` (from :meth:`causal_kernel`) reversed
         in all four axes for ``flip=True``, with the (C, C) matrix ``premix`` folded into its
         input channels (see :meth:`inverse`)."""
@@ -184,8 +193,9 @@ class SquareAutoregressiveConv2d(Flow):
         x_padded = F.pad(x, (0, pad, 0, pad) if self.flip else (pad, 0, pad, 0))
         return F.conv2d(x_padded, density_kernel, self.bias, dilation=dilation)
 
-    def forward(self, z: torch.Tensor,
-                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, backend: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve the convolution by forward substitution.
 
         Args:
@@ -209,8 +219,9 @@ class SquareAutoregressiveConv2d(Flow):
         check_finite_output(x, z, type(self).__name__)
         return x, -self._log_det(log_d_sum, z)
 
-    def solve(self, z: torch.Tensor, kernel: torch.Tensor,
-              backend: str | None = None) -> torch.Tensor:
+    def solve(
+        self, z: torch.Tensor, kernel: torch.Tensor, backend: str | None = None
+    ) -> torch.Tensor:
         """The sampling direction's x for a kernel assembled by the caller, without the checks.
 
         For callers that have checked ``z`` (a non-empty (batch, C, H, W) tensor of the layer's
@@ -228,5 +239,7 @@ class SquareAutoregressiveConv2d(Flow):
         return x.flip(1, 2, 3) if self.flip else x
 
     def extra_repr(self):
-        return (f"num_channels={self.num_channels}, size={self.size}, flip={self.flip}, "
-                f"dilation={self.dilation}, solver={self.solver!r}")
+        return (
+            f"num_channels={self.num_channels}, size={self.size}, flip={self.flip}, "
+            f"dilation={self.dilation}, solver={self.solver!r}"
+        )

@@ -44,7 +44,8 @@ def accept_unbounded_checkpoints(module: nn.Module, old_name: str, new_name: str
 
     # a partial of a module-level function, not a closure: the module stays picklable
     module.register_load_state_dict_pre_hook(
-        functools.partial(_convert_unbounded_entry, old_name, new_name))
+        functools.partial(_convert_unbounded_entry, old_name, new_name)
+    )
 
 
 def _convert_unbounded_entry(old_name, new_name, module, state_dict, prefix, *args):

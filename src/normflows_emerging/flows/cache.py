@@ -52,8 +52,9 @@ class ValueKeyedCache:
         other threads sharing the layer may read it in between.
         """
         fingerprints = [_fingerprint(t) for t in tensors]
-        fingerprints += [_fingerprint(t) if t.is_inference() else (id(t), t._version)
-                         for t in constants]
+        fingerprints += [
+            _fingerprint(t) if t.is_inference() else (id(t), t._version) for t in constants
+        ]
         if not self._holds(fingerprints):
             self._entries.clear()
             self._snapshot = fingerprints
@@ -67,9 +68,13 @@ class ValueKeyedCache:
             if isinstance(new, tuple):
                 if not (isinstance(old, tuple) and old == new):
                     return False
-            elif not (isinstance(old, torch.Tensor) and old.shape == new.shape
-                      and old.dtype == new.dtype and old.device == new.device
-                      and torch.equal(old, new)):
+            elif not (
+                isinstance(old, torch.Tensor)
+                and old.shape == new.shape
+                and old.dtype == new.dtype
+                and old.device == new.device
+                and torch.equal(old, new)
+            ):
                 return False
         return True
 
@@ -82,8 +87,9 @@ def _fingerprint(tensor: torch.Tensor):
     return tensor.clone()
 
 
-_NUMPY_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.int64, torch.int32,
-                           torch.uint8, torch.bool))
+_NUMPY_DTYPES = frozenset(
+    (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8, torch.bool)
+)
 
 
 def reusable(module: torch.nn.Module, tensors) -> bool:
@@ -109,7 +115,9 @@ def _carry_derivatives_or_batches(tensors) -> bool:
     """
     functorch = torch._C._functorch
     if functorch.peek_interpreter_stack() is not None and any(
-            functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        functorch.is_functorch_wrapped_tensor(t) for t in tensors
+    ):
         return True
     return forward_ad._current_level >= 0 and any(
-        forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+        forward_ad.unpack_dual(t).tangent is not None for t in tensors
+    )

@@ -32,8 +32,9 @@ class EmergingConv2d(Flow):
     autoregressive ones are triangular solves (see :mod:`normflows_emerging.solve`).
     """
 
-    def __init__(self, num_channels: int, kernel_size: int = 3, one_by_one: str = "qr",
-                 solver: str = "auto"):
+    def __init__(
+        self, num_channels: int, kernel_size: int = 3, one_by_one: str = "qr", solver: str = "auto"
+    ):
         """Constructor
 
         Args:
@@ -113,8 +114,9 @@ class EmergingConv2d(Flow):
         x, ld = self.anticausal.inverse(x)
         return x, log_det + ld
 
-    def forward(self, z: torch.Tensor,
-                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, backend: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction.
 
         Args:
@@ -163,16 +165,22 @@ class EmergingConv2d(Flow):
         """
         if isinstance(self.one_by_one, nn.Module) and not isinstance(self.one_by_one, QR1x1):
             return None
-        if any(layer._forward_hooks or layer._forward_pre_hooks
-               for layer in (self.causal, self.anticausal, self.one_by_one) if layer is not None):
+        if any(
+            layer._forward_hooks or layer._forward_pre_hooks
+            for layer in (self.causal, self.anticausal, self.one_by_one)
+            if layer is not None
+        ):
             return None  # the plan skips the sublayers' calls, so their hooks would not run
         tensors = self.causal.kernel_parameters() + self.anticausal.kernel_parameters()
         if self.one_by_one is not None:
             tensors += self.one_by_one.matrix_parameters()
         if not reusable(self, tensors):
             return None
-        plan = self._cache.entry(tensors, torch.is_inference_mode_enabled(),
-                                 constants=self.causal.constants() + self.anticausal.constants())
+        plan = self._cache.entry(
+            tensors,
+            torch.is_inference_mode_enabled(),
+            constants=self.causal.constants() + self.anticausal.constants(),
+        )
         if not plan:
             with torch.no_grad():
                 causal_kernel = self.causal.causal_kernel()
@@ -184,12 +192,17 @@ class EmergingConv2d(Flow):
                     weight_inverse = self.one_by_one.weight_inverse()[:, :, None, None]
                     log_det_per_pixel = log_det_per_pixel + self.one_by_one.log_s.sum()
                 plan.update(
-                    causal_kernel=causal_kernel, anticausal_kernel=anticausal_kernel,
+                    causal_kernel=causal_kernel,
+                    anticausal_kernel=anticausal_kernel,
                     causal_density_kernel=self.causal.density_kernel(causal_kernel, weight),
                     anticausal_density_kernel=self.anticausal.density_kernel(anticausal_kernel),
-                    weight_inverse=weight_inverse, log_det_per_pixel=log_det_per_pixel)
+                    weight_inverse=weight_inverse,
+                    log_det_per_pixel=log_det_per_pixel,
+                )
         return plan
 
     def extra_repr(self):
-        return (f"num_channels={self.num_channels}, kernel_size={self.kernel_size}, "
-                f"solver={self.solver!r}")
+        return (
+            f"num_channels={self.num_channels}, kernel_size={self.kernel_size}, "
+            f"solver={self.solver!r}"
+        )

@@ -91,8 +91,13 @@ class MaskedAffineAutoregressiveConv2d(Flow):
 
     backends = ("fast", "naive")
 
-    def __init__(self, num_channels: int, hidden_channels: int = 96, reverse: bool = False,
-                 solver: str = "auto"):
+    def __init__(
+        self,
+        num_channels: int,
+        hidden_channels: int = 96,
+        reverse: bool = False,
+        solver: str = "auto",
+    ):
         """Constructor
 
         Args:
@@ -171,8 +176,9 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         z = (x - shift) * torch.exp(-log_scale)
         return self._flip(z), -log_scale.sum(dim=(1, 2, 3))
 
-    def forward(self, z: torch.Tensor,
-                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, backend: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve for x element by element.
 
         ``"fast"`` keeps the hidden activations of the pixels already solved. Pixel (i, j) only

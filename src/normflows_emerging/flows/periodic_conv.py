@@ -157,8 +157,9 @@ class PeriodicConv2d(Flow):
             with torch.no_grad():
                 # 1-norm condition number (computed in complex128); the sample's relative error
                 # grows like cond * eps of the dtype the sample is computed in.
-                cond = (torch.linalg.matrix_norm(khat, ord=1)
-                        * torch.linalg.matrix_norm(khat_inv, ord=1))
+                cond = torch.linalg.matrix_norm(khat, ord=1) * torch.linalg.matrix_norm(
+                    khat_inv, ord=1
+                )
                 limit = MAX_RELATIVE_ERROR / torch.finfo(x.dtype).eps
                 bad = (info != 0) | ~(cond <= limit)
             if bad.any():
@@ -171,8 +172,11 @@ class PeriodicConv2d(Flow):
                 )
             khat_inv = khat_inv.to(torch.promote_types(x.dtype, torch.complex64))
             # one update: another thread sharing the layer never sees K̂⁻¹ without the log-det
-            entry.update(khat_inv=khat_inv, khat_inv_block=self._real_block(khat_inv),
-                         log_det=self._log_abs_det(khat, width).to(x.dtype))
+            entry.update(
+                khat_inv=khat_inv,
+                khat_inv_block=self._real_block(khat_inv),
+                log_det=self._log_abs_det(khat, width).to(x.dtype),
+            )
         return entry["khat_inv"], entry["khat_inv_block"], entry["log_det"]
 
     @staticmethod
@@ -198,8 +202,11 @@ class PeriodicConv2d(Flow):
             if real_block is None:
                 real_block = cls._real_block(matrices)
             batch, channels, height, half_width = x_hat.shape
-            rows = torch.view_as_real(x_hat).permute(2, 3, 0, 4, 1).reshape(
-                height * half_width, batch, 2 * channels)
+            rows = (
+                torch.view_as_real(x_hat)
+                .permute(2, 3, 0, 4, 1)
+                .reshape(height * half_width, batch, 2 * channels)
+            )
             y = torch.bmm(rows, real_block).reshape(height, half_width, batch, 2, -1)
             y_hat = torch.view_as_complex(y.permute(2, 4, 0, 1, 3).contiguous())
         return torch.fft.irfft2(y_hat, s=x.shape[2:])

@@ -88,8 +88,9 @@ class QR1x1(Flow):
             )
         scaled = self.reflections / largest
         u = scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
-        t_inv = (u @ u.T).triu(1) + 0.5 * torch.eye(self.num_reflections, dtype=u.dtype,
-                                                     device=u.device)
+        t_inv = (u @ u.T).triu(1) + 0.5 * torch.eye(
+            self.num_reflections, dtype=u.dtype, device=u.device
+        )
         return eye - u.T @ torch.linalg.solve_triangular(t_inv, u, upper=True)
 
     def triangular(self) -> torch.Tensor:
@@ -121,8 +122,9 @@ class QR1x1(Flow):
             if name == "weight":
                 entry[name] = self.orthogonal() @ self.triangular()
             else:
-                entry[name] = torch.linalg.solve_triangular(self.triangular(),
-                                                            self.orthogonal().T, upper=True)
+                entry[name] = torch.linalg.solve_triangular(
+                    self.triangular(), self.orthogonal().T, upper=True
+                )
         return entry[name]
 
     def log_det(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,9 +37,7 @@ def check_image(x: torch.Tensor, num_channels: int, layer: str, like: torch.Tens
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"{layer} supports float32 and float64 tensors only, got dtype {x.dtype}"
-        )
+        raise TypeError(f"{layer} supports float32 and float64 tensors only, got dtype {x.dtype}")
     if x.dim() != 4 or x.shape[1] != num_channels:
         raise ValueError(
             f"{layer} expects a tensor of shape (batch, {num_channels}, height, width), "

@@ -61,8 +61,13 @@ _BACKENDS: dict[str, _Backend] = {}
 _selected_backend = contextvars.ContextVar("normflows_emerging_backend", default=None)
 
 
-def register_backend(name: str, solve: Solver, *, default_for: tuple[str, ...] = (),
-                     unavailable_reason: Callable[[], str | None] = _always_available) -> None:
+def register_backend(
+    name: str,
+    solve: Solver,
+    *,
+    default_for: tuple[str, ...] = (),
+    unavailable_reason: Callable[[], str | None] = _always_available,
+) -> None:
     """Make a solve available by name: the hook through which faster solves plug in.
 
     Args:
@@ -134,14 +139,18 @@ def inverse_backend(device="cpu"):
             reason = backend.unavailable_reason()
             if reason is None:
                 return name
-            warnings.warn(f"no {name} solve: SquareAutoregressiveConv2d and EmergingConv2d "
-                          f"sample with the slower torch wavefront solve. {reason}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"no {name} solve: SquareAutoregressiveConv2d and EmergingConv2d "
+                f"sample with the slower torch wavefront solve. {reason}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return "torch"
 
 
-def solve_autoregressive(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1,
-                         backend: str | None = None) -> torch.Tensor:
+def solve_autoregressive(
+    y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1, backend: str | None = None
+) -> torch.Tensor:
     """Solve ``causal_conv(x, kernel, dilation) = y`` for ``x``, differentiably.
 
     Args:
@@ -209,7 +218,8 @@ class _AutoregressiveSolve(torch.autograd.Function):
             # dx = -A^-1 (dA) x, so dL/dK = -(weight gradient of the convolution of x, at grad_y).
             pad = dilation * (kernel.shape[-1] - 1)
             grad_kernel = -torch.nn.grad.conv2d_weight(
-                F.pad(x, (pad, 0, pad, 0)), kernel.shape, grad_y, dilation=dilation)
+                F.pad(x, (pad, 0, pad, 0)), kernel.shape, grad_y, dilation=dilation
+            )
             # The solve never reads the corner tap above its diagonal: those entries get zero.
             grad_kernel[:, :, -1, -1] = grad_kernel[:, :, -1, -1].tril()
         return grad_y, grad_kernel, None, None

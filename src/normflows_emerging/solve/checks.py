@@ -16,21 +16,31 @@ def check_solve_inputs(y: torch.Tensor, kernel: torch.Tensor, dilation: int) -> 
       ValueError: wrong shapes, dilation < 1, or tensors on different devices
     """
     if not isinstance(y, torch.Tensor) or not isinstance(kernel, torch.Tensor):
-        raise TypeError(f"y and kernel must be torch.Tensors, got {type(y).__name__} and "
-                        f"{type(kernel).__name__}")
+        raise TypeError(
+            f"y and kernel must be torch.Tensors, got {type(y).__name__} and "
+            f"{type(kernel).__name__}"
+        )
     if not y.is_floating_point():
         raise TypeError(f"y must be a floating-point tensor, got dtype {y.dtype}")
     if kernel.dtype != y.dtype:
         raise TypeError(f"kernel must have y's dtype {y.dtype}, got {kernel.dtype}")
     if y.dim() != 4 or y.shape[1] < 1:
-        raise ValueError(f"y must have shape (batch, channels >= 1, height, width), "
-                         f"got {tuple(y.shape)}")
+        raise ValueError(
+            f"y must have shape (batch, channels >= 1, height, width), got {tuple(y.shape)}"
+        )
     channels = y.shape[1]
     shape = kernel.shape
-    if len(shape) != 4 or shape[0] != channels or shape[1] != channels or shape[2] != shape[3] \
-            or shape[2] < 1:
-        raise ValueError(f"kernel must have shape ({channels}, {channels}, m, m) with m >= 1 for "
-                         f"y of shape {tuple(y.shape)}, got {tuple(shape)}")
+    if (
+        len(shape) != 4
+        or shape[0] != channels
+        or shape[1] != channels
+        or shape[2] != shape[3]
+        or shape[2] < 1
+    ):
+        raise ValueError(
+            f"kernel must have shape ({channels}, {channels}, m, m) with m >= 1 for "
+            f"y of shape {tuple(y.shape)}, got {tuple(shape)}"
+        )
     if kernel.device != y.device:
         raise ValueError(f"kernel must be on y's device {y.device}, got {kernel.device}")
     if not isinstance(dilation, int) or isinstance(dilation, bool):
@@ -51,4 +61,5 @@ def check_corner_diagonal(kernel: torch.Tensor) -> None:
         o, corner = int(zeros[0, 0]), kernel.shape[-1] - 1
         raise torch.linalg.LinAlgError(
             f"the corner tap's diagonal entry kernel[{o}, {o}, {corner}, {corner}] is 0: "
-            "the convolution is singular")
+            "the convolution is singular"
+        )

@@ -38,8 +38,9 @@ def solve_wavefront(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) ->
 
     x_padded = y.new_zeros(batch, channels, height + pad, width + pad)
     for diagonal in range(height + width - 1):
-        rows = torch.arange(max(0, diagonal - width + 1), min(diagonal, height - 1) + 1,
-                            device=y.device)
+        rows = torch.arange(
+            max(0, diagonal - width + 1), min(diagonal, height - 1) + 1, device=y.device
+        )
         cols = diagonal - rows
         # window[b, c, n, tap] = x at tap of the n-th pixel; padded coordinates shift by ``pad``.
         window = x_padded[:, :, rows[:, None] + tap_rows, cols[:, None] + tap_cols]

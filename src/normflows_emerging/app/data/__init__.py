@@ -129,7 +129,7 @@ def get_dataset(
     if name == "mnist":
         return torchvision_dataset("MNIST", split, image_size, root, download, bits)
     if name in ("imagenet32", "imagenet64"):
-        return imagenet(int(name[len("imagenet"):]), split, image_size, root, bits)
+        return imagenet(int(name[len("imagenet") :]), split, image_size, root, bits)
     if name in ("folder", "galaxy"):
         return folder_dataset(split, 64 if image_size is None else image_size, root, bits)
     if name == "hubble":

@@ -102,8 +102,9 @@ class ImageFileDataset(Dataset):
                     "only at 8 bits: pass bits=8 (or fewer) to rescale it"
                 )
         smallest = min(range(len(formats)), key=lambda i: formats[i].readable_depth)
-        self.num_bins = chosen_bins(bits, 2 ** formats[smallest].readable_depth,
-                                    str(all_files[smallest]))
+        self.num_bins = chosen_bins(
+            bits, 2 ** formats[smallest].readable_depth, str(all_files[smallest])
+        )
         self.bits = bits_of(self.num_bins)
 
     def __len__(self) -> int:
@@ -128,8 +129,9 @@ class ImageFileDataset(Dataset):
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
         image = image[:, top : top + side, left : left + side]
-        return to_levels(image, self.file_bins[index], self.num_bins, self.image_size,
-                         nearest=False), self.labels[index]
+        return to_levels(
+            image, self.file_bins[index], self.num_bins, self.image_size, nearest=False
+        ), self.labels[index]
 
     def _read(self, path: Path, index: int) -> np.ndarray:
         """The decoded pixels of a file, (channels, height, width)."""

@@ -20,7 +20,11 @@ DIGITS_LEVELS = 17
 
 
 def torchvision_dataset(
-    class_name: str, split: str, image_size: int | None, root: Path, download: bool,
+    class_name: str,
+    split: str,
+    image_size: int | None,
+    root: Path,
+    download: bool,
     bits: int | None,
 ) -> ArrayImageDataset:
     """torchvision's ``CIFAR10`` or ``MNIST``, 8 bits per value.
@@ -49,8 +53,9 @@ def torchvision_dataset(
         data = data[:, None]
     else:  # CIFAR-10: N x H x W x C
         data = data.transpose(0, 3, 1, 2)
-    return ArrayImageDataset([data], np.asarray(tv.targets), 256, len(tv.classes), image_size,
-                             bits=bits, name=class_name)
+    return ArrayImageDataset(
+        [data], np.asarray(tv.targets), 256, len(tv.classes), image_size, bits=bits, name=class_name
+    )
 
 
 def imagenet(
@@ -80,8 +85,9 @@ def imagenet(
                 data, file_labels = npz["data"], npz["labels"]
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
             # numpy's messages (e.g. "File is not a zip file") omit the file
-            raise OSError(f"cannot read {path} as an ImageNet{size} .npz file with 'data' and "
-                          f"'labels': {err}") from err
+            raise OSError(
+                f"cannot read {path} as an ImageNet{size} .npz file with 'data' and 'labels': {err}"
+            ) from err
         if data.ndim != 2 or data.shape[1] != 3 * size * size:
             raise ValueError(
                 f"{path}: expected 'data' of shape (N, {3 * size * size}) for ImageNet{size}, "
@@ -90,8 +96,9 @@ def imagenet(
         # Rows are channel-planar: all red values, then green, then blue, each row-major.
         chunks.append(data.reshape(-1, 3, size, size))
         labels.append(np.asarray(file_labels, dtype=np.int64) - 1)  # stored 1-based
-    return ArrayImageDataset(chunks, np.concatenate(labels), 256, 1000, image_size, bits=bits,
-                             name=f"ImageNet{size}")
+    return ArrayImageDataset(
+        chunks, np.concatenate(labels), 256, 1000, image_size, bits=bits, name=f"ImageNet{size}"
+    )
 
 
 def hubble(split: str, patch_size: int, bits: int | None) -> ArrayImageDataset:
@@ -131,5 +138,13 @@ def digits(split: str, image_size: int | None, bits: int | None) -> ArrayImageDa
     images = loaded.images[keep]  # float64 counts 0 .. 16
     if not np.array_equal(images, np.round(images)):
         raise ValueError("expected scikit-learn's digits to be whole numbers 0 .. 16")
-    return ArrayImageDataset([images.astype(np.int64)[:, None]], loaded.target[keep],
-                             DIGITS_LEVELS, 10, image_size, nearest=True, bits=bits, name="digits")
+    return ArrayImageDataset(
+        [images.astype(np.int64)[:, None]],
+        loaded.target[keep],
+        DIGITS_LEVELS,
+        10,
+        image_size,
+        nearest=True,
+        bits=bits,
+        name="digits",
+    )
