@@ -103,5 +103,5 @@ def test_bad_inputs():
         layer(torch.randn(3, 5, 5))
     with pytest.raises(TypeError, match="float32 and float64"):
         layer.inverse(torch.ones(1, 3, 4, 4, dtype=torch.int64))
-    with pytest.raises(ValueError, match="unknown inverse backend"):
+    with pytest.raises(ValueError, match="unknown solve backend"):
         layer(torch.randn(1, 3, 4, 4), backend="fortran")
