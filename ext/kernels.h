@@ -167,8 +167,8 @@
  * solved and the solution at pixels already solved (all earlier in raster order).
  * weights: (C_out, taps, C_in) non-corner taps; tap_di/tap_dj: their (non-positive) offsets;
  * lower: (C_out, C_in) corner tap, used below the diagonal; inv_diag: 1 / corner diagonal.
- * The NFE_LANES images go W at a time (`base`); output channels go G at a time with their own
- * partial sums, so every input vector loaded serves G outputs. */
+ * The NFE_LANES images go W at a time (`base`); output channels go G at a time (the rest 4, 2
+ * and 1 at a time) with their own partial sums, so every input vector loaded serves G outputs. */
 #define NFE_DEFINE_BATCH_KERNEL(NAME, TARGET, REAL, VEC, W, G)                                  \
     TARGET static void NAME##_pixel(REAL *block, ptrdiff_t channels, ptrdiff_t width,           \
                                     ptrdiff_t i, ptrdiff_t j, const REAL *weights,              \
@@ -181,6 +181,11 @@
             ptrdiff_t o = 0;                                                                    \
             for (; o + (G) <= channels; o += (G))                                               \
                 NFE_GROUP(REAL, VEC, G)                                                         \
+            /* the rest in smaller groups (G is 4 or 8) */                                      \
+            for (; (G) > 4 && o + 4 <= channels; o += 4)                                        \
+                NFE_GROUP(REAL, VEC, 4)                                                         \
+            for (; o + 2 <= channels; o += 2)                                                   \
+                NFE_GROUP(REAL, VEC, 2)                                                         \
             for (; o < channels; o++)                                                           \
                 NFE_GROUP(REAL, VEC, 1)                                                         \
         }                                                                                       \
