@@ -11,9 +11,10 @@
  * stays in a register. Blocks must be aligned to 64 bytes.
  *
  * Accuracy: every output is a sum of about C * m * m products. Summed in one chain its rounding
- * error grows with C; here the products of at most NFE_BLOCK input channels go into a fresh
- * partial sum (two: even and odd channels, which also lets consecutive multiply-adds run without
- * waiting for each other), and only the block sums go into the output's total.
+ * error grows with C; here the products go into partial sums (two: even and odd channels, which
+ * also lets consecutive multiply-adds run without waiting for each other) that are added to the
+ * output's total and started again after every NFE_BLOCK or more products (at most 2 NFE_BLOCK),
+ * and the right-hand side comes in only at the end.
  *
  * Instruction sets (NFE_ISA_*): "baseline" is the compiler's default target (SSE2 on x86-64),
  * "avx2" AVX2 + FMA, "avx512" AVX-512 F/VL/BW/DQ + AVX2 + FMA. The same kernel source is compiled
@@ -36,15 +37,59 @@
 #define NFE_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define NFE_UNROLL _Pragma("GCC unroll 16")
 
+/* Add the partial sums a[k] + b[k] of the last FILLED products per output to total[k] and
+ * start them again once they hold NFE_BLOCK or more (see Accuracy above). */
+#define NFE_FLUSH(VEC, K, FILLED, FORCE)                                                        \
+    if ((FORCE) || (FILLED) >= NFE_BLOCK) {                                                     \
+        NFE_UNROLL for (int k = 0; k < (K); k++) {                                              \
+            total[k] += a[k] + b[k];                                                            \
+            a[k] = b[k] = (VEC){0};                                                             \
+        }                                                                                       \
+        FILLED = 0;                                                                             \
+    }
+
+/* The neighbour sums of output vectors v .. v + NV - 1 of the image kernel, into `sums`. */
+#define NFE_IMAGE_VECTORS(REAL, VEC, NV)                                                        \
+    {                                                                                           \
+        VEC total[NV], a[NV], b[NV];                                                            \
+        ptrdiff_t filled = 0;                                                                   \
+        NFE_UNROLL for (int k = 0; k < (NV); k++) total[k] = a[k] = b[k] = (VEC){0};            \
+        for (ptrdiff_t t = 0; t < num_taps; t++) {                                              \
+            ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                                   \
+            if (ii < 0 || jj < 0)                                                               \
+                continue;                                                                       \
+            const REAL *there = x + ii * width + jj;                                            \
+            const VEC *w = (const VEC *)(taps + t * channels * padded) + v;                     \
+            for (ptrdiff_t c0 = 0; c0 < channels; c0 += NFE_BLOCK) {                            \
+                ptrdiff_t c = c0, c1 = NFE_MIN(c0 + NFE_BLOCK, channels);                       \
+                for (; c + 1 < c1; c += 2) {                                                    \
+                    REAL value = there[c * plane], next = there[(c + 1) * plane];               \
+                    NFE_UNROLL for (int k = 0; k < (NV); k++) {                                 \
+                        a[k] += value * w[c * vectors + k];                                     \
+                        b[k] += next * w[(c + 1) * vectors + k];                                \
+                    }                                                                           \
+                }                                                                               \
+                if (c < c1) {                                                                   \
+                    REAL value = there[c * plane];                                              \
+                    NFE_UNROLL for (int k = 0; k < (NV); k++) a[k] += value * w[c * vectors + k]; \
+                }                                                                               \
+                filled += c1 - c0;                                                              \
+                NFE_FLUSH(VEC, NV, filled, 0)                                                   \
+            }                                                                                   \
+        }                                                                                       \
+        NFE_FLUSH(VEC, NV, filled, 1)                                                           \
+        NFE_UNROLL for (int k = 0; k < (NV); k++)((VEC *)sums)[v + k] = total[k];               \
+    }
+
 /* Solve pixel (i, j) of one image: x[c * plane + p] from y[c * plane + p], p = i * width + j.
  * taps: (taps, C_in, padded) non-corner taps, output channels padded with zeros to `padded`, a
  * multiple of NFE_LANES, rows aligned like VEC; tap_di/tap_dj: their (non-positive) offsets;
  * lower: (C_in, C_out) corner tap, used below the diagonal; inv_diag: 1 / corner diagonal;
  * scratch: 2 * padded values aligned like VEC. The output channels go W at a time, NV vectors at
- * once, whose partial sums stay in registers over all taps and input channels (when the vectors
- * run out the last one is computed again in the spare sums). The triangle is solved in blocks of
- * NFE_BLOCK channels: inside a block in order, and each block's products for the later outputs
- * summed apart before they join those outputs' totals. */
+ * once (the rest 2 and 1 at a time), whose partial sums stay in registers over all taps and input
+ * channels. The triangle is solved in blocks of NFE_BLOCK channels: inside a block in order, and
+ * each block's products for the later outputs summed apart before they join those outputs'
+ * totals. */
 #define NFE_DEFINE_IMAGE_KERNEL(NAME, TARGET, REAL, VEC, W, NV)                                 \
     TARGET static void NAME##_pixel(const REAL *y, REAL *x, ptrdiff_t channels,                 \
                                     ptrdiff_t padded, ptrdiff_t plane, ptrdiff_t width,         \
@@ -53,41 +98,14 @@
                                     ptrdiff_t num_taps, const REAL *lower,                      \
                                     const REAL *inv_diag, REAL *scratch)                        \
     {                                                                                           \
-        ptrdiff_t p = i * width + j, vectors = padded / (W);                                    \
+        ptrdiff_t p = i * width + j, vectors = padded / (W), v = 0;                             \
         REAL *sums = scratch, *part = scratch + padded;                                         \
-        for (ptrdiff_t v = 0; v < vectors; v += (NV)) {                                         \
-            ptrdiff_t idx[NV];                                                                  \
-            VEC total[NV], a[NV], b[NV];                                                        \
-            NFE_UNROLL for (int k = 0; k < (NV); k++) {                                         \
-                idx[k] = v + NFE_MIN(k, vectors - 1 - v);                                       \
-                total[k] = (VEC){0};                                                            \
-            }                                                                                   \
-            for (ptrdiff_t t = 0; t < num_taps; t++) {                                          \
-                ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                               \
-                if (ii < 0 || jj < 0)                                                           \
-                    continue;                                                                   \
-                const REAL *there = x + ii * width + jj;                                        \
-                const VEC *w = (const VEC *)(taps + t * channels * padded);                     \
-                for (ptrdiff_t c0 = 0; c0 < channels; c0 += NFE_BLOCK) {                        \
-                    ptrdiff_t c = c0, c1 = NFE_MIN(c0 + NFE_BLOCK, channels);                   \
-                    NFE_UNROLL for (int k = 0; k < (NV); k++) a[k] = b[k] = (VEC){0};           \
-                    for (; c + 1 < c1; c += 2) {                                                \
-                        REAL value = there[c * plane], next = there[(c + 1) * plane];           \
-                        NFE_UNROLL for (int k = 0; k < (NV); k++) {                             \
-                            a[k] += value * w[c * vectors + idx[k]];                            \
-                            b[k] += next * w[(c + 1) * vectors + idx[k]];                       \
-                        }                                                                       \
-                    }                                                                           \
-                    if (c < c1) {                                                               \
-                        REAL value = there[c * plane];                                          \
-                        NFE_UNROLL for (int k = 0; k < (NV); k++) a[k] += value *               \
-                                                                  w[c * vectors + idx[k]];      \
-                    }                                                                           \
-                    NFE_UNROLL for (int k = 0; k < (NV); k++) total[k] += a[k] + b[k];          \
-                }                                                                               \
-            }                                                                                   \
-            NFE_UNROLL for (int k = 0; k < (NV); k++)((VEC *)sums)[idx[k]] = total[k];          \
-        }                                                                                       \
+        for (; v + (NV) <= vectors; v += (NV))                                                  \
+            NFE_IMAGE_VECTORS(REAL, VEC, NV)                                                    \
+        for (; (NV) > 2 && v + 2 <= vectors; v += 2)                                            \
+            NFE_IMAGE_VECTORS(REAL, VEC, 2)                                                     \
+        for (; v < vectors; v++)                                                                \
+            NFE_IMAGE_VECTORS(REAL, VEC, 1)                                                     \
         for (ptrdiff_t c0 = 0; c0 < channels; c0 += NFE_BLOCK) {                                \
             ptrdiff_t c1 = NFE_MIN(c0 + NFE_BLOCK, channels);                                   \
             for (ptrdiff_t o = c0; o < channels; o++)                                           \
@@ -116,12 +134,11 @@
                              tap_dj, num_taps, lower, inv_diag, scratch);                       \
     }
 
-/* total[g] += sum over c in [from, to) of w[g][c] * (vector of channel c at src), for the G
- * outputs of a group, in blocks of NFE_BLOCK channels with even and odd channels apart. */
+/* a[g], b[g] += sum over c in [from, to) of w[g][c] * (vector of channel c at src), for the G
+ * outputs of a group, even and odd channels apart, flushed into total[g] (NFE_FLUSH). */
 #define NFE_GROUP_SUM(VEC, G, src, w, from, to)                                                 \
     for (ptrdiff_t c0 = (from); c0 < (to); c0 += NFE_BLOCK) {                                   \
         ptrdiff_t c = c0, c1 = NFE_MIN(c0 + NFE_BLOCK, (to));                                   \
-        NFE_UNROLL for (int g = 0; g < (G); g++) a[g] = b[g] = (VEC){0};                        \
         for (; c + 1 < c1; c += 2) {                                                            \
             VEC value = *(const VEC *)((src) + c * NFE_LANES);                                  \
             VEC next = *(const VEC *)((src) + (c + 1) * NFE_LANES);                             \
@@ -134,7 +151,8 @@
             VEC value = *(const VEC *)((src) + c * NFE_LANES);                                  \
             NFE_UNROLL for (int g = 0; g < (G); g++) a[g] += w[g][c] * value;                   \
         }                                                                                       \
-        NFE_UNROLL for (int g = 0; g < (G); g++) total[g] += a[g] + b[g];                       \
+        filled += c1 - c0;                                                                      \
+        NFE_FLUSH(VEC, G, filled, 0)                                                            \
     }
 
 /* Solve outputs o .. o + G - 1 of pixel (i, j), the W images of `base` (see below). */
@@ -142,7 +160,8 @@
     {                                                                                           \
         VEC total[G], a[G], b[G];                                                               \
         const REAL *w[G];                                                                       \
-        NFE_UNROLL for (int g = 0; g < (G); g++) total[g] = (VEC){0};                           \
+        ptrdiff_t filled = 0;                                                                   \
+        NFE_UNROLL for (int g = 0; g < (G); g++) total[g] = a[g] = b[g] = (VEC){0};             \
         for (ptrdiff_t t = 0; t < num_taps; t++) {                                              \
             ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                                   \
             if (ii < 0 || jj < 0)                                                               \
@@ -154,6 +173,7 @@
         }                                                                                       \
         NFE_UNROLL for (int g = 0; g < (G); g++) w[g] = lower + (o + g) * channels;             \
         NFE_GROUP_SUM(VEC, G, here, w, 0, o)                                                    \
+        NFE_FLUSH(VEC, G, filled, 1)                                                            \
         /* the group's own corner entries, in order: output o + g needs outputs < o + g */      \
         NFE_UNROLL for (int g = 0; g < (G); g++) {                                              \
             VEC *out = (VEC *)(here + (o + g) * NFE_LANES);                                     \
