@@ -15,10 +15,16 @@ m*m-1 other taps, then one C x C forward substitution with the corner tap.
 
 * Batches of at least LANES images: the batch is copied into a (pixel, channel, batch) buffer
   padded to a multiple of LANES, and each pixel is solved for LANES images at once, so every
-  multiply-add runs over contiguous images (SIMD) with the partial sums held in registers.
+  multiply-add runs over contiguous images (SIMD, a register's width at a time) with the partial
+  sums held in registers.
 * Smaller batches: one image at a time, straight on the NCHW tensors; the C outputs of a pixel are
   held in vectors of LANES partial sums kept in registers while each neighbour's value is
   multiplied into them (weights padded with zeros to whole vectors).
+
+Instruction sets: kernels.h compiles the kernels once per instruction set ("baseline", "avx2",
+"avx512", see ``INSTRUCTION_SETS``) from one source; the widest the CPU supports runs, unless
+``set_instruction_set`` (tests, benchmarks) or the environment variable NORMFLOWS_EMERGING_ISA
+(read at import) chose another supported one.
 
 Parallelism (OpenMP), see ``_schedule``: none for small solves (no OpenMP region at all); else over
 independent units of work (LANES-image blocks, or images) when there are at least as many as
