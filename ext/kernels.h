@@ -20,9 +20,10 @@
  * "avx2" AVX2 + FMA, "avx512" AVX-512 F/VL/BW/DQ + AVX2 + FMA. The same kernel source is compiled
  * once per set with GCC/Clang target attributes and the vector width of that set (one hardware
  * register per vector: the float64 kernels of a vector wider than the registers would keep it in
- * memory). nfe_best_isa() is the widest set the CPU (and OS) supports; the extension starts there
- * and tests can force any supported one (nfe_isa_supported). Other compilers and CPUs get the
- * baseline build only.
+ * memory; float32 under AVX-512 uses 8-wide vectors, with its 32 registers, as 16-wide ones would
+ * need blocks of 16 images). nfe_best_isa() is the widest set the CPU (and OS) supports; the
+ * extension starts there and tests can force any supported one (nfe_isa_supported). Other
+ * compilers and CPUs get the baseline build only.
  */
 #ifndef NFE_KERNELS_H
 #define NFE_KERNELS_H
@@ -284,7 +285,9 @@ static int nfe_best_isa(void)
         nfe_baseline_##KERNEL ARGS;                                                             \
     }
 #else
-#define NFE_DISPATCH(KERNEL, ARGS) nfe_baseline_##KERNEL ARGS;
+#define NFE_DISPATCH(KERNEL, ARGS)                                                              \
+    (void)isa;                                                                                  \
+    nfe_baseline_##KERNEL ARGS;
 #endif
 
 #define NFE_DEFINE_ENTRY_POINTS(SUFFIX, REAL)                                                   \
