@@ -312,7 +312,10 @@ cdef int _solve(
     cdef real* taps = NULL
     if posix_memalign(&memory, 64, taps_size * sizeof(real)) == 0:
         taps = <real*> memory
-    cdef real* lower = <real*> malloc(channels * channels * sizeof(real))
+    cdef real* lower = NULL
+    cdef Py_ssize_t lower_size = channels * (channels if lanes else padded)
+    if posix_memalign(&memory, 64, lower_size * sizeof(real)) == 0:
+        lower = <real*> memory
     cdef real* inv_diag = <real*> malloc(channels * sizeof(real))
     cdef Py_ssize_t* tap_di = <Py_ssize_t*> malloc(max(num_taps, 1) * sizeof(Py_ssize_t))
     cdef Py_ssize_t* tap_dj = <Py_ssize_t*> malloc(max(num_taps, 1) * sizeof(Py_ssize_t))
@@ -332,6 +335,7 @@ cdef int _solve(
     # Weights arranged once, masked taps dropped, in the order the chosen kernel reads them: the
     # batch kernel runs over input channels for one output, the image kernel over (padded) outputs.
     memset(taps, 0, taps_size * sizeof(real))
+    memset(lower, 0, lower_size * sizeof(real))
     t = 0
     for a in range(size):
         for d in range(size):
@@ -353,7 +357,7 @@ cdef int _solve(
             if lanes:
                 lower[o * channels + c] = kernel[o, c, corner, corner] if c < o else 0
             else:
-                lower[c * channels + o] = kernel[o, c, corner, corner] if c < o else 0
+                lower[c * padded + o] = kernel[o, c, corner, corner] if c < o else 0
             t = 0
             for a in range(size):
                 for d in range(size):

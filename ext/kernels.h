@@ -85,12 +85,13 @@
 /* Solve pixel (i, j) of one image: x[c * plane + p] from y[c * plane + p], p = i * width + j.
  * taps: (taps, C_in, padded) non-corner taps, output channels padded with zeros to `padded`, a
  * multiple of NFE_LANES, rows aligned like VEC; tap_di/tap_dj: their (non-positive) offsets;
- * lower: (C_in, C_out) corner tap, used below the diagonal; inv_diag: 1 / corner diagonal;
- * scratch: 2 * padded values aligned like VEC. The output channels go W at a time, NV vectors at
- * once (the rest 2 and 1 at a time), whose partial sums stay in registers over all taps and input
- * channels. The triangle is solved in blocks of NFE_BLOCK channels: inside a block in order, and
- * each block's products for the later outputs summed apart before they join those outputs'
- * totals. */
+ * lower: (C_in, padded) corner tap, zero on and above the diagonal and in the padding, rows
+ * aligned like VEC; inv_diag: 1 / corner diagonal; scratch: 2 * padded values aligned like VEC.
+ * The output channels go W at a time, NV vectors at once (the rest 2 and 1 at a time), whose
+ * partial sums stay in registers over all taps and input channels. The triangle is solved in
+ * blocks of NFE_BLOCK channels: inside a block in order, each solved value multiplied into whole
+ * vectors of later outputs, and each block's products for the outputs after it summed apart
+ * before they join those outputs' totals. */
 #define NFE_DEFINE_IMAGE_KERNEL(NAME, TARGET, REAL, VEC, W, NV)                                 \
     TARGET static void NAME##_pixel(const REAL *y, REAL *x, ptrdiff_t channels,                 \
                                     ptrdiff_t padded, ptrdiff_t plane, ptrdiff_t width,         \
@@ -107,19 +108,21 @@
             NFE_IMAGE_VECTORS(REAL, VEC, 2)                                                     \
         for (; v < vectors; v++)                                                                \
             NFE_IMAGE_VECTORS(REAL, VEC, 1)                                                     \
+        VEC *sum_vectors = (VEC *)sums, *part_vectors = (VEC *)part;                            \
         for (ptrdiff_t c0 = 0; c0 < channels; c0 += NFE_BLOCK) {                                \
             ptrdiff_t c1 = NFE_MIN(c0 + NFE_BLOCK, channels);                                   \
-            for (ptrdiff_t o = c0; o < channels; o++)                                           \
-                part[o] = 0;                                                                    \
+            for (ptrdiff_t k = c0 / (W); k < vectors; k++)                                      \
+                part_vectors[k] = (VEC){0};                                                     \
             for (ptrdiff_t c = c0; c < c1; c++) {                                               \
                 REAL value = (y[c * plane + p] - (sums[c] + part[c])) * inv_diag[c];            \
                 x[c * plane + p] = value;                                                       \
-                const REAL *w = lower + c * channels;                                           \
-                for (ptrdiff_t o = c + 1; o < channels; o++)                                    \
-                    part[o] += w[o] * value;                                                    \
+                /* whole vectors from the one holding output c + 1: the row is 0 up to c */     \
+                const VEC *w = (const VEC *)(lower + c * padded);                               \
+                for (ptrdiff_t k = (c + 1) / (W); k < vectors; k++)                             \
+                    part_vectors[k] += value * w[k];                                            \
             }                                                                                   \
-            for (ptrdiff_t o = c1; o < channels; o++)                                           \
-                sums[o] += part[o];                                                             \
+            for (ptrdiff_t k = c1 / (W); k < vectors; k++)                                      \
+                sum_vectors[k] += part_vectors[k];                                              \
         }                                                                                       \
     }                                                                                           \
     /* Every pixel of one image in raster order. */                                             \
