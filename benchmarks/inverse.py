@@ -9,19 +9,21 @@ solve alone (``solve_autoregressive`` on a prepared right-hand side: the layer's
 difference) in float32 and float64 (``solve64``; ``solve64/solve`` is the float64 solve's time over
 the float32 one's). The layer is in eval mode, as when sampling: both directions reuse the kernel
 assembled once (in training mode each call assembles it).
+``--clock cpu`` times CPU time instead of wall-clock time (for a shared, loaded machine).
 Headline with 1 thread, then (unless ``--threads 1``) the convolution and the compiled solve with
 2 threads. Times are medians in ms with their interquartile range (IQR); ratios are medians over
 rounds of the ratio within a round. The JSON records the CPU model and the instruction set of the
 compiled kernels (``normflows_emerging._solve.instruction_set()``; the environment variable
 NORMFLOWS_EMERGING_ISA=baseline|avx2|avx512 forces one).
 
-    python benchmarks/inverse.py [--out benchmarks/results/inverse.json] [--quick] [--threads 1]
+    python benchmarks/inverse.py [--out FILE] [--quick] [--threads 1] [--clock cpu]
 """
 
 import argparse
 import functools
 import os
 import sys
+import time
 
 import torch
 
@@ -38,21 +40,30 @@ CASES = [
 NAIVE_CASE = (48, 4, 2, 1)
 
 
-def timed(contenders, threads, rounds, min_run_time):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def timed(contenders, threads, rounds, min_run_time, clock="wall"):
     """Time each callable in ``contenders`` in interleaved rounds.
 
     Returns:
       ({name: (median ms, IQR ms, ratio)}, per_round) where median and IQR are over all rounds
       merged, ratio is the median over rounds of the name's time / the first contender's time in
       the same round (robust to load that changes between rounds), and per_round is a list of
-      {name: Measurement}, one per round
+      {name: Measurement}, one per round. ``clock="cpu"`` times the CPU time of this thread
+      instead of wall-clock time: on a machine shared with other work it does not count the time
+      slices given to other processes (it still counts what they cost through shared caches)
     """
     per_round = []
     for _ in range(rounds):
         per_round.append({})
         for name, fn in contenders.items():
             timer = benchmark.Timer(
-                "fn()", globals={"fn": fn}, description=name, num_threads=threads
+                "fn()",
+                globals={"fn": fn},
+                description=name,
+                num_threads=threads,
+                timer=CLOCKS[clock],
             )
             per_round[-1][name] = timer.blocked_autorange(min_run_time=min_run_time)
     merged = benchmark.Measurement.merge([m for r in per_round for m in r.values()])
@@ -83,6 +94,12 @@ def main():
     parser.add_argument(
         "--threads", default="1,2", help="comma-separated thread counts (default 1,2)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall-clock time, or this thread's CPU time (for a machine shared with other work)",
+    )
     args = parser.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
     torch.manual_seed(0)
@@ -109,7 +126,9 @@ def main():
                 }
                 if threads == 1:
                     contenders["torch"] = functools.partial(layer, y, backend="torch")
-                times, per_round = timed(contenders, threads, args.rounds, args.min_time)
+                times, per_round = timed(
+                    contenders, threads, args.rounds, args.min_time, args.clock
+                )
                 row = {
                     "C": channels,
                     "HxW": f"{side}x{side}",
@@ -172,6 +191,7 @@ def main():
         benchmark="inverse",
         layer="SquareAutoregressiveConv2d",
         rounds=args.rounds,
+        clock=args.clock,
         instruction_set=_solve.instruction_set(),
         instruction_sets_supported=list(_solve.supported_instruction_sets()),
         command=" ".join(["python", "benchmarks/inverse.py", *sys.argv[1:]]),
