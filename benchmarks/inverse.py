@@ -195,6 +195,9 @@ def main():
         instruction_set=_solve.instruction_set(),
         instruction_sets_supported=list(_solve.supported_instruction_sets()),
         command=" ".join(["python", "benchmarks/inverse.py", *sys.argv[1:]]),
+        # glibc settings such as MALLOC_TRIM_THRESHOLD_ change how often fresh output tensors
+        # cost page faults, which on a virtual machine can outweigh the solve itself
+        malloc_environment={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     )
 
 
