@@ -171,7 +171,10 @@ def set_instruction_set(str name=None):
 
 import os as _os
 if _os.environ.get("NORMFLOWS_EMERGING_ISA"):
-    set_instruction_set(_os.environ["NORMFLOWS_EMERGING_ISA"])
+    try:
+        set_instruction_set(_os.environ["NORMFLOWS_EMERGING_ISA"])
+    except ValueError as error:  # an ImportError: the package then falls back to the torch solve
+        raise ImportError(f"environment variable NORMFLOWS_EMERGING_ISA: {error}") from None
 
 
 cdef inline int _schedule(Py_ssize_t units, Py_ssize_t unit_images, Py_ssize_t height,

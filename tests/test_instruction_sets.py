@@ -136,13 +136,26 @@ def test_unsupported_instruction_set_is_refused():
         _solve.set_instruction_set(missing)
 
 
-def test_environment_variable_picks_the_instruction_set_at_import():
-    """(The extension is loaded alone, without the package and torch, to keep this fast.)"""
-    env = dict(os.environ, NORMFLOWS_EMERGING_ISA="baseline")
+def import_extension_alone(isa):
+    """Import the built extension in a fresh interpreter with NORMFLOWS_EMERGING_ISA=isa, alone
+    (without the package and torch, to keep this fast); returns the finished process."""
+    env = dict(os.environ, NORMFLOWS_EMERGING_ISA=isa)
     code = (
         "import importlib.util as u, sys; s = u.spec_from_file_location('_solve', sys.argv[1]); "
         "m = u.module_from_spec(s); s.loader.exec_module(m); print(m.instruction_set())"
     )
     command = [sys.executable, "-c", code, _solve.__file__]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "baseline"
+    return subprocess.run(command, env=env, capture_output=True, text=True)
+
+
+def test_environment_variable_picks_the_instruction_set_at_import():
+    done = import_extension_alone("baseline")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "baseline"
+
+
+def test_bad_environment_variable_is_an_import_error_naming_it():
+    """An ImportError, so that the package warns and falls back instead of failing to import."""
+    done = import_extension_alone("sse9")
+    assert done.returncode != 0
+    assert "ImportError: environment variable NORMFLOWS_EMERGING_ISA" in done.stderr
