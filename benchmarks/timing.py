@@ -63,6 +63,18 @@ def print_table(rows, columns):
         print(line(r))
 
 
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def write_json(path, rows, **extra):
     """Write the rows plus machine information to ``path`` (directories created)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -70,6 +82,7 @@ def write_json(path, rows, **extra):
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor(),
+            "cpu": cpu_model(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         },

@@ -15,10 +15,16 @@ m*m-1 other taps, then one C x C forward substitution with the corner tap.
 
 * Batches of at least LANES images: the batch is copied into a (pixel, channel, batch) buffer
   padded to a multiple of LANES, and each pixel is solved for LANES images at once, so every
-  multiply-add runs over contiguous images (SIMD) with the partial sums held in registers.
+  multiply-add runs over contiguous images (SIMD, a register's width at a time) with the partial
+  sums held in registers.
 * Smaller batches: one image at a time, straight on the NCHW tensors; the C outputs of a pixel are
   held in vectors of LANES partial sums kept in registers while each neighbour's value is
   multiplied into them (weights padded with zeros to whole vectors).
+
+Instruction sets: kernels.h compiles the kernels once per instruction set ("baseline", "avx2",
+"avx512", see ``INSTRUCTION_SETS``) from one source; the widest the CPU supports runs, unless
+``set_instruction_set`` (tests, benchmarks) or the environment variable NORMFLOWS_EMERGING_ISA
+(read at import) chose another supported one.
 
 Parallelism (OpenMP), see ``_schedule``: none for small solves (no OpenMP region at all); else over
 independent units of work (LANES-image blocks, or images) when there are at least as many as
@@ -51,24 +57,45 @@ cdef extern from *:
 
 cdef extern from "kernels.h" nogil:
     enum: NFE_LANES
-    void nfe_solve_pixel_image_f32(const float* y, float* x, Py_ssize_t channels,
-                                   Py_ssize_t padded, Py_ssize_t plane, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
-                                   const float* taps, const Py_ssize_t* tap_di,
-                                   const Py_ssize_t* tap_dj, Py_ssize_t num_taps,
-                                   const float* lower, const float* inv_diag, float* acc)
-    void nfe_solve_pixel_image_f64(const double* y, double* x, Py_ssize_t channels,
-                                   Py_ssize_t padded, Py_ssize_t plane, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
-                                   const double* taps, const Py_ssize_t* tap_di,
-                                   const Py_ssize_t* tap_dj, Py_ssize_t num_taps,
-                                   const double* lower, const double* inv_diag, double* acc)
-    void nfe_solve_pixel_lanes_f32(float* block, Py_ssize_t channels, Py_ssize_t width,
-                                   Py_ssize_t i, Py_ssize_t j, const float* weights,
-                                   const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj,
-                                   Py_ssize_t num_taps, const float* lower, const float* inv_diag)
-    void nfe_solve_pixel_lanes_f64(double* block, Py_ssize_t channels, Py_ssize_t width,
-                                   Py_ssize_t i, Py_ssize_t j, const double* weights,
-                                   const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj,
-                                   Py_ssize_t num_taps, const double* lower, const double* inv_diag)
+    enum: NFE_ISA_COUNT
+    int nfe_isa_supported(int isa)
+    int nfe_best_isa()
+    void nfe_image_pixel_f32(int isa, const float* y, float* x, Py_ssize_t channels,
+                             Py_ssize_t padded, Py_ssize_t plane, Py_ssize_t width, Py_ssize_t i,
+                             Py_ssize_t j, const float* taps, const Py_ssize_t* tap_di,
+                             const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const float* lower,
+                             const float* inv_diag, float* scratch)
+    void nfe_image_pixel_f64(int isa, const double* y, double* x, Py_ssize_t channels,
+                             Py_ssize_t padded, Py_ssize_t plane, Py_ssize_t width, Py_ssize_t i,
+                             Py_ssize_t j, const double* taps, const Py_ssize_t* tap_di,
+                             const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const double* lower,
+                             const double* inv_diag, double* scratch)
+    void nfe_image_raster_f32(int isa, const float* y, float* x, Py_ssize_t channels,
+                              Py_ssize_t padded, Py_ssize_t height, Py_ssize_t width,
+                              const float* taps, const Py_ssize_t* tap_di,
+                              const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const float* lower,
+                              const float* inv_diag, float* scratch)
+    void nfe_image_raster_f64(int isa, const double* y, double* x, Py_ssize_t channels,
+                              Py_ssize_t padded, Py_ssize_t height, Py_ssize_t width,
+                              const double* taps, const Py_ssize_t* tap_di,
+                              const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const double* lower,
+                              const double* inv_diag, double* scratch)
+    void nfe_batch_pixel_f32(int isa, float* block, Py_ssize_t channels, Py_ssize_t width,
+                             Py_ssize_t i, Py_ssize_t j, const float* weights,
+                             const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj,
+                             Py_ssize_t num_taps, const float* lower, const float* inv_diag)
+    void nfe_batch_pixel_f64(int isa, double* block, Py_ssize_t channels, Py_ssize_t width,
+                             Py_ssize_t i, Py_ssize_t j, const double* weights,
+                             const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj,
+                             Py_ssize_t num_taps, const double* lower, const double* inv_diag)
+    void nfe_batch_raster_f32(int isa, float* block, Py_ssize_t channels, Py_ssize_t height,
+                              Py_ssize_t width, const float* weights, const Py_ssize_t* tap_di,
+                              const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const float* lower,
+                              const float* inv_diag)
+    void nfe_batch_raster_f64(int isa, double* block, Py_ssize_t channels, Py_ssize_t height,
+                              Py_ssize_t width, const double* weights, const Py_ssize_t* tap_di,
+                              const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const double* lower,
+                              const double* inv_diag)
     int nfe_team_size()
     void nfe_barrier()
     int nfe_test_delay_us
@@ -103,6 +130,52 @@ if nfe_register_fork_handler() != 0:
 SCHEDULES = ("image/serial", "image/over-images", "image/over-diagonals",
              "batch/serial", "batch/over-blocks", "batch/over-diagonals")
 
+# Instruction sets of the kernels, indexed by the NFE_ISA_* codes of kernels.h.
+INSTRUCTION_SETS = ("baseline", "avx2", "avx512")
+assert len(INSTRUCTION_SETS) == NFE_ISA_COUNT
+# The set every solve uses: the widest the CPU supports, unless set_instruction_set (or the
+# NORMFLOWS_EMERGING_ISA environment variable, read at import) chose another.
+cdef int _isa = nfe_best_isa()
+
+
+def supported_instruction_sets():
+    """The names in ``INSTRUCTION_SETS`` whose kernels this CPU runs, narrowest first."""
+    return tuple(name for code, name in enumerate(INSTRUCTION_SETS) if nfe_isa_supported(code))
+
+
+def instruction_set():
+    """The name of the instruction set the solves use now."""
+    return INSTRUCTION_SETS[_isa]
+
+
+def set_instruction_set(str name=None):
+    """Make every later solve use the kernels of instruction set ``name`` (None: the widest
+    supported, the default); returns the previous name. For tests and benchmarks.
+
+    Raises:
+      ValueError: ``name`` is not in ``INSTRUCTION_SETS``, or this CPU does not support it
+    """
+    global _isa
+    previous = INSTRUCTION_SETS[_isa]
+    if name is None:
+        _isa = nfe_best_isa()
+        return previous
+    if name not in INSTRUCTION_SETS:
+        raise ValueError(f"instruction set must be None or one of {INSTRUCTION_SETS}, got {name!r}")
+    if not nfe_isa_supported(INSTRUCTION_SETS.index(name)):
+        raise ValueError(f"this CPU does not support the {name!r} kernels; it supports "
+                         f"{supported_instruction_sets()}")
+    _isa = INSTRUCTION_SETS.index(name)
+    return previous
+
+
+import os as _os
+if _os.environ.get("NORMFLOWS_EMERGING_ISA"):
+    try:
+        set_instruction_set(_os.environ["NORMFLOWS_EMERGING_ISA"])
+    except ValueError as error:  # an ImportError: the package then falls back to the torch solve
+        raise ImportError(f"environment variable NORMFLOWS_EMERGING_ISA: {error}") from None
+
 
 cdef inline int _schedule(Py_ssize_t units, Py_ssize_t unit_images, Py_ssize_t height,
                           Py_ssize_t width, Py_ssize_t per_pixel, int num_threads) noexcept nogil:
@@ -118,33 +191,60 @@ cdef inline int _schedule(Py_ssize_t units, Py_ssize_t unit_images, Py_ssize_t h
 
 
 cdef inline void _solve_pixel(
-    const real* y, real* x, Py_ssize_t channels, Py_ssize_t padded, Py_ssize_t plane,
-    Py_ssize_t width,
-    Py_ssize_t i, Py_ssize_t j, const real* taps, const Py_ssize_t* tap_di,
+    int isa, const real* y, real* x, Py_ssize_t channels, Py_ssize_t padded, Py_ssize_t plane,
+    Py_ssize_t width, Py_ssize_t i, Py_ssize_t j, const real* taps, const Py_ssize_t* tap_di,
     const Py_ssize_t* tap_dj, Py_ssize_t num_taps, const real* lower, const real* inv_diag,
-    real* acc,
+    real* scratch,
 ) noexcept nogil:
     """Solve pixel (i, j) of one NCHW image (see kernels.h)."""
     if real is float:
-        nfe_solve_pixel_image_f32(y, x, channels, padded, plane, width, i, j, taps, tap_di,
-                                  tap_dj, num_taps, lower, inv_diag, acc)
+        nfe_image_pixel_f32(isa, y, x, channels, padded, plane, width, i, j, taps, tap_di, tap_dj,
+                            num_taps, lower, inv_diag, scratch)
     else:
-        nfe_solve_pixel_image_f64(y, x, channels, padded, plane, width, i, j, taps, tap_di,
-                                  tap_dj, num_taps, lower, inv_diag, acc)
+        nfe_image_pixel_f64(isa, y, x, channels, padded, plane, width, i, j, taps, tap_di, tap_dj,
+                            num_taps, lower, inv_diag, scratch)
+
+
+cdef inline void _solve_image(
+    int isa, const real* y, real* x, Py_ssize_t channels, Py_ssize_t padded, Py_ssize_t height,
+    Py_ssize_t width, const real* taps, const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj,
+    Py_ssize_t num_taps, const real* lower, const real* inv_diag, real* scratch,
+) noexcept nogil:
+    """Solve every pixel of one NCHW image in raster order (see kernels.h)."""
+    if real is float:
+        nfe_image_raster_f32(isa, y, x, channels, padded, height, width, taps, tap_di, tap_dj,
+                             num_taps, lower, inv_diag, scratch)
+    else:
+        nfe_image_raster_f64(isa, y, x, channels, padded, height, width, taps, tap_di, tap_dj,
+                             num_taps, lower, inv_diag, scratch)
 
 
 cdef inline void _solve_pixel_lanes(
-    real* block, Py_ssize_t channels, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
+    int isa, real* block, Py_ssize_t channels, Py_ssize_t width, Py_ssize_t i, Py_ssize_t j,
     const real* weights, const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj, Py_ssize_t num_taps,
     const real* lower, const real* inv_diag,
 ) noexcept nogil:
     """Solve pixel (i, j) of the LANES images of one (pixel, C, LANES) block (see kernels.h)."""
     if real is float:
-        nfe_solve_pixel_lanes_f32(block, channels, width, i, j, weights, tap_di, tap_dj, num_taps,
-                                  lower, inv_diag)
+        nfe_batch_pixel_f32(isa, block, channels, width, i, j, weights, tap_di, tap_dj, num_taps,
+                            lower, inv_diag)
     else:
-        nfe_solve_pixel_lanes_f64(block, channels, width, i, j, weights, tap_di, tap_dj, num_taps,
-                                  lower, inv_diag)
+        nfe_batch_pixel_f64(isa, block, channels, width, i, j, weights, tap_di, tap_dj, num_taps,
+                            lower, inv_diag)
+
+
+cdef inline void _solve_block(
+    int isa, real* block, Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+    const real* weights, const Py_ssize_t* tap_di, const Py_ssize_t* tap_dj, Py_ssize_t num_taps,
+    const real* lower, const real* inv_diag,
+) noexcept nogil:
+    """Solve every pixel of one (pixel, C, LANES) block in raster order (see kernels.h)."""
+    if real is float:
+        nfe_batch_raster_f32(isa, block, channels, height, width, weights, tap_di, tap_dj,
+                             num_taps, lower, inv_diag)
+    else:
+        nfe_batch_raster_f64(isa, block, channels, height, width, weights, tap_di, tap_dj,
+                             num_taps, lower, inv_diag)
 
 
 cdef inline void _copy_block(
@@ -201,6 +301,7 @@ cdef int _solve(
     if nfe_openmp_unusable:  # forked after a parallel region (kernels.h)
         schedule = SERIAL
     cdef int threads = num_threads if schedule != SERIAL else 1
+    cdef int isa = _isa  # read once: set_instruction_set may change it meanwhile
     cdef Py_ssize_t a, d, o, c, t, u, i, j
     # Private to each thread of the parallel regions (initialised: Cython makes them firstprivate).
     cdef Py_ssize_t idx = 0, start = 0, stop = 0, first = 0, count = 0, diagonal = 0, work = 0
@@ -214,13 +315,16 @@ cdef int _solve(
     cdef real* taps = NULL
     if posix_memalign(&memory, 64, taps_size * sizeof(real)) == 0:
         taps = <real*> memory
-    cdef real* lower = <real*> malloc(channels * channels * sizeof(real))
+    cdef real* lower = NULL
+    cdef Py_ssize_t lower_size = channels * (channels if lanes else padded)
+    if posix_memalign(&memory, 64, lower_size * sizeof(real)) == 0:
+        lower = <real*> memory
     cdef real* inv_diag = <real*> malloc(channels * sizeof(real))
     cdef Py_ssize_t* tap_di = <Py_ssize_t*> malloc(max(num_taps, 1) * sizeof(Py_ssize_t))
     cdef Py_ssize_t* tap_dj = <Py_ssize_t*> malloc(max(num_taps, 1) * sizeof(Py_ssize_t))
     cdef const real* y0 = &y[0, 0, 0, 0]
     cdef real* x0 = &x[0, 0, 0, 0]
-    if posix_memalign(&memory, 64, (units * block_size if lanes else threads * padded)
+    if posix_memalign(&memory, 64, (units * block_size if lanes else threads * 2 * padded)
                       * sizeof(real)) == 0:
         buffer = <real*> memory
     if not (taps and lower and inv_diag and tap_di and tap_dj and buffer):
@@ -234,6 +338,7 @@ cdef int _solve(
     # Weights arranged once, masked taps dropped, in the order the chosen kernel reads them: the
     # batch kernel runs over input channels for one output, the image kernel over (padded) outputs.
     memset(taps, 0, taps_size * sizeof(real))
+    memset(lower, 0, lower_size * sizeof(real))
     t = 0
     for a in range(size):
         for d in range(size):
@@ -255,7 +360,7 @@ cdef int _solve(
             if lanes:
                 lower[o * channels + c] = kernel[o, c, corner, corner] if c < o else 0
             else:
-                lower[c * channels + o] = kernel[o, c, corner, corner] if c < o else 0
+                lower[c * padded + o] = kernel[o, c, corner, corner] if c < o else 0
             t = 0
             for a in range(size):
                 for d in range(size):
@@ -272,10 +377,8 @@ cdef int _solve(
             for u in prange(units, schedule="static", num_threads=threads):
                 _copy_block(<real*> y0, buffer + u * block_size, batch, channels, plane, u * LANES,
                             True)
-                for i in range(height):
-                    for j in range(width):
-                        _solve_pixel_lanes(buffer + u * block_size, channels, width, i, j, taps,
-                                           tap_di, tap_dj, num_taps, lower, inv_diag)
+                _solve_block(isa, buffer + u * block_size, channels, height, width, taps, tap_di,
+                             tap_dj, num_taps, lower, inv_diag)
                 _copy_block(x0, buffer + u * block_size, batch, channels, plane, u * LANES, False)
         else:
             for u in range(units):
@@ -294,26 +397,22 @@ cdef int _solve(
                         stop = work * (thread + 1) // team
                         for idx in range(start, stop):
                             i = first + idx % count
-                            _solve_pixel_lanes(buffer + (idx // count) * block_size, channels,
+                            _solve_pixel_lanes(isa, buffer + (idx // count) * block_size, channels,
                                                width, i, diagonal - i, taps, tap_di, tap_dj,
                                                num_taps, lower, inv_diag)
                         # The next diagonal reads pixels that other threads solved on this one.
                         nfe_barrier()
             else:
                 for u in range(units):
-                    for i in range(height):
-                        for j in range(width):
-                            _solve_pixel_lanes(buffer + u * block_size, channels, width, i, j,
-                                               taps, tap_di, tap_dj, num_taps, lower, inv_diag)
+                    _solve_block(isa, buffer + u * block_size, channels, height, width, taps,
+                                 tap_di, tap_dj, num_taps, lower, inv_diag)
             for u in range(units):
                 _copy_block(x0, buffer + u * block_size, batch, channels, plane, u * LANES, False)
     elif schedule == OVER_UNITS:
         for u in prange(batch, schedule="static", num_threads=threads):
-            for i in range(height):
-                for j in range(width):
-                    _solve_pixel(y0 + u * image, x0 + u * image, channels, padded, plane, width,
-                                 i, j, taps, tap_di, tap_dj, num_taps, lower, inv_diag,
-                                 buffer + threadid() * padded)
+            _solve_image(isa, y0 + u * image, x0 + u * image, channels, padded, height, width,
+                         taps, tap_di, tap_dj, num_taps, lower, inv_diag,
+                         buffer + threadid() * 2 * padded)
     elif schedule == OVER_DIAGONALS:
         with parallel(num_threads=threads):
             thread = threadid()
@@ -327,17 +426,15 @@ cdef int _solve(
                 stop = work * (thread + 1) // team
                 for idx in range(start, stop):
                     i = first + idx % count
-                    _solve_pixel(y0 + (idx // count) * image, x0 + (idx // count) * image,
+                    _solve_pixel(isa, y0 + (idx // count) * image, x0 + (idx // count) * image,
                                  channels, padded, plane, width, i, diagonal - i, taps, tap_di,
-                                 tap_dj, num_taps, lower, inv_diag, buffer + thread * padded)
+                                 tap_dj, num_taps, lower, inv_diag, buffer + thread * 2 * padded)
                 # The next diagonal reads pixels that other threads solved on this one.
                 nfe_barrier()
     else:
         for u in range(batch):
-            for i in range(height):
-                for j in range(width):
-                    _solve_pixel(y0 + u * image, x0 + u * image, channels, padded, plane, width,
-                                 i, j, taps, tap_di, tap_dj, num_taps, lower, inv_diag, buffer)
+            _solve_image(isa, y0 + u * image, x0 + u * image, channels, padded, height, width,
+                         taps, tap_di, tap_dj, num_taps, lower, inv_diag, buffer)
 
     free(taps); free(lower); free(inv_diag); free(tap_di); free(tap_dj); free(buffer)
     return schedule + (3 if lanes else 0)

@@ -1,170 +1,339 @@
-/* Per-pixel kernels of the compiled solve (called from _inverse.pyx).
+/* Per-pixel kernels of the compiled solve (called from _solve.pyx), built for several instruction
+ * sets from one source, one of which is chosen at load time.
  *
- * Image kernel: one pixel of one NCHW image; the output channels are held in vectors of
- * NFE_LANES partial sums that stay in registers while every solved neighbour value is multiplied
- * into them (weights padded to whole vectors), then the corner tap's triangle.
+ * Image kernel: one pixel of one NCHW image; the output channels are held in vectors of partial
+ * sums that stay in registers while every solved neighbour value is multiplied into them (weights
+ * padded with zeros to whole vectors of NFE_LANES values), then the corner tap's triangle.
  *
- * Batch kernel: one pixel of LANES images. A block holds LANES images as (pixel, channel, LANES):
- * the LANES values of one channel at one pixel are one GCC vector, so each multiply-add updates
- * all images at once and the partial sum of an output channel stays in registers. Blocks must be
- * aligned to 64 bytes.
+ * Batch kernel: one pixel of NFE_LANES images. A block holds NFE_LANES images as (pixel, channel,
+ * NFE_LANES): the values of one channel at one pixel are one or more vectors (NFE_LANES / width),
+ * so each multiply-add updates several images at once and the partial sum of an output channel
+ * stays in a register. Blocks must be aligned to 64 bytes.
+ *
+ * Accuracy: every output is a sum of about C * m * m products. Summed in one chain its rounding
+ * error grows with C; here the products go into partial sums (two: even and odd channels, which
+ * also lets consecutive multiply-adds run without waiting for each other) that are added to the
+ * output's total and started again after every NFE_BLOCK or more products (at most 2 NFE_BLOCK),
+ * and the right-hand side comes in only at the end.
+ *
+ * Instruction sets (NFE_ISA_*): "baseline" is the compiler's default target (SSE2 on x86-64),
+ * "avx2" AVX2 + FMA, "avx512" AVX-512 F/VL/BW/DQ + AVX2 + FMA. The same kernel source is compiled
+ * once per set with GCC/Clang target attributes and the vector width of that set (one hardware
+ * register per vector: the float64 kernels of a vector wider than the registers would keep it in
+ * memory; float32 under AVX-512 uses 8-wide vectors, with its 32 registers, as 16-wide ones would
+ * need blocks of 16 images). nfe_best_isa() is the widest set the CPU (and OS) supports; the
+ * extension starts there and tests can force any supported one (nfe_isa_supported). Other
+ * compilers and CPUs get the baseline build only.
  */
 #ifndef NFE_KERNELS_H
 #define NFE_KERNELS_H
 
 #include <stddef.h>
 
+/* Images per block of the batch kernel; the image kernel pads output channels to a multiple. */
 #define NFE_LANES 8
+/* Input channels per partial sum (see Accuracy above). */
+#define NFE_BLOCK 16
 
-/* On x86-64 Linux with GCC, also compile an AVX2 + FMA version, picked at load time when the CPU
- * has it (the baseline x86-64 build only has SSE2, with no fused multiply-add). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define NFE_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define NFE_TARGET_CLONES
-#endif
+#define NFE_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define NFE_UNROLL _Pragma("GCC unroll 16")
 
-typedef float nfe_vec_f32 __attribute__((vector_size(NFE_LANES * sizeof(float))));
-typedef double nfe_vec_f64 __attribute__((vector_size(NFE_LANES * sizeof(double))));
+/* Add the partial sums a[k] + b[k] of the last FILLED products per output to total[k] and
+ * start them again once they hold NFE_BLOCK or more (see Accuracy above). */
+#define NFE_FLUSH(VEC, K, FILLED, FORCE)                                                        \
+    if ((FORCE) || (FILLED) >= NFE_BLOCK) {                                                     \
+        NFE_UNROLL for (int k = 0; k < (K); k++) {                                              \
+            total[k] += a[k] + b[k];                                                            \
+            a[k] = b[k] = (VEC){0};                                                             \
+        }                                                                                       \
+        FILLED = 0;                                                                             \
+    }
+
+/* The neighbour sums of output vectors v .. v + NV - 1 of the image kernel, into `sums`. */
+#define NFE_IMAGE_VECTORS(REAL, VEC, NV)                                                        \
+    {                                                                                           \
+        VEC total[NV], a[NV], b[NV];                                                            \
+        ptrdiff_t filled = 0;                                                                   \
+        NFE_UNROLL for (int k = 0; k < (NV); k++) total[k] = a[k] = b[k] = (VEC){0};            \
+        for (ptrdiff_t t = 0; t < num_taps; t++) {                                              \
+            ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                                   \
+            if (ii < 0 || jj < 0)                                                               \
+                continue;                                                                       \
+            const REAL *there = x + ii * width + jj;                                            \
+            const VEC *w = (const VEC *)(taps + t * channels * padded) + v;                     \
+            for (ptrdiff_t c0 = 0; c0 < channels; c0 += NFE_BLOCK) {                            \
+                ptrdiff_t c = c0, c1 = NFE_MIN(c0 + NFE_BLOCK, channels);                       \
+                for (; c + 1 < c1; c += 2) {                                                    \
+                    REAL value = there[c * plane], next = there[(c + 1) * plane];               \
+                    NFE_UNROLL for (int k = 0; k < (NV); k++) {                                 \
+                        a[k] += value * w[c * vectors + k];                                     \
+                        b[k] += next * w[(c + 1) * vectors + k];                                \
+                    }                                                                           \
+                }                                                                               \
+                if (c < c1) {                                                                   \
+                    REAL value = there[c * plane];                                              \
+                    NFE_UNROLL for (int k = 0; k < (NV); k++) a[k] += value * w[c * vectors + k]; \
+                }                                                                               \
+                filled += c1 - c0;                                                              \
+                NFE_FLUSH(VEC, NV, filled, 0)                                                   \
+            }                                                                                   \
+        }                                                                                       \
+        NFE_FLUSH(VEC, NV, filled, 1)                                                           \
+        NFE_UNROLL for (int k = 0; k < (NV); k++)((VEC *)sums)[v + k] = total[k];               \
+    }
 
 /* Solve pixel (i, j) of one image: x[c * plane + p] from y[c * plane + p], p = i * width + j.
  * taps: (taps, C_in, padded) non-corner taps, output channels padded with zeros to `padded`, a
  * multiple of NFE_LANES, rows aligned like VEC; tap_di/tap_dj: their (non-positive) offsets;
- * lower: (C_in, C_out) corner tap, used below the diagonal; inv_diag: 1 / corner diagonal;
- * acc: scratch of `padded` values aligned like VEC. The output channels go NFE_LANES at a time,
- * two vectors at once, whose partial sums stay in registers over all taps and input channels
- * (even and odd input channels in separate sums, so consecutive multiply-adds do not wait for
- * each other). */
-#define NFE_DEFINE_SOLVE_PIXEL_IMAGE(NAME, REAL, VEC)                                           \
-    NFE_TARGET_CLONES static void NAME(const REAL *y, REAL *x, ptrdiff_t channels,              \
-                                       ptrdiff_t padded, ptrdiff_t plane, ptrdiff_t width,      \
-                                       ptrdiff_t i, ptrdiff_t j, const REAL *taps,              \
-                                       const ptrdiff_t *tap_di, const ptrdiff_t *tap_dj,        \
-                                       ptrdiff_t num_taps, const REAL *lower,                   \
-                                       const REAL *inv_diag, REAL *acc)                         \
+ * lower: (C_in, padded) corner tap, zero on and above the diagonal and in the padding, rows
+ * aligned like VEC; inv_diag: 1 / corner diagonal; scratch: 2 * padded values aligned like VEC.
+ * The output channels go W at a time, NV vectors at once (the rest 2 and 1 at a time), whose
+ * partial sums stay in registers over all taps and input channels. The triangle is solved in
+ * blocks of NFE_BLOCK channels: inside a block in order, each solved value multiplied into whole
+ * vectors of later outputs, and each block's products for the outputs after it summed apart
+ * before they join those outputs' totals. */
+#define NFE_DEFINE_IMAGE_KERNEL(NAME, TARGET, REAL, VEC, W, NV)                                 \
+    TARGET static void NAME##_pixel(const REAL *y, REAL *x, ptrdiff_t channels,                 \
+                                    ptrdiff_t padded, ptrdiff_t plane, ptrdiff_t width,         \
+                                    ptrdiff_t i, ptrdiff_t j, const REAL *taps,                 \
+                                    const ptrdiff_t *tap_di, const ptrdiff_t *tap_dj,           \
+                                    ptrdiff_t num_taps, const REAL *lower,                      \
+                                    const REAL *inv_diag, REAL *scratch)                        \
     {                                                                                           \
-        ptrdiff_t p = i * width + j, vectors = padded / NFE_LANES;                              \
-        for (ptrdiff_t o = 0; o < channels; o++)                                                \
-            acc[o] = y[o * plane + p];                                                          \
-        for (ptrdiff_t o = channels; o < padded; o++)                                           \
-            acc[o] = 0;                                                                         \
-        VEC *acc_vectors = (VEC *)acc;                                                          \
-        for (ptrdiff_t v = 0; v < vectors; v += 2) {                                            \
-            ptrdiff_t pair = v + 1 < vectors;                                                   \
-            /* b0, b1 take the odd input channels: two independent chains per vector */        \
-            VEC a0 = acc_vectors[v], a1 = acc_vectors[v + pair], b0 = {0}, b1 = {0};            \
-            for (ptrdiff_t t = 0; t < num_taps; t++) {                                          \
-                ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                               \
-                if (ii < 0 || jj < 0)                                                           \
-                    continue;                                                                   \
-                const REAL *there = x + ii * width + jj;                                        \
-                const VEC *w = (const VEC *)(taps + t * channels * padded) + v;                 \
-                ptrdiff_t c = 0;                                                                \
-                for (; c + 1 < channels; c += 2) {                                              \
-                    REAL value = there[c * plane], next = there[(c + 1) * plane];               \
-                    a0 -= value * w[c * vectors];                                               \
-                    a1 -= value * w[c * vectors + pair];                                        \
-                    b0 -= next * w[(c + 1) * vectors];                                          \
-                    b1 -= next * w[(c + 1) * vectors + pair];                                   \
-                }                                                                               \
-                if (c < channels) {                                                             \
-                    REAL value = there[c * plane];                                              \
-                    a0 -= value * w[c * vectors];                                               \
-                    a1 -= value * w[c * vectors + pair];                                        \
-                }                                                                               \
+        ptrdiff_t p = i * width + j, vectors = padded / (W), v = 0;                             \
+        REAL *sums = scratch, *part = scratch + padded;                                         \
+        for (; v + (NV) <= vectors; v += (NV))                                                  \
+            NFE_IMAGE_VECTORS(REAL, VEC, NV)                                                    \
+        for (; (NV) > 2 && v + 2 <= vectors; v += 2)                                            \
+            NFE_IMAGE_VECTORS(REAL, VEC, 2)                                                     \
+        for (; v < vectors; v++)                                                                \
+            NFE_IMAGE_VECTORS(REAL, VEC, 1)                                                     \
+        VEC *sum_vectors = (VEC *)sums, *part_vectors = (VEC *)part;                            \
+        for (ptrdiff_t c0 = 0; c0 < channels; c0 += NFE_BLOCK) {                                \
+            ptrdiff_t c1 = NFE_MIN(c0 + NFE_BLOCK, channels);                                   \
+            for (ptrdiff_t k = c0 / (W); k < vectors; k++)                                      \
+                part_vectors[k] = (VEC){0};                                                     \
+            for (ptrdiff_t c = c0; c < c1; c++) {                                               \
+                REAL value = (y[c * plane + p] - (sums[c] + part[c])) * inv_diag[c];            \
+                x[c * plane + p] = value;                                                       \
+                /* whole vectors from the one holding output c + 1: the row is 0 up to c */     \
+                const VEC *w = (const VEC *)(lower + c * padded);                               \
+                for (ptrdiff_t k = (c + 1) / (W); k < vectors; k++)                             \
+                    part_vectors[k] += value * w[k];                                            \
             }                                                                                   \
-            acc_vectors[v + pair] = a1 + b1; /* first, so that a0 wins when there is no pair */\
-            acc_vectors[v] = a0 + b0;                                                           \
+            for (ptrdiff_t k = c1 / (W); k < vectors; k++)                                      \
+                sum_vectors[k] += part_vectors[k];                                              \
         }                                                                                       \
-        for (ptrdiff_t c = 0; c < channels; c++) {                                              \
-            REAL value = acc[c] * inv_diag[c];                                                  \
-            x[c * plane + p] = value;                                                           \
-            const REAL *w = lower + c * channels;                                               \
-            for (ptrdiff_t o = c + 1; o < channels; o++)                                        \
-                acc[o] -= w[o] * value;                                                         \
-        }                                                                                       \
+    }                                                                                           \
+    /* Every pixel of one image in raster order. */                                             \
+    TARGET static void NAME##_raster(const REAL *y, REAL *x, ptrdiff_t channels,                \
+                                     ptrdiff_t padded, ptrdiff_t height, ptrdiff_t width,       \
+                                     const REAL *taps, const ptrdiff_t *tap_di,                 \
+                                     const ptrdiff_t *tap_dj, ptrdiff_t num_taps,               \
+                                     const REAL *lower, const REAL *inv_diag, REAL *scratch)    \
+    {                                                                                           \
+        for (ptrdiff_t i = 0; i < height; i++)                                                  \
+            for (ptrdiff_t j = 0; j < width; j++)                                               \
+                NAME##_pixel(y, x, channels, padded, height * width, width, i, j, taps, tap_di, \
+                             tap_dj, num_taps, lower, inv_diag, scratch);                       \
     }
 
-NFE_DEFINE_SOLVE_PIXEL_IMAGE(nfe_solve_pixel_image_f32, float, nfe_vec_f32)
-NFE_DEFINE_SOLVE_PIXEL_IMAGE(nfe_solve_pixel_image_f64, double, nfe_vec_f64)
+/* a[g], b[g] += sum over c in [from, to) of w[g][c] * (vector of channel c at src), for the G
+ * outputs of a group, even and odd channels apart, flushed into total[g] (NFE_FLUSH). */
+#define NFE_GROUP_SUM(VEC, G, src, w, from, to)                                                 \
+    for (ptrdiff_t c0 = (from); c0 < (to); c0 += NFE_BLOCK) {                                   \
+        ptrdiff_t c = c0, c1 = NFE_MIN(c0 + NFE_BLOCK, (to));                                   \
+        for (; c + 1 < c1; c += 2) {                                                            \
+            VEC value = *(const VEC *)((src) + c * NFE_LANES);                                  \
+            VEC next = *(const VEC *)((src) + (c + 1) * NFE_LANES);                             \
+            NFE_UNROLL for (int g = 0; g < (G); g++) {                                          \
+                a[g] += w[g][c] * value;                                                        \
+                b[g] += w[g][c + 1] * next;                                                     \
+            }                                                                                   \
+        }                                                                                       \
+        if (c < c1) {                                                                           \
+            VEC value = *(const VEC *)((src) + c * NFE_LANES);                                  \
+            NFE_UNROLL for (int g = 0; g < (G); g++) a[g] += w[g][c] * value;                   \
+        }                                                                                       \
+        filled += c1 - c0;                                                                      \
+        NFE_FLUSH(VEC, G, filled, 0)                                                            \
+    }
+
+/* Solve outputs o .. o + G - 1 of pixel (i, j), the W images of `base` (see below). */
+#define NFE_GROUP(REAL, VEC, G)                                                                 \
+    {                                                                                           \
+        VEC total[G], a[G], b[G];                                                               \
+        const REAL *w[G];                                                                       \
+        ptrdiff_t filled = 0;                                                                   \
+        NFE_UNROLL for (int g = 0; g < (G); g++) total[g] = a[g] = b[g] = (VEC){0};             \
+        for (ptrdiff_t t = 0; t < num_taps; t++) {                                              \
+            ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                                   \
+            if (ii < 0 || jj < 0)                                                               \
+                continue;                                                                       \
+            const REAL *there = base + (ii * width + jj) * channels * NFE_LANES;                \
+            NFE_UNROLL for (int g = 0; g < (G); g++) w[g] =                                     \
+                weights + ((o + g) * num_taps + t) * channels;                                  \
+            NFE_GROUP_SUM(VEC, G, there, w, 0, channels)                                        \
+        }                                                                                       \
+        NFE_UNROLL for (int g = 0; g < (G); g++) w[g] = lower + (o + g) * channels;             \
+        NFE_GROUP_SUM(VEC, G, here, w, 0, o)                                                    \
+        NFE_FLUSH(VEC, G, filled, 1)                                                            \
+        /* the group's own corner entries, in order: output o + g needs outputs < o + g */      \
+        NFE_UNROLL for (int g = 0; g < (G); g++) {                                              \
+            VEC *out = (VEC *)(here + (o + g) * NFE_LANES);                                     \
+            VEC value = (*out - total[g]) * inv_diag[o + g];                                    \
+            *out = value;                                                                       \
+            NFE_UNROLL for (int h = g + 1; h < (G); h++) total[h] += w[h][o + g] * value;       \
+        }                                                                                       \
+    }
 
 /* Solve pixel (i, j) of a block in place: the block holds the right-hand side at pixels not yet
  * solved and the solution at pixels already solved (all earlier in raster order).
  * weights: (C_out, taps, C_in) non-corner taps; tap_di/tap_dj: their (non-positive) offsets;
  * lower: (C_out, C_in) corner tap, used below the diagonal; inv_diag: 1 / corner diagonal.
- * Output channels go NFE_GROUP at a time with one accumulator each, so consecutive multiply-adds
- * are independent (one accumulator would make each wait for the previous one) and every input
- * vector loaded serves NFE_GROUP outputs. Each output still sums in the same order as the
- * one-accumulator loop, so the results are the same. */
-#define NFE_GROUP 4
-#define NFE_DEFINE_SOLVE_PIXEL_LANES(NAME, REAL, VEC)                                           \
-    NFE_TARGET_CLONES static void NAME(REAL *block, ptrdiff_t channels, ptrdiff_t width,        \
-                                       ptrdiff_t i, ptrdiff_t j, const REAL *weights,           \
-                                       const ptrdiff_t *tap_di, const ptrdiff_t *tap_dj,        \
-                                       ptrdiff_t num_taps, const REAL *lower,                   \
-                                       const REAL *inv_diag)                                    \
+ * The NFE_LANES images go W at a time (`base`); output channels go G at a time (the rest 4, 2
+ * and 1 at a time) with their own partial sums, so every input vector loaded serves G outputs. */
+#define NFE_DEFINE_BATCH_KERNEL(NAME, TARGET, REAL, VEC, W, G)                                  \
+    TARGET static void NAME##_pixel(REAL *block, ptrdiff_t channels, ptrdiff_t width,           \
+                                    ptrdiff_t i, ptrdiff_t j, const REAL *weights,              \
+                                    const ptrdiff_t *tap_di, const ptrdiff_t *tap_dj,           \
+                                    ptrdiff_t num_taps, const REAL *lower,                      \
+                                    const REAL *inv_diag)                                       \
     {                                                                                           \
-        VEC *here = (VEC *)block + (i * width + j) * channels;                                  \
-        ptrdiff_t o = 0;                                                                        \
-        for (; o + NFE_GROUP <= channels; o += NFE_GROUP) {                                     \
-            VEC a0 = here[o], a1 = here[o + 1], a2 = here[o + 2], a3 = here[o + 3];             \
-            for (ptrdiff_t t = 0; t < num_taps; t++) {                                          \
-                ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                               \
-                if (ii < 0 || jj < 0)                                                           \
-                    continue;                                                                   \
-                const VEC *there = (const VEC *)block + (ii * width + jj) * channels;           \
-                const REAL *w0 = weights + (o * num_taps + t) * channels;                       \
-                const REAL *w1 = w0 + num_taps * channels, *w2 = w1 + num_taps * channels;      \
-                const REAL *w3 = w2 + num_taps * channels;                                      \
-                for (ptrdiff_t c = 0; c < channels; c++) {                                      \
-                    VEC v = there[c];                                                           \
-                    a0 -= w0[c] * v;                                                            \
-                    a1 -= w1[c] * v;                                                            \
-                    a2 -= w2[c] * v;                                                            \
-                    a3 -= w3[c] * v;                                                            \
-                }                                                                               \
-            }                                                                                   \
-            const REAL *l0 = lower + o * channels, *l1 = l0 + channels, *l2 = l1 + channels;    \
-            const REAL *l3 = l2 + channels;                                                     \
-            for (ptrdiff_t c = 0; c < o; c++) {                                                 \
-                VEC v = here[c];                                                                \
-                a0 -= l0[c] * v;                                                                \
-                a1 -= l1[c] * v;                                                                \
-                a2 -= l2[c] * v;                                                                \
-                a3 -= l3[c] * v;                                                                \
-            }                                                                                   \
-            /* the group's own corner entries, in order: output o + k needs outputs < o + k */  \
-            here[o] = a0 = a0 * inv_diag[o];                                                    \
-            a1 -= l1[o] * a0;                                                                   \
-            a2 -= l2[o] * a0;                                                                   \
-            a3 -= l3[o] * a0;                                                                   \
-            here[o + 1] = a1 = a1 * inv_diag[o + 1];                                            \
-            a2 -= l2[o + 1] * a1;                                                               \
-            a3 -= l3[o + 1] * a1;                                                               \
-            here[o + 2] = a2 = a2 * inv_diag[o + 2];                                            \
-            a3 -= l3[o + 2] * a2;                                                               \
-            here[o + 3] = a3 * inv_diag[o + 3];                                                 \
+        for (ptrdiff_t s = 0; s < NFE_LANES; s += (W)) {                                        \
+            REAL *base = block + s, *here = base + (i * width + j) * channels * NFE_LANES;      \
+            ptrdiff_t o = 0;                                                                    \
+            for (; o + (G) <= channels; o += (G))                                               \
+                NFE_GROUP(REAL, VEC, G)                                                         \
+            /* the rest in smaller groups (G is 4 or 8) */                                      \
+            for (; (G) > 4 && o + 4 <= channels; o += 4)                                        \
+                NFE_GROUP(REAL, VEC, 4)                                                         \
+            for (; o + 2 <= channels; o += 2)                                                   \
+                NFE_GROUP(REAL, VEC, 2)                                                         \
+            for (; o < channels; o++)                                                           \
+                NFE_GROUP(REAL, VEC, 1)                                                         \
         }                                                                                       \
-        for (; o < channels; o++) {                                                             \
-            VEC acc = here[o];                                                                  \
-            for (ptrdiff_t t = 0; t < num_taps; t++) {                                          \
-                ptrdiff_t ii = i + tap_di[t], jj = j + tap_dj[t];                               \
-                if (ii < 0 || jj < 0)                                                           \
-                    continue;                                                                   \
-                const VEC *there = (const VEC *)block + (ii * width + jj) * channels;           \
-                const REAL *w = weights + (o * num_taps + t) * channels;                        \
-                for (ptrdiff_t c = 0; c < channels; c++)                                        \
-                    acc -= w[c] * there[c];                                                     \
-            }                                                                                   \
-            const REAL *w = lower + o * channels;                                               \
-            for (ptrdiff_t c = 0; c < o; c++)                                                   \
-                acc -= w[c] * here[c];                                                          \
-            here[o] = acc * inv_diag[o];                                                        \
-        }                                                                                       \
+    }                                                                                           \
+    /* Every pixel of one block in raster order. */                                             \
+    TARGET static void NAME##_raster(REAL *block, ptrdiff_t channels, ptrdiff_t height,         \
+                                     ptrdiff_t width, const REAL *weights,                      \
+                                     const ptrdiff_t *tap_di, const ptrdiff_t *tap_dj,          \
+                                     ptrdiff_t num_taps, const REAL *lower,                     \
+                                     const REAL *inv_diag)                                      \
+    {                                                                                           \
+        for (ptrdiff_t i = 0; i < height; i++)                                                  \
+            for (ptrdiff_t j = 0; j < width; j++)                                               \
+                NAME##_pixel(block, channels, width, i, j, weights, tap_di, tap_dj, num_taps,   \
+                             lower, inv_diag);                                                  \
     }
 
-NFE_DEFINE_SOLVE_PIXEL_LANES(nfe_solve_pixel_lanes_f32, float, nfe_vec_f32)
-NFE_DEFINE_SOLVE_PIXEL_LANES(nfe_solve_pixel_lanes_f64, double, nfe_vec_f64)
+/* The four kernels of one instruction set: W32/W64 values per float32/float64 vector, NV vectors
+ * at once in the image kernel, G outputs at once in the batch kernel. */
+#define NFE_DEFINE_ISA(ISA, TARGET, W32, W64, NV, G)                                            \
+    typedef float nfe_##ISA##_vf32 __attribute__((vector_size((W32) * sizeof(float))));         \
+    typedef double nfe_##ISA##_vf64 __attribute__((vector_size((W64) * sizeof(double))));       \
+    NFE_DEFINE_IMAGE_KERNEL(nfe_##ISA##_image_f32, TARGET, float, nfe_##ISA##_vf32, W32, NV)    \
+    NFE_DEFINE_IMAGE_KERNEL(nfe_##ISA##_image_f64, TARGET, double, nfe_##ISA##_vf64, W64, NV)   \
+    NFE_DEFINE_BATCH_KERNEL(nfe_##ISA##_batch_f32, TARGET, float, nfe_##ISA##_vf32, W32, G)     \
+    NFE_DEFINE_BATCH_KERNEL(nfe_##ISA##_batch_f64, TARGET, double, nfe_##ISA##_vf64, W64, G)
+
+enum { NFE_ISA_BASELINE, NFE_ISA_AVX2, NFE_ISA_AVX512, NFE_ISA_COUNT };
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define NFE_X86_TARGETS 1
+NFE_DEFINE_ISA(baseline, , 4, 2, 2, 4)
+NFE_DEFINE_ISA(avx2, __attribute__((target("avx2,fma"))), 8, 4, 2, 4)
+NFE_DEFINE_ISA(avx512, __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), 8,
+               8, 4, 8)
+#else
+NFE_DEFINE_ISA(baseline, , NFE_LANES, NFE_LANES, 2, 4)
+#endif
+
+/* 1 if the CPU and OS run the kernels of `isa`, else 0. */
+static int nfe_isa_supported(int isa)
+{
+    if (isa == NFE_ISA_BASELINE)
+        return 1;
+#ifdef NFE_X86_TARGETS
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == NFE_ISA_AVX2)
+        return avx2;
+    if (isa == NFE_ISA_AVX512)
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+#endif
+    return 0;
+}
+
+static int nfe_best_isa(void)
+{
+    int isa = NFE_ISA_COUNT - 1;
+    while (!nfe_isa_supported(isa))
+        isa--;
+    return isa;
+}
+
+/* Entry points: the kernel of instruction set `isa` (one that nfe_isa_supported accepts). */
+#ifdef NFE_X86_TARGETS
+#define NFE_DISPATCH(KERNEL, ARGS)                                                              \
+    switch (isa) {                                                                              \
+    case NFE_ISA_AVX512:                                                                        \
+        nfe_avx512_##KERNEL ARGS;                                                               \
+        break;                                                                                  \
+    case NFE_ISA_AVX2:                                                                          \
+        nfe_avx2_##KERNEL ARGS;                                                                 \
+        break;                                                                                  \
+    default:                                                                                    \
+        nfe_baseline_##KERNEL ARGS;                                                             \
+    }
+#else
+#define NFE_DISPATCH(KERNEL, ARGS)                                                              \
+    (void)isa;                                                                                  \
+    nfe_baseline_##KERNEL ARGS;
+#endif
+
+#define NFE_DEFINE_ENTRY_POINTS(SUFFIX, REAL)                                                   \
+    static void nfe_image_pixel_##SUFFIX(                                                       \
+        int isa, const REAL *y, REAL *x, ptrdiff_t channels, ptrdiff_t padded, ptrdiff_t plane, \
+        ptrdiff_t width, ptrdiff_t i, ptrdiff_t j, const REAL *taps, const ptrdiff_t *tap_di,   \
+        const ptrdiff_t *tap_dj, ptrdiff_t num_taps, const REAL *lower, const REAL *inv_diag,   \
+        REAL *scratch)                                                                          \
+    {                                                                                           \
+        NFE_DISPATCH(image_##SUFFIX##_pixel, (y, x, channels, padded, plane, width, i, j, taps, \
+                                              tap_di, tap_dj, num_taps, lower, inv_diag,        \
+                                              scratch))                                         \
+    }                                                                                           \
+    static void nfe_image_raster_##SUFFIX(                                                      \
+        int isa, const REAL *y, REAL *x, ptrdiff_t channels, ptrdiff_t padded, ptrdiff_t height, \
+        ptrdiff_t width, const REAL *taps, const ptrdiff_t *tap_di, const ptrdiff_t *tap_dj,    \
+        ptrdiff_t num_taps, const REAL *lower, const REAL *inv_diag, REAL *scratch)             \
+    {                                                                                           \
+        NFE_DISPATCH(image_##SUFFIX##_raster, (y, x, channels, padded, height, width, taps,     \
+                                               tap_di, tap_dj, num_taps, lower, inv_diag,       \
+                                               scratch))                                        \
+    }                                                                                           \
+    static void nfe_batch_pixel_##SUFFIX(int isa, REAL *block, ptrdiff_t channels,              \
+                                         ptrdiff_t width, ptrdiff_t i, ptrdiff_t j,             \
+                                         const REAL *weights, const ptrdiff_t *tap_di,          \
+                                         const ptrdiff_t *tap_dj, ptrdiff_t num_taps,           \
+                                         const REAL *lower, const REAL *inv_diag)               \
+    {                                                                                           \
+        NFE_DISPATCH(batch_##SUFFIX##_pixel, (block, channels, width, i, j, weights, tap_di,    \
+                                              tap_dj, num_taps, lower, inv_diag))               \
+    }                                                                                           \
+    static void nfe_batch_raster_##SUFFIX(int isa, REAL *block, ptrdiff_t channels,             \
+                                          ptrdiff_t height, ptrdiff_t width,                    \
+                                          const REAL *weights, const ptrdiff_t *tap_di,         \
+                                          const ptrdiff_t *tap_dj, ptrdiff_t num_taps,          \
+                                          const REAL *lower, const REAL *inv_diag)              \
+    {                                                                                           \
+        NFE_DISPATCH(batch_##SUFFIX##_raster, (block, channels, height, width, weights, tap_di, \
+                                               tap_dj, num_taps, lower, inv_diag))              \
+    }
+
+NFE_DEFINE_ENTRY_POINTS(f32, float)
+NFE_DEFINE_ENTRY_POINTS(f64, double)
 
 /* The threads of an OpenMP parallel region: their number, and a barrier between the anti-diagonals
  * of the wavefront schedule (an orphaned barrier binds to the enclosing parallel region). Without

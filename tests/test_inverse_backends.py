@@ -44,9 +44,10 @@ def test_backends_agree(batch, channels, height, width, size, dilation, dtype, t
 def test_compiled_matches_wavefront_over_whole_and_partial_vectors(
     batch, size, channels, dtype, tol
 ):
-    """Channel counts around the kernels' vector widths: the image kernel holds 8 output channels
-    per vector, two vectors at a time (17: a pair and a single); the batch kernel goes 4 output
-    channels at a time (9, 17: groups and a remainder)."""
+    """Channel counts around the kernels' vector widths: the image kernel pads output channels to
+    multiples of 8 and holds 2 or 4 vectors at a time (17: a pair and a single); the batch kernel
+    goes 4 or 8 output channels at a time, then 4, 2, 1 (9, 17: groups and a remainder).
+    tests/test_instruction_sets.py runs every instruction set over C = 1..48."""
     kernel = random_causal_kernel(channels, size, dtype)
     y = torch.randn(batch, channels, 5, 6, dtype=dtype)
     torch.testing.assert_close(

@@ -1,5 +1,10 @@
 """The ``"compiled"`` solve backend: a thin wrapper of the Cython extension
-``normflows_emerging._solve`` (CPU, float32 and float64, OpenMP)."""
+``normflows_emerging._solve`` (CPU, float32 and float64, OpenMP).
+
+The extension holds its kernels built for several instruction sets and runs the widest the CPU
+supports; ``_solve.instruction_set()`` names it, ``_solve.set_instruction_set(name)`` or the
+environment variable NORMFLOWS_EMERGING_ISA (``baseline``, ``avx2``, ``avx512``) forces one.
+"""
 
 from __future__ import annotations
 
