@@ -285,3 +285,29 @@ def test_comparison_help_quotes_no_measured_numbers(examples):
         text = (EXAMPLES / f"{script}.py").read_text()
         docstring = text.split('"""')[1]
         assert not re.search(r"[+-]0\.\d{2,}|\[\s*[+-]?\d|\d+ s of CPU", docstring), script
+
+
+def test_sample_grids_are_torchvision_grids_where_it_is_installed(monkeypatch):
+    """tile_images uses torchvision's make_grid where torchvision is installed, and lays out the
+    same grid by hand without it."""
+    torchvision_utils = pytest.importorskip("torchvision.utils")
+    import importlib.util
+
+    from normflows_emerging.app import evaluation
+
+    calls = []
+    make_grid = torchvision_utils.make_grid
+    monkeypatch.setattr(
+        torchvision_utils, "make_grid", lambda *a, **k: calls.append(k) or make_grid(*a, **k)
+    )
+    images = torch.rand(5, 3, 4, 6)
+    with_torchvision = evaluation.tile_images(images, padding=2)
+    assert calls == [{"nrow": 3, "padding": 4, "pad_value": 1.0}]
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torchvision" else find_spec(name, *a),
+    )
+    assert torch.equal(evaluation.tile_images(images, padding=2), with_torchvision)
+    assert len(calls) == 1
