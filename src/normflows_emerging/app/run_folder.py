@@ -44,8 +44,7 @@ def prepare_run_folder(out, resume=False, overwrite=False, remove=True, resumabl
     if found and not (resume or overwrite):
         what = "--resume to continue it or --overwrite" if resumable else "--overwrite"
         raise RunFolderError(
-            f"{out} already holds a training run ({', '.join(found)}); pass "
-            f"{what} to start afresh"
+            f"{out} already holds a training run ({', '.join(found)}); pass {what} to start afresh"
         )
     if remove:
         for name in found if overwrite else ():
