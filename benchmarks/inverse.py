@@ -27,9 +27,10 @@ import time
 
 import torch
 
+from machine import cpu_model
 from normflows_emerging import SquareAutoregressiveConv2d, _solve, inverse_backend
 from normflows_emerging.solve import solve_autoregressive
-from timing import benchmark, cpu_model, print_table, write_json
+from timing import benchmark, print_table, write_json
 
 CASES = [
     (channels, side, size, batch)

@@ -7,10 +7,10 @@ only the table and JSON writers are our own.
 
 import json
 import os
-import platform
 
 import torch
 
+from machine import machine_info
 from normflows_emerging.app.evaluation import import_torch_benchmark
 
 benchmark = import_torch_benchmark()  # torch.utils.benchmark, without a CUDA_HOME warning
@@ -63,29 +63,12 @@ def print_table(rows, columns):
         print(line(r))
 
 
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def write_json(path, rows, **extra):
-    """Write the rows plus machine information to ``path`` (directories created)."""
+    """Write the rows plus the machine's CPU model, instruction set and thread count
+    (:func:`machine.machine_info`) to ``path`` (directories created)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     payload = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu": cpu_model(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-        },
+        "machine": machine_info(),
         **extra,
         "rows": rows,
     }

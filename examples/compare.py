@@ -12,11 +12,8 @@ Writes OUT/results.md (that table), OUT/results.json (settings, per-mixing rows,
 OUT/curves.png (test bits/dim during training, mean over seeds).
 
 The default trains 1x1 and emerging (1 level of 2 steps, 16 hidden channels, 1000 steps) on
-scikit-learn's bundled 8x8 digits (17 grey levels) with 5 seeds. It took 111 s of CPU time
-(user+sys, one thread: ``OMP_NUM_THREADS=1``), about 2 minutes on a quiet CPU core (14 minutes of
-wall time on a 2-core machine shared with other jobs), and found emerging 0.22 bits/dim below
-1x1, 95% interval [-0.32, -0.12]; with 4 steps of 32 channels and 800 steps the difference,
--0.035 [-0.135, +0.065], was within noise (the gain grows as the model shrinks, see ``--depths``):
+scikit-learn's bundled 8x8 digits (17 grey levels) with 5 seeds, a few minutes on one CPU
+thread. Its results are in the docs ("Results"), generated from a run of this script:
 
     python examples/compare.py
 
@@ -27,19 +24,9 @@ Other mixings, or all of them, and the unmatched comparison:
 
 The shape of the paper's Table 4 (the gain of emerging over 1x1 grows as the model shrinks):
 ``--depths`` repeats the comparison at each number of steps per level and writes OUT/depths.md
-(gain with its interval against model size) and OUT/depths.png. With the defaults otherwise,
+(gain with its interval against model size) and OUT/depths.png:
 
     python examples/compare.py --depths 4 2 1 --out runs/table4
-
-gave gains of +0.080 [+0.018, +0.142], +0.219 [+0.122, +0.317] and +0.147 [-0.004, +0.298]
-bits/dim at 4, 2 and 1 steps per level (336 s of CPU time, one thread): growing from 4 to 2
-steps, both beyond noise; at 1 step within noise. With wider models (32 channels, 800 steps),
-
-    python examples/compare.py --depths 8 4 2 --hidden-channels 32 --steps 800 --seeds 0 1 2 \\
-        --out runs/table4-wide
-
-gave +0.041, +0.051 and +0.100 bits/dim at 8, 4 and 2 steps per level, growing as the model
-shrinks but each within noise with 3 seeds (318 s of CPU time, one thread).
 
 Paper-size runs on a GPU, e.g. Table 4 and Table 6 (QR):
 
@@ -56,10 +43,10 @@ import contextlib
 import dataclasses
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
-import torch.utils.benchmark
 from matplotlib.figure import Figure
 
 from example_cli import example_parser, parse_config
@@ -68,14 +55,18 @@ from normflows_emerging.app import train as training
 from normflows_emerging.app.checkpoint import CHECKPOINT, load_checkpoint
 from normflows_emerging.app.commands import evaluate_checkpoint
 from normflows_emerging.app.config import TrainConfig, build_model, load_datasets
-from normflows_emerging.app.run_folder import METRICS
+from normflows_emerging.app.evaluation import import_torch_benchmark
+from normflows_emerging.app.run_folder import METRICS, prepare_run_folder
 from normflows_emerging.mixing import mixing_layers
 from normflows_emerging.parameters import count_parameters, widest_within_budget
 from normflows_emerging.solve import use_backend
 from paired_stats import paired_difference
 
-# Measured candidates (5 seeds, 1x1 vs emerging): 4 steps x 32 hidden x 800 steps gave
-# -0.035 [-0.135, +0.065] bits/dim (within noise); this smaller model separates them clearly.
+# The CPU model and instruction set recorded in results.json, as in the benchmarks' results.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from machine import machine_info  # noqa: E402
+
+# Small enough that 5 seeds separate 1x1 from emerging (the gain grows as the model shrinks).
 DEFAULTS = TrainConfig(
     dataset="digits",
     levels=1,
@@ -139,7 +130,8 @@ def sampling_ms_per_image(model, num_samples, device, seed, backend=None):
     Returns:
       list of per-image milliseconds, one per timed block
     """
-    timer = torch.utils.benchmark.Timer(
+    # imported here, without the "No CUDA runtime is found" warning torch logs at its import
+    timer = import_torch_benchmark().Timer(
         stmt="sample(model, num_samples, 1.0, seed, device)",
         globals={
             "sample": evaluation.sample,
@@ -165,6 +157,8 @@ def train_and_evaluate(
       parameters_effective, train_seconds, sample_ms (list, one per timed block) and with
       ``naive_timing`` naive_sample_ms
     """
+    # refused here first: the comparison cannot --resume, so the message offers --overwrite only
+    prepare_run_folder(run_dir, overwrite=overwrite, remove=False, resumable=False)
     last = training.train(config, run_dir, device, progress=progress, overwrite=overwrite)
     checkpoint = run_dir / CHECKPOINT
     result = evaluate_checkpoint(checkpoint, device=device)
@@ -416,6 +410,7 @@ def write_comparison(out, config, mixings, seeds, device, match_budget, runs):
                 "match_budget": match_budget,
                 "baseline": BASELINE,
                 "device": device,
+                "machine": machine_info(),
                 "rows": rows,
                 "runs": runs,
             },

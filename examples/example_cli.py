@@ -4,29 +4,37 @@ Every example takes the training flags of ``TrainConfig`` (with its own defaults
 ``--overwrite``, ``--threads``, ``--no-progress`` and ``--device``; single-model examples also
 take ``--resume``. The examples' models are small: one CPU thread trains them as fast as two on
 an idle 2-core machine, and many times faster on a busy one (each parallel region waits for a
-scheduler time slice there), hence ``--threads 1`` by default.
+scheduler time slice there), hence ``--threads 1`` by default. The user's errors (a refused run
+folder, ``--device cuda`` without CUDA, missing data) are one line on stderr with exit status 2,
+as on the command line: run an example's ``main`` with :func:`run_example`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from normflows_emerging.app.cli import (
+    USER_ERRORS,
     CommandLineParser,
     add_config_arguments,
     add_device_argument,
+    add_threads_argument,
     config_from_args,
 )
 from normflows_emerging.app.config import TrainConfig
+from normflows_emerging.app.train import check_device
 
 
 def example_parser(
     description: str, defaults: TrainConfig, out: str, exclude: tuple = (), resume: bool = True
 ) -> argparse.ArgumentParser:
-    """Parser with the training flags, ``--out``, ``--overwrite``, ``--resume``, ``--no-progress``
-    and ``--device``.
+    """Parser with the training flags, ``--out``, ``--overwrite``, ``--resume``, ``--threads``,
+    ``--no-progress`` and ``--device``.
 
     Args:
       description: help text (the example's module docstring)
@@ -54,12 +62,8 @@ def example_parser(
         existing.add_argument(
             "--resume", action="store_true", help="continue from OUT/checkpoint.pt"
         )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="CPU threads of torch and the compiled solve (default: 1)",
-    )
+    parser.set_defaults(resume=False)
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_device_argument(parser)
     return parser
@@ -68,7 +72,7 @@ def example_parser(
 def parse_config(
     parser: argparse.ArgumentParser, defaults: TrainConfig, argv: list | None = None
 ) -> tuple[argparse.Namespace, TrainConfig]:
-    """Parse the arguments of an :func:`example_parser`.
+    """Parse the arguments of an :func:`example_parser` and set torch's thread count.
 
     Args:
       parser: the parser
@@ -76,10 +80,33 @@ def parse_config(
       argv: command-line arguments (None: ``sys.argv[1:]``)
 
     Returns:
-      (parsed arguments, ``TrainConfig``); a bad flag exits with status 2 and a one-line message
+      (parsed arguments, ``TrainConfig``); a bad flag, or ``--device cuda`` where CUDA is not
+      available, exits with status 2 and a one-line message
     """
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
+    try:
+        check_device(args.device)
+    except ValueError as err:
+        parser.error(f"--device {args.device}: {err}")
     torch.set_num_threads(args.threads)
     return args, config_from_args(args, parser, defaults)
+
+
+def run_example(main: Callable, argv: list | None = None) -> int:
+    """Run an example's ``main(argv)``; the user's errors become one line on stderr.
+
+    Args:
+      main: the example's main function
+      argv: command-line arguments (None: ``sys.argv[1:]``)
+
+    Returns:
+      0, or 2 after printing ``PROG: error: MESSAGE`` for a refused run folder, missing data, a
+      missing optional package or another of the user's errors (a bug keeps its traceback)
+    """
+    try:
+        main(argv)
+    except USER_ERRORS as err:
+        message = " ".join(str(err).split())
+        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+        return 2
+    return 0

@@ -5,9 +5,8 @@ laid out as in normflows' Glow example. ``--swap-mixing`` replaces the 1x1 convo
 same model with another mixing layer (``replace_mixing``), e.g. emerging convolutions, which is
 how an existing normflows model adopts them. Prints the evaluation as a JSON line; the output
 folder has checkpoint.pt, metrics.jsonl and samples.png, and the checkpoint also works with
-``python -m normflows_emerging evaluate|sample``. The defaults took 28 s of CPU time (user+sys,
-one thread: ``OMP_NUM_THREADS=1``), i.e. about half a minute on a quiet CPU core; on a 2-core
-machine shared with other jobs they took 4 minutes of wall time:
+``python -m normflows_emerging evaluate|sample``. The defaults take about half a minute on one
+CPU thread:
 
     python examples/glow.py
     python examples/glow.py --swap-mixing emerging --out runs/glow-emerging
@@ -20,12 +19,13 @@ Paper-size (the paper's Table 3 architecture on CIFAR-10) on a GPU:
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import normflows as nf
 import torch
 
-from example_cli import example_parser, parse_config
+from example_cli import example_parser, parse_config, run_example
 from normflows_emerging.app import train as training
 from normflows_emerging.app.checkpoint import CHECKPOINT
 from normflows_emerging.app.commands import evaluate_checkpoint
@@ -112,4 +112,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_example(main))

@@ -8,9 +8,8 @@ default here): the element-by-element solve of the autoregressive convolutions a
 full-network-per-element solve of the MAF layers, the paper's "naive" column. Each MAF layer
 has its own masked network (96 hidden channels), more effective parameters than a whole 1x1
 model of this size, so budgets are not matched here (``--no-match-budget`` is the default):
-read the bits/dim together with the parameter counts. Defaults: the bundled digits, 3 seeds;
-they took 147 s of CPU time (user+sys, one thread: ``OMP_NUM_THREADS=1``), about 2.5 minutes
-on a quiet CPU core (17 minutes of wall time on a 2-core machine shared with other jobs):
+read the bits/dim together with the parameter counts. Defaults: the bundled digits, 3 seeds, a
+few minutes on one CPU thread:
 
     python examples/maf.py
 

@@ -4,7 +4,8 @@
 nflows' own transforms in a ``CompositeTransform``. This builds a small single-scale image flow
 (squeeze, then steps of ActNorm, an invertible convolution and an affine coupling) on a standard
 normal base, trains it with this package's training loop and prints the test bits/dim and the
-round-trip error as a JSON line. Defaults run on the bundled digits in about a minute on a CPU:
+round-trip error as a JSON line. Defaults run on the bundled digits in about a minute on one CPU
+thread; ``--overwrite`` replaces an earlier run in the same folder:
 
     python examples/nflows_example.py
     python examples/nflows_example.py --layer periodic
@@ -15,21 +16,18 @@ Larger runs, e.g. on a GPU:
         --flows-per-level 16 --hidden-channels 256 --device cuda
 """
 
-import argparse
 import json
+import sys
 
 import torch
 from nflows.distributions import StandardNormal
 from nflows.transforms import ActNorm, AffineCouplingTransform, CompositeTransform, SqueezeTransform
 
+from example_cli import example_parser, parse_config, run_example
 from normflows_emerging.app import evaluation
 from normflows_emerging.app import train as training
-from normflows_emerging.app.cli import (
-    add_config_arguments,
-    add_device_argument,
-    config_from_args,
-)
 from normflows_emerging.app.config import TrainConfig, load_datasets
+from normflows_emerging.app.run_folder import prepare_run_folder
 from normflows_emerging.nflows import (
     EmergingConv2dTransform,
     PeriodicConv2dTransform,
@@ -137,11 +135,12 @@ class NflowsModel(torch.nn.Module):
 
 def main(argv=None):
     """Train the nflows model and print its evaluation."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_config_arguments(
-        parser, DEFAULTS, exclude=("mixing", "mixing_kwargs", "levels", "num_classes")
+    parser = example_parser(
+        __doc__,
+        DEFAULTS,
+        "runs/nflows",
+        exclude=("mixing", "mixing_kwargs", "levels", "num_classes"),
+        resume=False,
     )
     parser.add_argument(
         "--layer",
@@ -149,11 +148,9 @@ def main(argv=None):
         default="emerging",
         help="invertible convolution of each step (default: emerging)",
     )
-    parser.add_argument("--out", default="runs/nflows", help="output folder (default: runs/nflows)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_device_argument(parser)
-    args = parser.parse_args(argv)
-    config = config_from_args(args, parser, DEFAULTS)
+    args, config = parse_config(parser, DEFAULTS, argv)
+    # refused before the data loads; the message offers --overwrite (there is no --resume here)
+    prepare_run_folder(args.out, overwrite=args.overwrite, remove=False, resumable=False)
 
     train_set, test_set = load_datasets(config)
     shape = tuple(train_set[0][0].shape)
@@ -163,7 +160,14 @@ def main(argv=None):
     )
     model = NflowsModel(transform, (4 * shape[0], shape[1] // 2, shape[2] // 2))
     training.fit(
-        model, train_set, test_set, config, args.out, args.device, progress=not args.no_progress
+        model,
+        train_set,
+        test_set,
+        config,
+        args.out,
+        args.device,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     images = torch.stack([test_set[i][0] for i in range(64)])
     x = evaluation.dequantize(images, test_set.num_bins).to(args.device)
@@ -185,4 +189,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_example(main))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 
 from scipy import stats
@@ -42,8 +41,8 @@ def paired_difference(
 ) -> PairedDifference:
     """Paired difference of two equally long lists (entry i of each: the same seed).
 
-    The interval is ``mean ± t_{(1+confidence)/2, n-1} · sd / sqrt(n)`` of the n differences
-    (Student's t, scipy.stats).
+    The interval is the paired Student-t interval of the n differences,
+    ``scipy.stats.ttest_rel(values, baseline).confidence_interval(confidence)``.
 
     Args:
       values: results of the contender, one per seed
@@ -68,11 +67,7 @@ def paired_difference(
     mean = statistics.fmean(differences)
     if len(differences) < 2:
         return PairedDifference(mean, None, None, 1, confidence)
-    half_width = (
-        stats.t.ppf((1 + confidence) / 2, len(differences) - 1)
-        * statistics.stdev(differences)
-        / math.sqrt(len(differences))
-    )
+    interval = stats.ttest_rel(values, baseline).confidence_interval(confidence)
     return PairedDifference(
-        mean, mean - half_width, mean + half_width, len(differences), confidence
+        mean, float(interval.low), float(interval.high), len(differences), confidence
     )

@@ -2,11 +2,9 @@
 
 Periodic convolutions assume that the image wraps around, which suits space images: mostly dark
 borders with scattered light sources. The defaults use 16x16 patches of the Hubble Deep Field
-image bundled with scikit-image (offline), parameter budgets matched to 1x1 and 3 seeds; they
-took 147 s of CPU time (user+sys, one thread: ``OMP_NUM_THREADS=1``), about 2.5 minutes on a
-quiet CPU core (17 minutes of wall time on a 2-core machine shared with other jobs). At this
-size neither periodic nor emerging is beyond noise of 1x1 with 3 seeds (emerging -0.14
-[-0.29, +0.01] bits/dim); more seeds (``--seeds 0 1 2 3 4``) narrow the intervals:
+image bundled with scikit-image (offline), parameter budgets matched to 1x1 and 3 seeds, a few
+minutes on one CPU thread. At this size 3 seeds give wide intervals; more seeds
+(``--seeds 0 1 2 3 4``) narrow them:
 
     python examples/periodic_galaxy.py
 

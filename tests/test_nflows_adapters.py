@@ -168,3 +168,36 @@ def test_named_adapters_pass_their_arguments_on():
     assert QR1x1Transform(4, num_reflections=2).flow.num_reflections == 2
     with pytest.raises(ValueError):
         EmergingConv2dTransform(4, 4)  # even kernel: the layer's own error comes through
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_adapters_refuse_a_context_they_cannot_use(adapter):
+    """nflows passes a context to every transform when log_prob or sample get one; the
+    unconditional layers must say so instead of returning what they return without it."""
+    transform = adapter(4)
+    x = torch.randn(2, 4, 6, 6)
+    for direction in (transform, transform.inverse):
+        with pytest.raises(ValueError, match=f"{adapter.__name__} is unconditional"):
+            direction(x, context=torch.zeros(2, 3))
+        assert direction(x, context=None)[0].shape == x.shape
+
+
+def test_adapters_have_the_layers_signatures():
+    """Explicit constructor arguments (not ``*args, **kwargs``): help() and editors show them,
+    and a misspelt one is refused by the adapter itself."""
+    import inspect
+
+    assert list(inspect.signature(EmergingConv2dTransform).parameters) == [
+        "num_channels",
+        "kernel_size",
+        "one_by_one",
+        "solver",
+    ]
+    assert list(inspect.signature(PeriodicConv2dTransform).parameters) == [
+        "num_channels",
+        "kernel_size",
+        "bias",
+    ]
+    assert list(inspect.signature(QR1x1Transform).parameters) == ["num_channels", "num_reflections"]
+    with pytest.raises(TypeError, match="kernel_sise"):
+        EmergingConv2dTransform(4, kernel_sise=5)

@@ -1,10 +1,12 @@
-"""The checkout, the sdist and the wheel each run the compiled inverse (README "Quick start").
+"""The package as a user installs it: the src/ layout, a plain ``pip install .``, the sdist and
+the wheel (README "Install").
 
-Python puts the current directory first on ``sys.path``, so from the repository root
-``python -m normflows_emerging``, ``torchrun -m normflows_emerging`` and scripts import
-``./normflows_emerging``, not an installed copy: the checkout itself must hold the built extension
-(``pip install -e .`` builds it in place). The sdist must carry everything its tests import, and
-the wheel the compiled extension.
+With the src/ layout the repository root holds no importable ``normflows_emerging``: from the
+root, Python imports the installed copy (an editable install points at ``src/``), so an unbuilt
+checkout can no longer shadow a built install. A plain (non-editable) ``pip install .`` builds the
+compiled solve and imports the layers with torch, numpy and normflows alone: importing
+``normflows_emerging`` loads no module of the training application and none of its dependencies.
+The sdist carries everything its tests import, the wheel the compiled extension.
 """
 
 import importlib.machinery
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "normflows_emerging"
 EXTENSION_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 REPORT = (
     "import json, warnings, normflows_emerging as p\n"
@@ -31,15 +34,49 @@ REPORT = (
     "print(json.dumps({'file': p.__file__, 'backend': backend,\n"
     "                  'warnings': [str(w.message) for w in caught]}))\n"
 )
+# What ``import normflows_emerging`` adds to the modules that torch, numpy and normflows load
+# themselves (normflows imports tqdm, torch imports argparse), and a layer's round trip.
+NEW_MODULES = (
+    "import json, sys\n"
+    "import numpy, normflows, torch\n"
+    "before = set(sys.modules)\n"
+    "import normflows_emerging as p\n"
+    "added = sorted(set(sys.modules) - before)\n"
+    "layer = p.EmergingConv2d(4, kernel_size=3)\n"
+    "x = torch.randn(2, 4, 5, 6)\n"
+    "z, log_det = layer.inverse(x)\n"
+    "back, _ = layer(z)\n"
+    "print(json.dumps({'added': added, 'error': float((back - x).abs().max())}))\n"
+)
+# Top-level packages that only the application, the examples or the adapters may import.
+APPLICATION_PACKAGES = [
+    "normflows_emerging.app",
+    "matplotlib",
+    "tqdm",
+    "argparse",
+    "nflows",
+    "torchvision",
+    "sklearn",
+    "skimage",
+    "PIL",
+    "scipy",
+]
 # Sources the sdist must carry: the package, the extension, and what tests/examples/benchmarks
-# import (tests import brute_force and conftest; test_cli imports examples; benchmarks timing).
+# import (tests import brute_force and conftest; test_cli imports examples; benchmarks timing),
+# and the docs' sources.
 SDIST_SOURCES = [
-    "normflows_emerging/**/*.py",
+    "src/normflows_emerging/**/*.py",
+    "src/normflows_emerging/py.typed",
     "ext/*.pyx",
     "ext/*.h",
     "tests/*.py",
     "examples/*.py",
     "benchmarks/*.py",
+    "benchmarks/results/*.json",
+    "docs/**/*.md",
+    "mkdocs.yml",
+    "CHANGELOG.md",
+    "CONTRIBUTING.md",
     "LICENSE",
     "README.md",
     "pyproject.toml",
@@ -55,10 +92,10 @@ def clean_env():
     return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
 
-def report(python, cwd, env=None):
-    """``inverse_backend()``, the imported ``__file__`` and warnings, from a fresh interpreter."""
+def run_python(python, code, cwd, env=None):
+    """The last line of ``code``'s output from a fresh interpreter, parsed as JSON."""
     done = subprocess.run(
-        [str(python), "-c", REPORT],
+        [str(python), "-c", code],
         cwd=cwd,
         env=env or clean_env(),
         capture_output=True,
@@ -69,11 +106,15 @@ def report(python, cwd, env=None):
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def test_repository_root_imports_a_built_package():
-    """Fails after a non-editable install: the root's ./normflows_emerging was never built."""
-    got = report(sys.executable, ROOT)
-    assert Path(got["file"]) == ROOT / "normflows_emerging" / "__init__.py"
-    assert got["backend"] == "compiled", got["warnings"]
+def report(python, cwd, env=None):
+    """``inverse_backend()``, the imported ``__file__`` and warnings, from a fresh interpreter."""
+    return run_python(python, REPORT, cwd, env)
+
+
+def test_repository_root_holds_no_package():
+    """The src/ layout: nothing at the root that ``import normflows_emerging`` could pick up."""
+    assert not (ROOT / "normflows_emerging").exists()
+    assert (PACKAGE / "__init__.py").is_file()
 
 
 def test_installed_package_is_this_checkout(tmp_path):
@@ -95,11 +136,12 @@ def test_installed_package_is_this_checkout(tmp_path):
     if not origin:
         pytest.skip(
             "normflows-emerging is not installed in this interpreter; the tests import "
-            "the checkout from the current directory"
+            "the checkout through PYTHONPATH=src"
         )
-    assert Path(origin).resolve() == ROOT / "normflows_emerging" / "__init__.py", (
-        f"the installed package {origin} is not this checkout, so running from {ROOT} imports a "
-        "different copy; install with `pip install -e .`"
+    if Path(origin).resolve() != PACKAGE / "__init__.py" and os.environ.get("PYTHONPATH"):
+        pytest.skip(f"another checkout is installed ({origin}); this one runs through PYTHONPATH")
+    assert Path(origin).resolve() == PACKAGE / "__init__.py", (
+        f"the installed package {origin} is not this checkout; install it with `pip install -e .`"
     )
 
 
@@ -113,7 +155,7 @@ def bare_python(tmp_path_factory):
 def copy_package(destination):
     """The checkout's package without any built extension, at ``destination``/normflows_emerging."""
     shutil.copytree(
-        ROOT / "normflows_emerging",
+        PACKAGE,
         destination / "normflows_emerging",
         ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"),
     )
@@ -170,6 +212,7 @@ def project_copy(destination):
             "build",
             "dist",
             "runs",
+            "site",
             "*.egg-info",
             "__pycache__",
             ".pytest_cache",
@@ -203,6 +246,43 @@ def fresh_venv(path):
     parents = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
     Path(site, "_reuse_parent_packages.pth").write_text("\n".join(sorted(parents)) + "\n")
     return python
+
+
+def pip_install(python, *arguments):
+    """``pip install --no-deps`` into the environment of ``python`` (its dependencies are this
+    interpreter's, reused by :func:`fresh_venv`)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps"]
+        + [str(argument) for argument in arguments],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_plain_install_imports_the_layers_without_the_application(tmp_path):
+    """``pip install .`` (not editable): the compiled solve is built into site-packages, and
+    ``import normflows_emerging`` loads nothing of the application or its dependencies."""
+    source = project_copy(tmp_path / "source")
+    python = fresh_venv(tmp_path / "venv")
+    pip_install(python, "--no-build-isolation", source)
+    got = report(python, tmp_path)
+    assert Path(got["file"]).is_relative_to(tmp_path / "venv"), got["file"]
+    assert got["backend"] == "compiled", got["warnings"]
+    # From the source tree's root too: the src/ layout leaves nothing there to shadow the install.
+    assert Path(report(python, source)["file"]).is_relative_to(tmp_path / "venv")
+
+    got = run_python(python, NEW_MODULES, tmp_path)
+    assert got["error"] < 1e-4
+    loaded = [
+        name
+        for name in got["added"]
+        for package in APPLICATION_PACKAGES
+        if name == package or name.startswith(package + ".")
+    ]
+    assert not loaded, f"import normflows_emerging loaded {loaded}"
+    assert "normflows_emerging.flows.emerging" in got["added"]  # the check saw the import
 
 
 def test_sdist_and_wheel_build_install_and_test(tmp_path):
@@ -241,7 +321,7 @@ def test_sdist_and_wheel_build_install_and_test(tmp_path):
         headers = archive.read(metadata).decode().split("\n\n")[0].splitlines()
     assert "License-Expression: MIT" in headers and "License-File: LICENSE" in headers
     assert f"normflows_emerging/_solve{EXTENSION_SUFFIX}" in names
-    package_sources = set(built_files(ROOT, ["normflows_emerging/**/*.py"]))
+    package_sources = set(built_files(ROOT / "src", ["normflows_emerging/**/*.py"]))
     assert package_sources <= names, f"the wheel lacks {sorted(package_sources - names)}"
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 

@@ -1,12 +1,13 @@
-"""README.md's code works as written: every ```python block runs, every ```bash flag exists.
+"""README.md's code works as written, its numbers are a results file's, and it stays short.
 
-The Python blocks run in order in one namespace (a later block may use names an earlier one
+Every ```python block runs, in order in one namespace (a later block may use names an earlier one
 defined, as a reader pasting them in order would), in a fresh interpreter whose tracebacks point at
 README.md's own line numbers. In the bash blocks, each command of this package's command line
 (``normflows-emerging``, ``python -m normflows_emerging``, ``torchrun ... -m normflows_emerging``)
 or of a script in this repository (``python examples/compare.py ...``) may only use flags that its
-``--help`` lists. The speed tables of README.md are the JSON results in ``benchmarks/results/``,
-formatted by :func:`speed_tables` (``python tests/test_readme.py`` prints them for pasting).
+``--help`` lists. The headline comparison is ``benchmarks/results/compare.json`` formatted by
+``benchmarks/tables.py`` (``python benchmarks/tables.py`` prints it for pasting). The README is at
+most 8 KB and holds no dates: the rest lives in the docs.
 """
 
 import json
@@ -19,82 +20,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-RESULTS = ROOT / "benchmarks" / "results"
-SAMPLING_COLUMNS = [
-    "model",
-    "sample_b1 ms",
-    "sample_b1 ratio",
-    "sample_b1 ratio range",
-    "sample_b16 ms",
-    "sample_b16 ratio",
-    "sample_b16 ratio range",
-    "train_step ms",
-    "train_step ratio",
-    "train_step ratio range",
-]
-# results file: (rows shown: None for all, columns) as each benchmark script names them
-SPEED_TABLES = {
-    "inverse.json": (
-        lambda row: row["threads"] == 1,
-        [
-            "C",
-            "HxW",
-            "m",
-            "batch",
-            "conv_ms",
-            "compiled_ms",
-            "solve_ms",
-            "torch_ms",
-            "compiled/conv",
-            "solve/conv",
-            "torch/conv",
-        ],
-    ),
-    "mixing_layers.json": (
-        None,
-        [
-            "shape",
-            "layer",
-            "density ms",
-            "density ratio",
-            "sampling ms",
-            "sampling ratio",
-            "training ms",
-            "training ratio",
-        ],
-    ),
-    "sampling.json": (None, SAMPLING_COLUMNS),
-    "sampling_small.json": (None, SAMPLING_COLUMNS),
-    "sampling_paper.json": (None, SAMPLING_COLUMNS),
-    "long_run.json": (
-        None,
-        [
-            "mixing",
-            "steps",
-            "test_bpd",
-            "finite_parameters",
-            "inverse_error",
-            "max_inverse_error_during_run",
-            "skipped_steps",
-            "train_seconds",
-        ],
-    ),
-    "maf.json": (
-        None,
-        ["what", "backend", "batch", "ms_per_image", "speedup", "params", "max_abs_diff"],
-    ),
-}
-# the paper's Table 5 row (key of paper_ms_per_sample in sampling.json: naive, accelerated) and
-# the models of benchmarks/sampling.py that stand for it
-PAPER_TABLE5 = [
-    ("Glow (1x1)", ("glow", "glow"), ("1x1", "1x1")),
-    (
-        "Emerging",
-        ("emerging_naive", "emerging_accelerated"),
-        ("emerging (naive)", "emerging (compiled)"),
-    ),
-    ("MAF", ("maf_naive", "maf_accelerated"), ("maf (naive)", "maf (fast)")),
-]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import tables  # noqa: E402
+
+MAX_README_BYTES = 8 * 1024
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 RUN_BLOCKS = """
 import json, sys
@@ -105,9 +34,10 @@ for line, code in json.load(open(sys.argv[1])):
 """
 
 
-def readme_blocks(language):
-    """(first line number, code) of every fenced block of ``language`` in README.md."""
-    text = README.read_text()
+def readme_blocks(language, path=README):
+    """(first line number, code) of every fenced block of ``language`` in README.md (or in
+    another markdown file)."""
+    text = path.read_text()
     return [
         (text.count("\n", 0, match.start(2)) + 1, match.group(2))
         for match in FENCE.finditer(text)
@@ -115,48 +45,9 @@ def readme_blocks(language):
     ]
 
 
-def cell(value):
-    """A table cell: 3 significant digits, thousands separated, empty for a missing value."""
-    if value is None:
-        return ""
-    if isinstance(value, bool) or isinstance(value, str):
-        return str(value)
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.3g}"
-
-
-def markdown_table(columns, rows):
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def speed_tables():
-    """{results file name: markdown table of its rows}, plus ``"table5"``: the paper's Table 5
-    (ms per sample) beside this project's batch-1 sampling times from ``sampling.json``."""
-    tables = {}
-    for name, (keep, columns) in SPEED_TABLES.items():
-        rows = json.loads((RESULTS / name).read_text())["rows"]
-        tables[name] = markdown_table(
-            columns, [[row.get(c) for c in columns] for row in rows if keep is None or keep(row)]
-        )
-    sampling = json.loads((RESULTS / "sampling.json").read_text())
-    here = {row["model"]: row["sample_b1 ms"] for row in sampling["rows"]}
-    paper = sampling["paper_ms_per_sample"]
-    tables["table5"] = markdown_table(
-        ["model", "paper naive", "paper accelerated", "here naive", "here accelerated"],
-        [
-            [model, paper[naive], paper[fast], here.get(ours_naive), here.get(ours_fast)]
-            for model, (naive, fast), (ours_naive, ours_fast) in PAPER_TABLE5
-        ],
-    )
-    return tables
-
-
 def checkout_env():
     """Imports come from this checkout, wherever the interpreter starts."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
     return dict(os.environ, PYTHONPATH=path, MPLBACKEND="Agg")
 
 
@@ -164,19 +55,33 @@ def test_readme_has_python_and_bash_blocks():
     assert readme_blocks("python") and readme_blocks("bash")
 
 
-def test_speed_tables_are_the_benchmark_results():
-    text = README.read_text()
-    stale = [name for name, table in speed_tables().items() if table not in text]
-    assert not stale, (
-        f"README.md's tables differ from benchmarks/results/ for {stale}: paste "
-        "the output of `python tests/test_readme.py`"
+def test_headline_comparison_is_the_results_file():
+    assert tables.comparison_table() in README.read_text(), (
+        "README.md's comparison differs from benchmarks/results/compare.json: paste the output "
+        "of `python benchmarks/tables.py`"
     )
+
+
+def test_readme_is_short_and_undated():
+    text = README.read_text()
+    assert len(text.encode()) <= MAX_README_BYTES, f"README.md is {len(text.encode())} bytes"
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text), "dates belong in CHANGELOG.md"
 
 
 def test_markdown_table_cells():
-    assert markdown_table(["a", "b"], [[63124.99, None], [0.072051, "x"], [3000, 4.8e-07]]) == (
-        "| a | b |\n|---|---|\n| 63,125 |  |\n| 0.0721 | x |\n| 3,000 | 4.8e-07 |"
-    )
+    assert tables.markdown_table(
+        ["a", "b"], [[63124.99, None], [0.072051, "x"], [3000, 4.8e-07]]
+    ) == ("| a | b |\n|---|---|\n| 63,125 |  |\n| 0.0721 | x |\n| 3,000 | 4.8e-07 |")
+
+
+def test_every_results_file_records_the_machine():
+    """Each results file says on which CPU it was measured (or that this was not recorded)."""
+    for path in sorted(tables.RESULTS.glob("*.json")):
+        machine = json.loads(path.read_text())["machine"]
+        assert {"cpu_model", "instruction_set", "torch_threads"} <= set(machine), path.name
+        if machine["cpu_model"] is None or machine["instruction_set"] is None:
+            assert "not recorded" in machine["note"], path.name
+        assert tables.machine_line(path.name)
 
 
 def test_python_blocks_run(tmp_path):
@@ -239,8 +144,10 @@ def program_and_flags(command):
 
 
 def test_bash_blocks_use_only_flags_that_exist():
+    """In README.md and the docs' pages."""
     flags_by_program = {}
-    for _, block in readme_blocks("bash"):
+    pages = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+    for _, block in [block for page in pages for block in readme_blocks("bash", page)]:
         for command in shell_commands(block):
             found = program_and_flags(command)
             if found is not None:
@@ -263,7 +170,7 @@ def test_bash_blocks_use_only_flags_that_exist():
             for flag in sorted(flags)
             if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", done.stdout)
         ]
-    assert not unknown, f"README.md uses flags the programs do not have: {unknown}"
+    assert not unknown, f"README.md or docs/ use flags the programs do not have: {unknown}"
 
 
 def test_command_parsing_finds_programs_and_flags():
@@ -283,8 +190,3 @@ def test_command_parsing_finds_programs_and_flags():
         (["-m", "normflows_emerging", "train"], ["--dataset", "--steps"]),
         (["-m", "normflows_emerging", "train"], ["--lr"]),
     ]
-
-
-if __name__ == "__main__":
-    for name, table in speed_tables().items():
-        print(f"{name}:\n{table}\n")

@@ -13,6 +13,7 @@ Built in: "1x1" (normflows' plain ``Invertible1x1Conv``), "plu" (its LU form, Gl
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -104,10 +105,13 @@ def build_mixing(name: str, num_channels: int, **kwargs: Any) -> nf.flows.Flow:
 
     Raises:
       ValueError: if ``name`` is not registered or ``num_channels`` is not a positive int
-      TypeError: if the factory returns something other than a ``normflows.flows.Flow``
+      TypeError: if the factory takes no argument of a name in ``kwargs`` (the message names the
+        mixing layer and the arguments it takes), or returns something other than a
+        ``normflows.flows.Flow``
     """
     if name not in _MIXING:
         raise ValueError(f"unknown mixing layer {name!r}; known: {', '.join(_MIXING)}")
+    _check_arguments(name, kwargs)
     layer = _MIXING[name](check_positive_int("num_channels", num_channels), **kwargs)
     if not isinstance(layer, nf.flows.Flow):
         raise TypeError(
@@ -115,6 +119,29 @@ def build_mixing(name: str, num_channels: int, **kwargs: Any) -> nf.flows.Flow:
             f"{type(layer).__name__}"
         )
     return layer
+
+
+def _check_arguments(name: str, kwargs: dict) -> None:
+    """Raise a TypeError naming the mixing layer and its arguments when its factory takes no
+    keyword argument of a name in ``kwargs`` (the factory's own error would name a function the
+    user never called, e.g. ``plain_1x1_conv() got an unexpected keyword argument``)."""
+    try:
+        parameters = list(inspect.signature(_MIXING[name]).parameters.values())[1:]
+    except (TypeError, ValueError):  # no signature to read (some builtins): the call will tell
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    takes = [
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    unknown = [key for key in kwargs if key not in takes]
+    if unknown:
+        raise TypeError(
+            f"mixing layer {name!r} takes no argument {', '.join(map(repr, unknown))}; "
+            f"its arguments: {', '.join(takes) if takes else 'none'}"
+        )
 
 
 class MAFMixing(Chain):

@@ -34,8 +34,10 @@ class FlowTransform(Transform):
     """Any ``normflows.flows.Flow`` as an ``nflows.transforms.Transform``.
 
     ``forward`` calls the flow's ``inverse`` (density direction) and ``inverse`` its ``forward``
-    (sampling direction); log-determinants are the flow's, broadcast to shape (batch,). The flow is
-    unconditional: ``context`` is ignored, as nflows' own unconditional transforms do.
+    (sampling direction); log-determinants are the flow's, broadcast to shape (batch,). The
+    wrapped layers are unconditional: a ``context`` other than None is refused with a
+    ``ValueError`` rather than silently ignored (nflows passes one only when ``log_prob`` or
+    ``sample`` is given one).
     """
 
     def __init__(self, flow: Flow):
@@ -61,11 +63,15 @@ class FlowTransform(Transform):
 
         Args:
           inputs: data, shape (batch, ...)
-          context: ignored
+          context: must be None (the transform is unconditional)
 
         Returns:
           outputs and log|det d outputs/d inputs| of shape (batch,)
+
+        Raises:
+          ValueError: for a ``context`` other than None
         """
+        self._refuse_context(context)
         return _per_example(*self.flow.inverse(inputs))
 
     def inverse(
@@ -75,12 +81,24 @@ class FlowTransform(Transform):
 
         Args:
           inputs: latents, shape (batch, ...)
-          context: ignored
+          context: must be None (the transform is unconditional)
 
         Returns:
           outputs and log|det d outputs/d inputs| of shape (batch,)
+
+        Raises:
+          ValueError: for a ``context`` other than None
         """
+        self._refuse_context(context)
         return _per_example(*self.flow(inputs))
+
+    def _refuse_context(self, context: Any) -> None:
+        if context is not None:
+            raise ValueError(
+                f"{type(self).__name__} is unconditional and takes no context, got a "
+                f"{type(context).__name__}; condition the transforms around it instead "
+                "(e.g. nflows' coupling networks) or pass context=None"
+            )
 
 
 def _per_example(
@@ -100,21 +118,42 @@ def _per_example(
 
 
 class EmergingConv2dTransform(FlowTransform):
-    """``EmergingConv2d`` as an nflows transform on (batch, C, H, W); takes its arguments."""
+    """``EmergingConv2d`` as an nflows transform on (batch, C, H, W)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(EmergingConv2d(*args, **kwargs))
+    def __init__(
+        self, num_channels: int, kernel_size: int = 3, one_by_one: str = "qr", solver: str = "auto"
+    ):
+        """Constructor
+
+        Args:
+          num_channels, kernel_size, one_by_one, solver: those of :class:`EmergingConv2d`
+        """
+        super().__init__(
+            EmergingConv2d(
+                num_channels, kernel_size=kernel_size, one_by_one=one_by_one, solver=solver
+            )
+        )
 
 
 class PeriodicConv2dTransform(FlowTransform):
-    """``PeriodicConv2d`` as an nflows transform on (batch, C, H, W); takes its arguments."""
+    """``PeriodicConv2d`` as an nflows transform on (batch, C, H, W)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(PeriodicConv2d(*args, **kwargs))
+    def __init__(self, num_channels: int, kernel_size: int = 3, bias: bool = True):
+        """Constructor
+
+        Args:
+          num_channels, kernel_size, bias: those of :class:`PeriodicConv2d`
+        """
+        super().__init__(PeriodicConv2d(num_channels, kernel_size=kernel_size, bias=bias))
 
 
 class QR1x1Transform(FlowTransform):
-    """``QR1x1`` as an nflows transform on (batch, C, H, W); takes its arguments."""
+    """``QR1x1`` as an nflows transform on (batch, C, H, W)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(QR1x1(*args, **kwargs))
+    def __init__(self, num_channels: int, num_reflections: int | None = None):
+        """Constructor
+
+        Args:
+          num_channels, num_reflections: those of :class:`QR1x1`
+        """
+        super().__init__(QR1x1(num_channels, num_reflections=num_reflections))

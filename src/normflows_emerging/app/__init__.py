@@ -26,6 +26,12 @@ def main(argv=None) -> int:
     Returns:
       the exit status (2 for the user's errors, printed as one line on stderr)
     """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments == ["--version"]:  # answered without the train extra
+        from .. import __version__
+
+        print(f"normflows-emerging {__version__}")
+        return 0
     missing = missing_train_modules()
     if missing:
         print(
@@ -36,4 +42,4 @@ def main(argv=None) -> int:
         return 2
     from .cli import main as cli_main
 
-    return cli_main(argv)
+    return cli_main(arguments)

@@ -23,7 +23,14 @@ MAX_SAMPLE_IMAGES = 4096
 
 
 def evaluate_checkpoint(
-    path, dataset=None, split="test", device="cpu", data_root=None, num_samples=16, timing_repeats=7
+    path,
+    dataset=None,
+    split="test",
+    device="cpu",
+    data_root=None,
+    num_samples=16,
+    timing_repeats=7,
+    download=False,
 ) -> dict:
     """Bits/dim over a whole split, sampling speed and round-trip error of a checkpoint.
 
@@ -36,6 +43,7 @@ def evaluate_checkpoint(
       data_root: folder of the dataset files (None: the checkpoint's)
       num_samples: batch size of the sampling-speed measurement
       timing_repeats: number of timed sampling draws
+      download: let torchvision download ``cifar10``/``mnist`` when missing (``--download``)
 
     Returns:
       dict with ``<split>_bpd``, ``sample_ms_per_image`` (median over the timed runs) and
@@ -57,6 +65,7 @@ def evaluate_checkpoint(
         split,
         checkpoint["input_shape"][-1],
         data_root if data_root is not None else config.data_root,
+        download=download,
         bits=config.bits,
     )
     if list(data[0][0].shape) != list(checkpoint["input_shape"]):

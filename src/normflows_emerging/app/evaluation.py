@@ -15,6 +15,7 @@ and ``sample(num_samples, y=None, temperature=None)`` returning ``(x, log_q)``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 from pathlib import Path
@@ -111,6 +112,9 @@ def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
 def tile_images(images, padding=1):
     """Arrange a batch of images in a square-ish grid with white gaps.
 
+    torchvision's ``make_grid`` does it where torchvision is installed (the ``data`` extra);
+    without it, the same grid is laid out here.
+
     Args:
       images: float tensor (n, C, H, W) in [0, 1]
       padding: gap in pixels around each image
@@ -120,6 +124,15 @@ def tile_images(images, padding=1):
     """
     n, channels, height, width = images.shape
     cols = math.ceil(math.sqrt(n))
+    if importlib.util.find_spec("torchvision") is not None:
+        from torchvision.utils import make_grid
+
+        # make_grid leaves 2 * padding between cells and around the grid: the outer half goes;
+        # it repeats a single channel three times: one is kept.
+        grid = make_grid(images, nrow=cols, padding=2 * padding, pad_value=1.0)[:channels]
+        return grid[
+            :, padding : grid.shape[1] - padding, padding : grid.shape[2] - padding
+        ].permute(1, 2, 0)
     rows = math.ceil(n / cols)
     canvas = images.new_ones(rows * cols, channels, height + 2 * padding, width + 2 * padding)
     canvas[:n, :, padding : padding + height, padding : padding + width] = images

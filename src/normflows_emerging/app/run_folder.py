@@ -17,7 +17,7 @@ SAMPLES = "samples.png"
 RUN_FILES = (CHECKPOINT, METRICS, SAMPLES)
 
 
-def prepare_run_folder(out, resume=False, overwrite=False, remove=True) -> None:
+def prepare_run_folder(out, resume=False, overwrite=False, remove=True, resumable=True) -> None:
     """Check (and with ``overwrite`` clear) a training output folder before a run starts.
 
     Args:
@@ -25,6 +25,8 @@ def prepare_run_folder(out, resume=False, overwrite=False, remove=True) -> None:
       resume: the run continues the checkpoint in ``out``
       overwrite: delete the files of a previous run in ``out`` (other files are kept)
       remove: this process may delete files (False on all but one process of a parallel run)
+      resumable: whether the calling program can continue a run (``--resume``); the refusal
+        suggests only the flags it has
 
     Raises:
       ValueError: if both ``resume`` and ``overwrite`` are asked for
@@ -40,9 +42,9 @@ def prepare_run_folder(out, resume=False, overwrite=False, remove=True) -> None:
         raise RunFolderError(f"output folder {out} is a file")
     found = [name for name in RUN_FILES if (out / name).exists()]
     if found and not (resume or overwrite):
+        what = "--resume to continue it or --overwrite" if resumable else "--overwrite"
         raise RunFolderError(
-            f"{out} already holds a training run ({', '.join(found)}); pass "
-            f"--resume to continue it or --overwrite to start afresh"
+            f"{out} already holds a training run ({', '.join(found)}); pass {what} to start afresh"
         )
     if remove:
         for name in found if overwrite else ():

@@ -3,6 +3,7 @@ Hubble Deep Field and digits images bundled with scikit-image and scikit-learn."
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -32,21 +33,33 @@ def torchvision_dataset(
     Raises:
       MissingDependencyError: without torchvision
       FileNotFoundError: when the files are missing or corrupted and ``download`` is false
+      OSError: when ``download`` is true and the download fails (no network, say); what the
+        attempt created in ``root`` is removed again
     """
     datasets = import_optional("torchvision.datasets", "torchvision", f"the {class_name} dataset")
     cls = getattr(datasets, class_name)
+    if class_name == "CIFAR10":
+        where = root / "cifar-10-batches-py"
+        files = "data_batch_1 .. data_batch_5, test_batch and batches.meta"
+    else:
+        where = root / "MNIST" / "raw"
+        files = "{train,t10k}-images-idx3-ubyte and {train,t10k}-labels-idx1-ubyte"
+    created = _Created(root)
     try:
         tv = cls(root=str(root), train=split == "train", download=download)
     except RuntimeError as err:
-        if class_name == "CIFAR10":
-            where = root / "cifar-10-batches-py"
-            files = "data_batch_1 .. data_batch_5, test_batch and batches.meta"
-        else:
-            where = root / "MNIST" / "raw"
-            files = "{train,t10k}-images-idx3-ubyte and {train,t10k}-labels-idx1-ubyte"
         raise FileNotFoundError(
             f"{class_name} not found (or corrupted) in {where}: expected {files} there. "
-            f"Pass download=True to download it into {root}. (torchvision: {err})"
+            f"Pass --download (download=True) to download it into {root}. (torchvision: {err})"
+        ) from err
+    except OSError as err:  # urllib's URLError, a refused connection, a full disk ...
+        if not download:
+            raise
+        created.remove()
+        reason = getattr(err, "reason", None) or err
+        raise OSError(
+            f"downloading {class_name} into {root} failed ({reason}); check the network "
+            f"connection and retry, or put the files there yourself ({files} in {where})"
         ) from err
     data = np.asarray(tv.data)
     if data.ndim == 3:  # MNIST: N x H x W
@@ -56,6 +69,25 @@ def torchvision_dataset(
     return ArrayImageDataset(
         [data], np.asarray(tv.targets), 256, len(tv.classes), image_size, bits=bits, name=class_name
     )
+
+
+class _Created:
+    """What a download adds below ``root``, to remove it when the download fails: ``root``
+    itself if it did not exist, else the entries that were not there before."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.before = set(root.iterdir()) if root.is_dir() else None
+
+    def remove(self) -> None:
+        if self.before is None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        for path in set(self.root.iterdir()) - self.before if self.root.is_dir() else ():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def imagenet(

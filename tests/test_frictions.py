@@ -1,0 +1,313 @@
+"""What a new user hits from a fresh clone (issue 20): thread count, --version, one-line errors
+of the examples, download hints and failures, mixing arguments, the examples' own flags."""
+
+import os
+import subprocess
+import sys
+import types
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from normflows_emerging import __version__
+from normflows_emerging import app as app_package
+from normflows_emerging.app import cli
+from normflows_emerging.app.data import sources
+from normflows_emerging.app.run_folder import prepare_run_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture
+def examples(monkeypatch):
+    """The examples folder on sys.path (the examples import example_cli and compare)."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+# --threads ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "sample"])
+def test_every_command_runs_on_the_threads_it_is_given(command, monkeypatch, tmp_path):
+    """train took torch's default thread count: 9.5 minutes for what one thread does in 30 s on
+    a busy 2-core machine. Each command sets the count while it runs and restores it after."""
+    seen = []
+    record = lambda *args, **kwargs: seen.append(torch.get_num_threads())  # noqa: E731
+    monkeypatch.setattr(cli, "train", record)
+    monkeypatch.setattr(cli, "sample_checkpoint", record)
+    monkeypatch.setattr(cli, "evaluate_checkpoint", lambda *a, **k: record() or {})
+    before = torch.get_num_threads()
+    argv = {
+        "train": ["train", "--dataset", "digits", "--out", str(tmp_path / "run")],
+        "evaluate": ["evaluate", "--checkpoint", "x.pt"],
+        "sample": ["sample", "--checkpoint", "x.pt", "--out", str(tmp_path / "s.png")],
+    }[command]
+    assert cli.main([*argv, "--threads", "3"]) == 0
+    assert seen == [3]
+    assert torch.get_num_threads() == before
+    seen.clear()
+    assert cli.main(argv) == 0
+    assert seen == [cli.DEFAULT_THREADS]
+
+
+def test_threads_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--out", "x", "--threads", "0"])
+    assert exc.value.code == 2
+    assert "--threads: expected a positive integer" in one_line_error(capsys)
+
+
+# --version -------------------------------------------------------------------------------------
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"normflows-emerging {__version__}"
+
+
+def test_version_without_the_train_extra(monkeypatch, capsys):
+    monkeypatch.setattr(app_package, "missing_train_modules", lambda: ["tqdm"])
+    assert app_package.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"normflows-emerging {__version__}"
+    assert app_package.main(["train", "--out", "x"]) == 2  # the rest still needs the extra
+    assert "normflows-emerging[train]" in capsys.readouterr().err
+
+
+# --mixing-arg ----------------------------------------------------------------------------------
+
+
+def test_a_mixing_argument_the_layer_lacks_names_the_layer(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--out", "x", "--mixing", "1x1", "--mixing-arg", "kernel_size=5"])
+    assert exc.value.code == 2
+    err = one_line_error(capsys)
+    assert "mixing layer '1x1' takes no argument 'kernel_size'; its arguments: none" in err
+    assert "plain_1x1_conv" not in err  # the internal factory's name
+
+
+# datasets: --download ---------------------------------------------------------------------------
+
+
+def test_missing_torchvision_data_names_the_flag(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Pass --download"):
+        sources.torchvision_dataset("CIFAR10", "train", None, tmp_path / "none", False, None)
+
+
+def test_evaluate_takes_download(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(cli, "evaluate_checkpoint", lambda *a, **k: calls.append(k) or {})
+    assert cli.main(["evaluate", "--checkpoint", "x.pt", "--download"]) == 0
+    assert cli.main(["evaluate", "--checkpoint", "x.pt"]) == 0
+    assert [call["download"] for call in calls] == [True, False]
+
+
+class OfflineDataset:
+    """A torchvision dataset class whose download fails as urllib fails without a network,
+    after creating its folders and a partial archive (as torchvision does)."""
+
+    def __init__(self, root, train, download):
+        root = Path(root)
+        (root / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        (root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"part")
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    fake = types.SimpleNamespace(CIFAR10=OfflineDataset, MNIST=OfflineDataset)
+    monkeypatch.setattr(sources, "import_optional", lambda *args: fake)
+
+
+def test_offline_download_says_so_and_leaves_no_folder(tmp_path, offline):
+    root = tmp_path / "data" / "mnist"
+    with pytest.raises(OSError, match="downloading MNIST into .* failed") as error:
+        sources.torchvision_dataset("MNIST", "train", None, root, True, None)
+    assert "name resolution" in str(error.value) and "network" in str(error.value)
+    assert "urlopen error" not in str(error.value)
+    assert not root.exists()
+
+
+def test_offline_download_keeps_what_was_there(tmp_path, offline):
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "notes.txt").write_text("kept")
+    with pytest.raises(OSError, match="downloading CIFAR10"):
+        sources.torchvision_dataset("CIFAR10", "train", None, root, True, None)
+    assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]
+
+
+def test_offline_download_is_one_line_on_the_command_line(tmp_path, offline, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(
+            [
+                "train",
+                "--dataset",
+                "mnist",
+                "--download",
+                "--data-root",
+                str(tmp_path / "d"),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+    assert exc.value.code == 2
+    assert "downloading MNIST" in one_line_error(capsys)
+
+
+# the examples ----------------------------------------------------------------------------------
+
+
+def test_a_refused_run_folder_offers_only_the_flags_the_program_has(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="--resume to continue it or --overwrite"):
+        prepare_run_folder(tmp_path)
+    with pytest.raises(ValueError, match="already holds a training run") as error:
+        prepare_run_folder(tmp_path, resumable=False)
+    assert "--resume" not in str(error.value) and "--overwrite" in str(error.value)
+
+
+@pytest.mark.parametrize("example", ["glow", "emerging", "nflows_example"])
+def test_examples_report_a_refused_run_folder_in_one_line(example, examples, tmp_path, capsys):
+    module = __import__(example)
+    from example_cli import run_example
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    argv = ["--out", str(tmp_path), "--steps", "1", "--no-progress"]
+    assert run_example(module.main, argv) == 2
+    err = one_line_error(capsys)
+    assert f"{tmp_path} already holds a training run" in err
+    assert ("--resume" in err) == (example != "nflows_example")
+
+
+@pytest.mark.parametrize(
+    "example", ["glow", "emerging", "nflows_example", "compare", "maf", "periodic_galaxy"]
+)
+def test_examples_refuse_cuda_without_it_in_one_line(example, examples, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    module = __import__(example)
+    main = module.run if example == "compare" else getattr(module, "main", None)
+    if main is None:  # maf and periodic_galaxy: compare.run with their defaults
+        import compare
+
+        main = compare.run
+    with pytest.raises(SystemExit) as exc:
+        main(["--device", "cuda", "--steps", "1"])
+    assert exc.value.code == 2
+    assert "--device cuda: device 'cuda' was asked for, but CUDA is not available" in (
+        one_line_error(capsys)
+    )
+
+
+def test_nflows_example_takes_overwrite(examples):
+    import nflows_example
+
+    parser_flags = []
+    original = nflows_example.example_parser
+
+    def spy(*args, **kwargs):
+        parser = original(*args, **kwargs)
+        parser_flags.extend(parser._option_string_actions)
+        return parser
+
+    nflows_example.example_parser = spy
+    try:
+        with pytest.raises(SystemExit):
+            nflows_example.main(["--help"])
+    finally:
+        nflows_example.example_parser = original
+    assert "--overwrite" in parser_flags and "--threads" in parser_flags
+    assert "--resume" not in parser_flags
+
+
+def test_emerging_example_can_leave_out_the_naive_timing(examples, monkeypatch, tmp_path):
+    import emerging
+
+    timed = []
+    monkeypatch.setattr(emerging.training, "train", lambda *args, **kwargs: None)
+    monkeypatch.setattr(emerging, "evaluate_checkpoint", lambda *args, **kwargs: {})
+    monkeypatch.setattr(emerging, "load_checkpoint", lambda *args: (None, None))
+    monkeypatch.setattr(
+        emerging.evaluation,
+        "sample_ms_per_image",
+        lambda model, device, backend, seed: timed.append(backend) or 0.0,
+    )
+    emerging.main(["--out", str(tmp_path), "--no-naive-timing"])
+    assert timed and "naive" not in timed
+    timed.clear()
+    emerging.main(["--out", str(tmp_path)])
+    assert "naive" in timed
+
+
+def test_comparison_help_prints_no_cuda_warning():
+    """torch.utils.benchmark's import logs "No CUDA runtime is found, using CUDA_HOME=..." where a
+    CUDA toolkit is installed without a usable GPU; the comparison scripts printed it even on
+    --help. All three in one interpreter (maf and periodic_galaxy run compare's code)."""
+    code = (
+        "import runpy, sys\n"
+        "for script in ('compare', 'maf', 'periodic_galaxy'):\n"
+        "    sys.argv = [script + '.py', '--help']\n"
+        "    try:\n"
+        f"        runpy.run_path({str(EXAMPLES)!r} + '/' + script + '.py', run_name='__main__')\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 0, exit.code\n"
+    )
+    env = {**os.environ, "CUDA_HOME": sys.prefix}
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(EXAMPLES), str(ROOT / "src"), env.get("PYTHONPATH")])
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "usage:" in done.stdout
+    assert "CUDA" not in done.stderr, done.stderr
+
+
+def test_comparison_help_quotes_no_measured_numbers(examples):
+    """The docstrings quoted bits/dim from old runs that no longer matched a rerun: results live
+    in results files, and the docs are generated from them."""
+    import re
+
+    for script in ("compare", "maf", "periodic_galaxy", "glow", "emerging", "nflows_example"):
+        text = (EXAMPLES / f"{script}.py").read_text()
+        docstring = text.split('"""')[1]
+        assert not re.search(r"[+-]0\.\d{2,}|\[\s*[+-]?\d|\d+ s of CPU", docstring), script
+
+
+def test_sample_grids_are_torchvision_grids_where_it_is_installed(monkeypatch):
+    """tile_images uses torchvision's make_grid where torchvision is installed, and lays out the
+    same grid by hand without it."""
+    torchvision_utils = pytest.importorskip("torchvision.utils")
+    import importlib.util
+
+    from normflows_emerging.app import evaluation
+
+    calls = []
+    make_grid = torchvision_utils.make_grid
+    monkeypatch.setattr(
+        torchvision_utils, "make_grid", lambda *a, **k: calls.append(k) or make_grid(*a, **k)
+    )
+    images = torch.rand(5, 3, 4, 6)
+    with_torchvision = evaluation.tile_images(images, padding=2)
+    assert calls == [{"nrow": 3, "padding": 4, "pad_value": 1.0}]
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torchvision" else find_spec(name, *a),
+    )
+    assert torch.equal(evaluation.tile_images(images, padding=2), with_torchvision)
+    assert len(calls) == 1
