@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from normflows_emerging import SquareAutoregressiveConv2d, inverse_backend
+from normflows_emerging import SquareAutoregressiveConv2d, inverse_backend, use_backend
 from normflows_emerging.solve import solve_autoregressive
 from timing import benchmark, print_table, write_json
 
@@ -32,6 +32,12 @@ CASES = [
     for batch in (1, 16, 64)
 ] + [(96, 32, 2, 16)]
 NAIVE_CASE = (48, 4, 2, 1)
+
+
+def sample_with(layer, y, backend):
+    """The layer's sampling pass with the solve ``backend``."""
+    with use_backend(backend):
+        return layer(y)
 
 
 def timed(contenders, threads, rounds, min_run_time):
@@ -86,11 +92,11 @@ def main():
             for threads in (1, 2):
                 contenders = {
                     "conv": functools.partial(layer.inverse, x),
-                    "compiled": functools.partial(layer, y, backend="compiled"),
+                    "compiled": functools.partial(sample_with, layer, y, "compiled"),
                     "solve": functools.partial(solve_autoregressive, rhs, kernel, 1, "compiled"),
                 }
                 if threads == 1:
-                    contenders["torch"] = functools.partial(layer, y, backend="torch")
+                    contenders["torch"] = functools.partial(sample_with, layer, y, "torch")
                 times = timed(contenders, threads, args.rounds, args.min_time)
                 row = {
                     "C": channels,
@@ -106,7 +112,7 @@ def main():
                 if threads == 1 and (channels, side, size, batch) == NAIVE_CASE:
                     naive = benchmark.Timer(
                         "fn()",
-                        globals={"fn": functools.partial(layer, y, backend="naive")},
+                        globals={"fn": functools.partial(sample_with, layer, y, "naive")},
                         num_threads=1,
                     ).timeit(1)
                     row["naive_ms"] = 1e3 * naive.median

@@ -144,19 +144,37 @@ class SquareAutoregressiveConv2d(Flow):
         return (log_d_sum * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(
-        self, x: torch.Tensor, premix: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: the masked convolution.
 
         Args:
           x: tensor of shape (batch, C, H, W), the layer's dtype and device
-          premix: optional (C, C) matrix M of a 1x1 convolution to apply to x first. It is
-            folded into the kernel (zero padding commutes with M), so ``inverse(x, M)`` equals
-            ``inverse(M x)`` with one convolution less; the returned log_det is still this
-            layer's alone.
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           y of the same shape and log|det dy/dx| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+        """
+        return self.premixed_inverse(x, None)
+
+    def premixed_inverse(
+        self, x: torch.Tensor, premix: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction after a 1x1 convolution: ``inverse(M x)`` with one convolution less.
+
+        Args:
+          x: tensor of shape (batch, C, H, W), the layer's dtype and device
+          premix: (C, C) matrix M of a 1x1 convolution applied to x first, or None (then this is
+            :meth:`inverse`). It is folded into the kernel (zero padding commutes with M); the
+            returned log_det is still this layer's alone. :class:`EmergingConv2d` folds its QR
+            1x1 layer in this way.
+
+        Returns:
+          y of the same shape and log|det dy/d(Mx)| of shape (batch,)
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
@@ -172,7 +190,7 @@ class SquareAutoregressiveConv2d(Flow):
     ) -> torch.Tensor:
         """The filter :meth:`convolve` applies: ``kernel`` (from :meth:`causal_kernel`) reversed
         in all four axes for ``flip=True``, with the (C, C) matrix ``premix`` folded into its
-        input channels (see :meth:`inverse`)."""
+        input channels (see :meth:`premixed_inverse`)."""
         if self.flip:
             kernel = kernel.flip(0, 1, 2, 3)
         if premix is not None:
@@ -194,34 +212,34 @@ class SquareAutoregressiveConv2d(Flow):
         return F.conv2d(x_padded, density_kernel, self.bias, dilation=dilation)
 
     def forward(
-        self, z: torch.Tensor, backend: str | None = None
+        self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve the convolution by forward substitution.
 
+        The solve is the layer's ``solver``, or the one of :func:`normflows_emerging.use_backend`
+        around the call.
+
         Args:
           z: tensor of shape (batch, C, H, W), the layer's dtype and device
-          backend: ``"compiled"``, ``"torch"``, ``"naive"`` for this call only; None: the one of
-            :func:`normflows_emerging.use_backend` if active, else the layer's ``solver``
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           x of the same shape and log|det dx/dz| (= -log|det dz/dx|) of shape (batch,)
 
         Raises:
-          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
-            unknown backend
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
           torch.linalg.LinAlgError: if the solve overflows (finite z, non-finite x)
         """
         check_image(z, self.num_channels, type(self).__name__, self.weight)
         if is_empty(z):
             return empty_result(z)
         kernel, log_d_sum = self._kernel_and_log_d_sum()
-        x = self.solve(z, kernel, backend)
+        x = self.solve(z, kernel)
         check_finite_output(x, z, type(self).__name__)
         return x, -self._log_det(log_d_sum, z)
 
-    def solve(
-        self, z: torch.Tensor, kernel: torch.Tensor, backend: str | None = None
-    ) -> torch.Tensor:
+    def solve(self, z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """The sampling direction's x for a kernel assembled by the caller, without the checks.
 
         For callers that have checked ``z`` (a non-empty (batch, C, H, W) tensor of the layer's
@@ -230,12 +248,11 @@ class SquareAutoregressiveConv2d(Flow):
         Args:
           z: the layer's output
           kernel: ``causal_kernel()``, or a copy computed from the same parameter values
-          backend: as in :meth:`forward`
         """
         rhs = z - self.bias.view(-1, 1, 1)
         if self.flip:
             rhs = rhs.flip(1, 2, 3)
-        x = solve_autoregressive(rhs, kernel, self.dilation, chosen_backend(self.solver, backend))
+        x = solve_autoregressive(rhs, kernel, self.dilation, chosen_backend(self.solver))
         return x.flip(1, 2, 3) if self.flip else x
 
     def extra_repr(self):

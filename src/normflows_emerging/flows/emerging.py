@@ -78,11 +78,15 @@ class EmergingConv2d(Flow):
         self.causal.solver = value
         self.anticausal.solver = value
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction.
 
         Args:
           x: tensor of shape (batch, C, H, W), the layer's dtype and device
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           y of the same shape and log|det dy/dx| of shape (batch,)
@@ -103,7 +107,7 @@ class EmergingConv2d(Flow):
         if isinstance(self.one_by_one, QR1x1):  # folded into the causal kernel: one conv less
             log_det = self.one_by_one.log_det(x)
             # the cached W itself in eval mode: the einsum that folds it in does not change it
-            x, ld = self.causal.inverse(x, premix=self.one_by_one._matrix("weight"))
+            x, ld = self.causal.premixed_inverse(x, self.one_by_one._matrix("weight"))
         else:
             log_det = x.new_zeros(x.shape[0])
             if self.one_by_one is not None:
@@ -115,14 +119,15 @@ class EmergingConv2d(Flow):
         return x, log_det + ld
 
     def forward(
-        self, z: torch.Tensor, backend: str | None = None
+        self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sampling direction.
+        """Sampling direction. Both solves use the layer's ``solver``, or the one of
+        :func:`normflows_emerging.use_backend` around the call.
 
         Args:
           z: tensor of shape (batch, C, H, W), the layer's dtype and device
-          backend: solve backend of both autoregressive layers for this call only (None: as in
-            :meth:`SquareAutoregressiveConv2d.forward`)
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           x of the same shape and log|det dx/dz| of shape (batch,)
@@ -136,14 +141,14 @@ class EmergingConv2d(Flow):
             return empty_result(z)
         plan = self._plan()
         if plan is not None:
-            x = self.anticausal.solve(z, plan["anticausal_kernel"], backend)
-            x = self.causal.solve(x, plan["causal_kernel"], backend)
+            x = self.anticausal.solve(z, plan["anticausal_kernel"])
+            x = self.causal.solve(x, plan["causal_kernel"])
             if plan["weight_inverse"] is not None:
                 x = F.conv2d(x, plan["weight_inverse"])
             check_finite_output(x, z, type(self).__name__)
             return x, (plan["log_det_per_pixel"] * (-z.shape[2] * z.shape[3])).expand(z.shape[0])
-        z, log_det = self.anticausal(z, backend=backend)
-        z, ld = self.causal(z, backend=backend)
+        z, log_det = self.anticausal(z)
+        z, ld = self.causal(z)
         log_det = log_det + ld
         if self.one_by_one is not None:
             x, ld = self.one_by_one(z)

@@ -156,11 +156,15 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         shift, raw = self.conv_out(h).chunk(2, dim=1)
         return shift, torch.tanh(raw)
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction, one pass of the network.
 
         Args:
           x: data, shape (batch, num_channels, height, width), the layer's dtype and device
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           z of the same shape, and log|det dz/dx| = -sum of the log-scales, shape (batch,)
@@ -177,7 +181,7 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         return self._flip(z), -log_scale.sum(dim=(1, 2, 3))
 
     def forward(
-        self, z: torch.Tensor, backend: str | None = None
+        self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve for x element by element.
 
@@ -187,27 +191,24 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         window contributions are computed once; then each channel costs one pass of the network
         restricted to those pixels and to the hidden units of that channel and the ones before it,
         updating the first hidden layer with the channel just solved.
-        ``"naive"`` reruns the whole network once per element (the baseline).
+        ``"naive"`` reruns the whole network once per element (the baseline). Which one runs: as
+        chosen by ``normflows_emerging.use_backend`` if active (``"naive"`` for ``"naive"``, so
+        whole models switch to their reference solves together, else ``"fast"``), else the
+        layer's ``solver``.
 
         Args:
           z: latent, shape (batch, num_channels, height, width), the layer's dtype and device
-          backend: ``"fast"`` or ``"naive"`` for this call only; None: as chosen by
-            ``normflows_emerging.use_backend`` if active (``"naive"`` for ``"naive"``, so whole
-            models switch to their reference solves together, else ``"fast"``), else the
-            layer's ``solver``
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           x of the same shape, and log|det dx/dz| = sum of the log-scales, shape (batch,)
 
         Raises:
-          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
-            unknown backend
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
           torch.linalg.LinAlgError: if the solve turns a finite z into inf/NaN values
         """
-        if backend is not None and backend not in self.backends:
-            raise ValueError(f"unknown backend {backend!r}, choose one of {self.backends}")
-        backend = chosen_backend(self.solver, backend)
-        backend = "naive" if backend == "naive" else "fast"
+        backend = "naive" if chosen_backend(self.solver) == "naive" else "fast"
         check_image(z, self.num_channels, type(self).__name__, self.conv_in.weight)
         if is_empty(z):
             return empty_result(z)

@@ -6,6 +6,8 @@ sum of ``log|det K̂(u, v)|`` over the H x W frequencies and its inverse multipl
 (Hoogeboom et al. 2019, section 3.2).
 """
 
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from normflows.flows import Flow
@@ -48,20 +50,26 @@ class PeriodicConv2d(Flow):
     is dropped when the module goes back to training.
     """
 
-    def __init__(self, num_channels: int, kernel_size: int = 3, bias: bool = True):
+    def __init__(
+        self, num_channels: int, kernel_size: int = 3, bias: bool = True, method: str = "auto"
+    ):
         """Constructor
 
         Args:
           num_channels: number of channels C of the data
           kernel_size: odd kernel size k (1, 3, 5, ...); images must be at least k x k
           bias: whether to add a learnable per-channel bias
+          method: how the density direction convolves: ``"spatial"`` (circular padding +
+            conv2d), ``"fft"`` (product in the Fourier domain) or ``"auto"`` (whichever is
+            expected to be faster for the shape); all give the same result. Also settable later
+            as the ``method`` attribute.
 
         The kernel is initialised near the identity: centre tap a random orthogonal matrix, the
         other taps small Gaussian noise, so that no frequency matrix starts singular.
 
         Raises:
           ValueError: unless the channel count is a positive int and the kernel size an odd
-            int >= 1 (bools refused, numpy ints accepted)
+            int >= 1 (bools refused, numpy ints accepted), or for an unknown method
           TypeError: if ``bias`` is not a bool
         """
         super().__init__()
@@ -70,6 +78,7 @@ class PeriodicConv2d(Flow):
         bias = check_bool("bias", bias)
         self.num_channels = num_channels
         self.kernel_size = kernel_size
+        self.method = method
         centre = kernel_size // 2
         weight = torch.randn(num_channels, num_channels, kernel_size, kernel_size)
         weight *= 0.01 / (kernel_size * num_channels**0.5)
@@ -79,6 +88,17 @@ class PeriodicConv2d(Flow):
         self._cache = ValueKeyedCache()
 
     @property
+    def method(self) -> str:
+        """How the density direction convolves (see the constructor)."""
+        return self._method
+
+    @method.setter
+    def method(self, value: str) -> None:
+        if value not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {value!r}")
+        self._method = value
+
+    @property
     def min_image_size(self) -> int:
         """Smallest image height and width the layer takes: its kernel size."""
         return self.kernel_size
@@ -86,7 +106,7 @@ class PeriodicConv2d(Flow):
     def extra_repr(self):
         return (
             f"num_channels={self.num_channels}, kernel_size={self.kernel_size}, "
-            f"bias={self.bias is not None}"
+            f"bias={self.bias is not None}, method={self.method!r}"
         )
 
     def train(self, mode=True):
@@ -220,27 +240,28 @@ class PeriodicConv2d(Flow):
         """
         return self.kernel_size**2 > 16 * self.num_channels
 
-    def inverse(self, x: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-        """Density direction: circular cross-correlation plus bias.
+    def inverse(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction: circular cross-correlation plus bias, computed as the layer's
+        ``method`` says.
 
         Args:
           x: data, shape (batch, C, H, W) with H, W >= kernel_size, the layer's dtype and device
-          method: "spatial" (circular padding + conv2d), "fft" (product in the Fourier domain) or
-            "auto" (whichever is expected to be faster for the shape); all give the same result
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           z of shape (batch, C, H, W) and log|det dz/dx| of shape (batch,) (the same for every
           sample, -inf if the kernel is singular)
 
         Raises:
-          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
-            unknown method
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
         """
         self._check(x)
-        if method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         if is_empty(x):
             return empty_result(x)
+        method = self.method
         if method == "auto":
             method = "fft" if self._prefer_fft() else "spatial"
         if method == "fft":
@@ -255,11 +276,15 @@ class PeriodicConv2d(Flow):
             log_det = self._log_det(x)
         return z, log_det.repeat(x.shape[0])
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve the circular convolution in the Fourier domain.
 
         Args:
           z: latent, shape (batch, C, H, W) with H, W >= kernel_size, the layer's dtype and device
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           x of shape (batch, C, H, W) and log|det dx/dz| = -log|det dz/dx| of shape (batch,)

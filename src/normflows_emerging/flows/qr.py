@@ -131,11 +131,15 @@ class QR1x1(Flow):
         """log|det| of the density pass for inputs shaped like x: H * W * sum(log_s), (batch,)."""
         return (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: apply W.
 
         Args:
           x: tensor of shape (batch, C, H, W), the layer's dtype and device
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           W x of the same shape and log|det| = H * W * sum(log_s), shape (batch,)
@@ -149,11 +153,15 @@ class QR1x1(Flow):
             return empty_result(x)
         return F.conv2d(x, self._matrix("weight")[:, :, None, None]), self.log_det(x)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: apply W^-1 = R^-1 Q^T.
 
         Args:
           z: tensor of shape (batch, C, H, W), the layer's dtype and device
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           W^-1 z of the same shape and -H * W * sum(log_s), shape (batch,)
