@@ -10,7 +10,7 @@ from torch import nn
 from ..solve import solve_autoregressive
 from .arguments import check_bool, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
-from .cache import ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
 from .solver import autoregressive_solvers, check_solver, chosen_backend
 from .utils import (
     check_finite_output,
@@ -21,7 +21,7 @@ from .utils import (
 )
 
 
-class SquareAutoregressiveConv2d(Flow):
+class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
     """Invertible masked square convolution (one half of an emerging convolution).
 
     From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing

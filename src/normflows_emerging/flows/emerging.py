@@ -9,14 +9,14 @@ from torch import nn
 
 from .arguments import check_odd_int, check_positive_int
 from .autoregressive import SquareAutoregressiveConv2d
-from .cache import ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
 from .qr import QR1x1
 from .utils import check_finite_output, check_image, empty_result, is_empty, plu_1x1_conv
 
 ONE_BY_ONE_CHOICES = ("qr", "plu", "none")
 
 
-class EmergingConv2d(Flow):
+class EmergingConv2d(DropsCacheOnModeChange, Flow):
     """Invertible k x k convolution that emerges from two (k+1)/2 autoregressive convolutions.
 
     From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
 
+from ..solve import device
 from .arguments import check_bool, check_odd_int, check_positive_int
-from .cache import ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
 from .utils import check_finite_output, check_image, empty_result, is_empty
 
 _METHODS = ("auto", "spatial", "fft")
@@ -29,7 +30,7 @@ MAX_RELATIVE_ERROR = 1e-3
 MAX_REAL_PRODUCT_BATCH = 16
 
 
-class PeriodicConv2d(Flow):
+class PeriodicConv2d(DropsCacheOnModeChange, Flow):
     """Invertible periodic (circular) convolution with an unconstrained C x C x k x k kernel.
 
     From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
@@ -45,9 +46,10 @@ class PeriodicConv2d(Flow):
     accurate in float32 training.
 
     In eval mode, when no gradient with respect to the kernel is being recorded, the layer keeps
-    ``log|det|`` and K̂⁻¹ per input size, device and dtype, for as long as the kernel keeps its
-    values (compared value by value on every call, so no way of changing it is missed); the cache
-    is dropped when the module goes back to training.
+    ``log|det|`` and K̂⁻¹ per input size, device and dtype, for as long as the kernel is unchanged
+    (see :class:`~normflows_emerging.flows.cache.ValueKeyedCache` for what it sees without
+    reading GPU values); the cache is dropped whenever the module's mode is set (``train()``,
+    ``eval()``).
     """
 
     def __init__(
@@ -108,10 +110,6 @@ class PeriodicConv2d(Flow):
             f"num_channels={self.num_channels}, kernel_size={self.kernel_size}, "
             f"bias={self.bias is not None}, method={self.method!r}"
         )
-
-    def train(self, mode=True):
-        self._cache.clear()
-        return super().train(mode)
 
     def _check(self, x):
         check_image(x, self.num_channels, type(self).__name__, self.weight)
@@ -182,7 +180,11 @@ class PeriodicConv2d(Flow):
                 )
                 limit = MAX_RELATIVE_ERROR / torch.finfo(x.dtype).eps
                 bad = (info != 0) | ~(cond <= limit)
-            if bad.any():
+            if device.on_accelerator(bad):
+                # no host read (a synchronisation): the sample comes out NaN instead, which
+                # ImageMultiscaleFlow.sample reports
+                khat_inv = khat_inv.masked_fill(bad[..., None, None], float("nan"))
+            elif bad.any():
                 u, v = (int(i) for i in bad.nonzero()[0])
                 raise torch.linalg.LinAlgError(
                     f"{type(self).__name__}: the kernel's frequency matrix K̂({u}, {v}) is "
@@ -293,7 +295,9 @@ class PeriodicConv2d(Flow):
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
           torch.linalg.LinAlgError: if a frequency matrix K̂(u, v) has a condition number above
             ``MAX_RELATIVE_ERROR / eps`` of z's dtype (1e-3 / eps: about 8.4e3 in float32,
-            4.5e12 in float64), or the solve turns a finite z into inf/NaN values
+            4.5e12 in float64), or the solve turns a finite z into inf/NaN values. Only on the
+            CPU: on an accelerator reading the check's result would synchronise the host with
+            the device, so such a kernel gives NaN samples instead
         """
         self._check(z)
         if is_empty(z):

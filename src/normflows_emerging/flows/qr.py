@@ -7,13 +7,14 @@ import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
 
+from ..solve import device
 from .arguments import check_int, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
-from .cache import ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
 from .utils import check_finite_output, check_image, empty_result, is_empty
 
 
-class QR1x1(Flow):
+class QR1x1(DropsCacheOnModeChange, Flow):
     """Invertible 1x1 convolution ``W = Q R``.
 
     From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
@@ -69,15 +70,27 @@ class QR1x1(Flow):
         Each vector is divided by its largest magnitude before it is normalised, so tiny or
         huge vectors neither underflow nor overflow. A zero vector defines no reflection (and
         no limit: the reflection depends on its direction), so it is an error, as is a
-        non-finite one. Checking reads one value (a synchronisation on CUDA).
+        non-finite one. Checked on the CPU only: on an accelerator (reading a value would
+        synchronise the host with the device) and under ``torch.compile`` (a data-dependent
+        branch breaks the graph) such a vector makes W NaN instead.
 
         Raises:
-          torch.linalg.LinAlgError: if a reflection vector is zero or has inf/NaN entries
+          torch.linalg.LinAlgError: if a reflection vector is zero or has inf/NaN entries (CPU)
         """
         eye = torch.eye(self.num_channels, dtype=self.upper.dtype, device=self.upper.device)
         if self.num_reflections == 0:
             return eye
         largest = self.reflections.abs().amax(dim=1, keepdim=True)
+        if not (device.on_accelerator(largest) or torch.compiler.is_compiling()):
+            self._check_reflections(largest)
+        scaled = self.reflections / largest
+        u = scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+        t_inv = (u @ u.T).triu(1) + 0.5 * torch.eye(
+            self.num_reflections, dtype=u.dtype, device=u.device
+        )
+        return eye - u.T @ torch.linalg.solve_triangular(t_inv, u, upper=True)
+
+    def _check_reflections(self, largest):
         with torch.no_grad():
             usable = (largest > 0) & torch.isfinite(self.reflections).all(dim=1, keepdim=True)
         if not usable.all():
@@ -86,12 +99,6 @@ class QR1x1(Flow):
                 f"{type(self).__name__}: reflection vector {index} is zero or not finite, so it "
                 f"defines no Householder reflection; reinitialise reflections[{index}]"
             )
-        scaled = self.reflections / largest
-        u = scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
-        t_inv = (u @ u.T).triu(1) + 0.5 * torch.eye(
-            self.num_reflections, dtype=u.dtype, device=u.device
-        )
-        return eye - u.T @ torch.linalg.solve_triangular(t_inv, u, upper=True)
 
     def triangular(self) -> torch.Tensor:
         """R: (C, C) upper-triangular with diagonal exp(log_s)."""
