@@ -11,6 +11,7 @@ from ..solve import solve_autoregressive
 from .arguments import check_bool, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
 from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .precision import full_precision
 from .solver import autoregressive_solvers, check_solver, chosen_backend
 from .utils import (
     check_finite_output,
@@ -143,6 +144,7 @@ class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
     def _log_det(log_d_sum, x):
         return (log_d_sum * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
+    @full_precision
     def inverse(
         self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +163,7 @@ class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
         """
         return self.premixed_inverse(x, None)
 
+    @full_precision
     def premixed_inverse(
         self, x: torch.Tensor, premix: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,6 +214,7 @@ class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
         x_padded = F.pad(x, (0, pad, 0, pad) if self.flip else (pad, 0, pad, 0))
         return F.conv2d(x_padded, density_kernel, self.bias, dilation=dilation)
 
+    @full_precision
     def forward(
         self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

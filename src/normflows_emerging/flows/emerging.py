@@ -10,6 +10,7 @@ from torch import nn
 from .arguments import check_odd_int, check_positive_int
 from .autoregressive import SquareAutoregressiveConv2d
 from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .precision import full_precision
 from .qr import QR1x1
 from .utils import check_finite_output, check_image, empty_result, is_empty, plu_1x1_conv
 
@@ -78,6 +79,7 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
         self.causal.solver = value
         self.anticausal.solver = value
 
+    @full_precision
     def inverse(
         self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +120,7 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
         x, ld = self.anticausal.inverse(x)
         return x, log_det + ld
 
+    @full_precision
     def forward(
         self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from normflows.flows import Flow
 from torch import nn
 
 from .arguments import check_bool, check_positive_int
+from .precision import full_precision
 from .solver import check_solver, chosen_backend
 from .utils import (
     check_finite_output,
@@ -156,6 +157,7 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         shift, raw = self.conv_out(h).chunk(2, dim=1)
         return shift, torch.tanh(raw)
 
+    @full_precision
     def inverse(
         self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,6 +182,7 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         z = (x - shift) * torch.exp(-log_scale)
         return self._flip(z), -log_scale.sum(dim=(1, 2, 3))
 
+    @full_precision
     def forward(
         self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

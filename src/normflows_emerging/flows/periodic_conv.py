@@ -16,6 +16,7 @@ from torch import nn
 from ..solve import device
 from .arguments import check_bool, check_odd_int, check_positive_int
 from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .precision import full_precision
 from .utils import check_finite_output, check_image, empty_result, is_empty
 
 _METHODS = ("auto", "spatial", "fft")
@@ -242,6 +243,7 @@ class PeriodicConv2d(DropsCacheOnModeChange, Flow):
         """
         return self.kernel_size**2 > 16 * self.num_channels
 
+    @full_precision
     def inverse(
         self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,6 +280,7 @@ class PeriodicConv2d(DropsCacheOnModeChange, Flow):
             log_det = self._log_det(x)
         return z, log_det.repeat(x.shape[0])
 
+    @full_precision
     def forward(
         self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

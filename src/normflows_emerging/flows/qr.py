@@ -11,6 +11,7 @@ from ..solve import device
 from .arguments import check_int, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
 from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .precision import full_precision
 from .utils import check_finite_output, check_image, empty_result, is_empty
 
 
@@ -138,6 +139,7 @@ class QR1x1(DropsCacheOnModeChange, Flow):
         """log|det| of the density pass for inputs shaped like x: H * W * sum(log_s), (batch,)."""
         return (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
+    @full_precision
     def inverse(
         self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +162,7 @@ class QR1x1(DropsCacheOnModeChange, Flow):
             return empty_result(x)
         return F.conv2d(x, self._matrix("weight")[:, :, None, None]), self.log_det(x)
 
+    @full_precision
     def forward(
         self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
