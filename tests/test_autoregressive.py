@@ -107,3 +107,14 @@ def test_bad_inputs():
         layer.inverse(torch.ones(1, 3, 4, 4, dtype=torch.int64))
     with pytest.raises(ValueError, match="solver must be one of"):
         layer.solver = "fortran"
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_premixed_inverse_is_the_inverse_after_a_1x1_convolution(flip):
+    layer = make_layer(3, 2, flip, 2)
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    mix = torch.randn(3, 3, dtype=torch.float64)
+    y, log_det = layer.premixed_inverse(x, mix)
+    expected, expected_log_det = layer.inverse(torch.einsum("oc,bchw->bohw", mix, x))
+    torch.testing.assert_close((y, log_det), (expected, expected_log_det))
+    torch.testing.assert_close(layer.premixed_inverse(x, None), layer.inverse(x))
