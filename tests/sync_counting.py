@@ -2,8 +2,10 @@
 
 Under :class:`SyncCounter` every aten operation is seen once; those that read a device value on
 the host (``.item()``, ``bool(t)``, ``int(t)``, ``torch.equal``, ``nonzero``) are counted by
-name. :func:`accelerator_path` makes CPU tensors take the code path the layers take on a GPU,
-so the count is the one a CUDA run would have (the ops are the same; only the device differs).
+name, and so is ``lift_fresh``: a tensor made from host data (``torch.tensor(list, device=d)``),
+which on a GPU is a copy from pageable memory that the host waits for. :func:`accelerator_path`
+makes CPU tensors take the code path the layers take on a GPU, so the count is the one a CUDA
+run would have (the ops are the same; only the device differs).
 """
 
 import collections
@@ -15,7 +17,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import normflows_emerging.solve.device as device_module
 
 aten = torch.ops.aten
-SYNC_OPS = {aten._local_scalar_dense, aten.item, aten.nonzero, aten.equal, aten.is_nonzero}
+SYNC_OPS = {
+    aten._local_scalar_dense,
+    aten.item,
+    aten.nonzero,
+    aten.equal,
+    aten.is_nonzero,
+    aten.lift_fresh,
+}
 
 
 class SyncCounter(TorchDispatchMode):

@@ -31,7 +31,8 @@ from .utils import (
 )
 
 # Window taps of a causal 3x3 mask, as (row, column) kernel positions: the row above and the left
-# neighbour. The centre tap (1, 1) is handled separately, with a channel mask.
+# neighbour (tap t is (t // 3, t % 3)). The centre tap (1, 1) is handled separately, with a
+# channel mask.
 _PAST_TAPS = ((0, 0), (0, 1), (0, 2), (1, 0))
 
 
@@ -260,7 +261,10 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         x_map = z.new_zeros(batch, (height + 1) * padded_width, num_channels)
         h_map = z.new_zeros(batch, (height + 1) * padded_width, hidden)
         z_flat = z.permute(0, 2, 3, 1).reshape(batch, height * width, num_channels)
-        offsets = torch.tensor([a * padded_width + b for a, b in _PAST_TAPS], device=z.device)
+        # a * padded_width + b for the taps (a, b) = (t // 3, t % 3), made on the device: a
+        # tensor from a host list would be a copy the host waits for on a GPU
+        taps = torch.arange(len(_PAST_TAPS), device=z.device)
+        offsets = (taps // 3) * padded_width + taps % 3
         log_det = z.new_zeros(batch)
         for step in range(2 * (height - 1) + width):
             first, last = max(0, (step - width + 2) // 2), min(height - 1, step // 2)
