@@ -233,7 +233,9 @@ class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
-          torch.linalg.LinAlgError: if the solve overflows (finite z, non-finite x)
+          torch.linalg.LinAlgError: if the solve overflows (finite z, non-finite x); checked
+            on the CPU only (on a GPU reading the result would synchronise: the inf/NaN values
+            are returned, see ``docs/gpu.md``)
         """
         check_image(z, self.num_channels, type(self).__name__, self.weight)
         if is_empty(z):

@@ -96,7 +96,7 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
           torch.linalg.LinAlgError: if a reflection vector of the QR 1x1 layer is zero or not
-            finite
+            finite (CPU only, see :meth:`QR1x1.orthogonal`)
         """
         check_image(x, self.num_channels, type(self).__name__, self.causal.weight)
         if is_empty(x):
@@ -137,7 +137,9 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
-          torch.linalg.LinAlgError: if a step turns finite values into inf/NaN
+          torch.linalg.LinAlgError: if a step turns finite values into inf/NaN; checked on the
+            CPU only (on a GPU reading the result would synchronise: the inf/NaN values are
+            returned, see ``docs/gpu.md``)
         """
         check_image(z, self.num_channels, type(self).__name__, self.causal.weight)
         if is_empty(z):

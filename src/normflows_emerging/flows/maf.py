@@ -210,7 +210,8 @@ class MaskedAffineAutoregressiveConv2d(Flow):
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
-          torch.linalg.LinAlgError: if the solve turns a finite z into inf/NaN values
+          torch.linalg.LinAlgError: if the solve turns a finite z into inf/NaN values; checked
+            on the CPU only (on a GPU the values are returned, see ``docs/gpu.md``)
         """
         backend = "naive" if chosen_backend(self.solver) == "naive" else "fast"
         check_image(z, self.num_channels, type(self).__name__, self.conv_in.weight)

@@ -155,7 +155,8 @@ class QR1x1(DropsCacheOnModeChange, Flow):
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
-          torch.linalg.LinAlgError: if a reflection vector is zero or not finite
+          torch.linalg.LinAlgError: if a reflection vector is zero or not finite (CPU only, see
+            :meth:`orthogonal`)
         """
         check_image(x, self.num_channels, type(self).__name__, self.upper)
         if is_empty(x):
@@ -179,7 +180,8 @@ class QR1x1(DropsCacheOnModeChange, Flow):
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
           torch.linalg.LinAlgError: if applying W^-1 overflows (finite z, non-finite output) or
-            a reflection vector is zero or not finite
+            a reflection vector is zero or not finite; checked on the CPU only (on a GPU the
+            inf/NaN values are returned, see ``docs/gpu.md``)
         """
         check_image(z, self.num_channels, type(self).__name__, self.upper)
         if is_empty(z):
