@@ -134,3 +134,21 @@ def test_gpu_path_cache_misses_writes_through_data_until_the_mode_is_set(name):
         assert not torch.allclose(layer(z)[0], fresh[0])  # served from the stale cache
         layer.eval()
         torch.testing.assert_close(layer(z), fresh)
+
+
+def test_class_conditional_sample_reads_the_labels_once():
+    """Given labels are range-checked with one read, then the samples' one finiteness check."""
+
+    def make_step(channels):
+        return Chain([glow_coupling(channels, 8), build_mixing("emerging", channels)])
+
+    flow = build_glow((3, 16, 16), 2, 1, make_step, num_classes=3).eval()
+    labels = torch.tensor([0, 2, 1])
+    with torch.no_grad(), accelerator_path(), use_backend("torch"):
+        flow.sample(2)
+        with SyncCounter() as drawn:
+            flow.sample(2)
+        with SyncCounter() as given:
+            flow.sample(y=labels)
+    assert drawn.total_syncs == 1, drawn.syncs
+    assert given.total_syncs == 2, given.syncs
