@@ -80,10 +80,14 @@ def model(mixing, **kwargs):
     return flow
 
 
-@pytest.mark.parametrize("mixing", ["emerging", "periodic", "qr", "maf"])
-def test_model_sample_syncs_once(mixing):
+@pytest.mark.parametrize(
+    "mixing, kwargs",
+    [("emerging", {}), ("periodic", {}), ("qr", {}), ("maf", {"maf_hidden_channels": 8})],
+    ids=["emerging", "periodic", "qr", "maf"],
+)
+def test_model_sample_syncs_once(mixing, kwargs):
     """One finiteness check per ImageMultiscaleFlow.sample call, nothing per layer."""
-    flow = model(mixing)
+    flow = model(mixing, **kwargs)
     with torch.no_grad(), accelerator_path(), use_backend("torch"):
         flow.sample(2)
         with SyncCounter() as counter:
