@@ -99,7 +99,7 @@ def full_precision(method):
         if not isinstance(x, torch.Tensor):
             return method(self, x, *args, **kwargs)
         kind = "cpu" if x.is_cpu else x.device.type
-        if torch.is_autocast_enabled(kind):
+        if _autocast_enabled(kind):
             with torch.autocast(kind, enabled=False):
                 if x.dtype in _LOWER_PRECISION:
                     x = x.to(_parameter_dtype(self, x))
@@ -107,6 +107,14 @@ def full_precision(method):
         return _exact(method, self, x, *args, **kwargs)
 
     return call
+
+
+def _autocast_enabled(kind: str) -> bool:
+    """Whether autocast is on for the device type (False for types autocast has not, "meta")."""
+    try:
+        return torch.is_autocast_enabled(kind)
+    except RuntimeError:
+        return False
 
 
 def _exact(method, self, x, *args, **kwargs):
