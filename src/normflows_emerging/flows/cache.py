@@ -11,8 +11,9 @@ class ValueKeyedCache:
 
     Freshness is decided without reading device values, so a lookup never synchronises with a
     GPU. Each watched tensor is remembered by a detached alias that the cache holds (so its
-    storage stays allocated and no new tensor can take its address), its data pointer, shape,
-    strides, dtype and device, and its version counter (shared with the alias). That sees:
+    storage stays allocated and no new tensor can take its address; CPU and CUDA memory share
+    one address space), its data pointer, shape, strides and dtype, and its version counter
+    (shared with the alias). That sees:
 
     * in-place changes of the tensor (``p.copy_``, ``p.lerp_``, optimiser steps,
       ``load_state_dict``, in-place changes of a constant buffer), which bump the version;
@@ -85,7 +86,7 @@ class _Watch:
         alias = tensor.detach()  # shares storage and version counter; held: the address stays
         self.alias = alias
         self.pointer = alias.data_ptr()
-        self.layout = (alias.shape, alias.stride(), alias.dtype, alias.get_device())
+        self.layout = (alias.shape, alias.stride(), alias.dtype)
         inference = alias.is_inference()
         self.version = None if inference else alias._version
         self.view = self.values = None
@@ -98,7 +99,7 @@ class _Watch:
         """Whether ``tensor`` is the remembered tensor, unchanged (reads no device value)."""
         if tensor.data_ptr() != self.pointer:
             return False
-        if (tensor.shape, tensor.stride(), tensor.dtype, tensor.get_device()) != self.layout:
+        if (tensor.shape, tensor.stride(), tensor.dtype) != self.layout:
             return False
         if self.version is not None and tensor._version != self.version:
             return False

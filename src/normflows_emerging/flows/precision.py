@@ -99,12 +99,12 @@ def full_precision(method):
         if not isinstance(x, torch.Tensor):
             return method(self, x, *args, **kwargs)
         kind = "cpu" if x.is_cpu else x.device.type
-        if _autocast_enabled(kind):
-            with torch.autocast(kind, enabled=False):
-                if x.dtype in _LOWER_PRECISION:
-                    x = x.to(_parameter_dtype(self, x))
-                return _exact(method, self, x, *args, **kwargs)
-        return _exact(method, self, x, *args, **kwargs)
+        if not _autocast_enabled(kind):
+            return _exact(method, self, x, *args, **kwargs)
+        with torch.autocast(kind, enabled=False):
+            if x.dtype in _LOWER_PRECISION:
+                x = x.to(_parameter_dtype(self, x))
+            return _exact(method, self, x, *args, **kwargs)
 
     return call
 
