@@ -28,7 +28,7 @@ import time
 import torch
 
 from machine import cpu_model
-from normflows_emerging import SquareAutoregressiveConv2d, _solve, inverse_backend
+from normflows_emerging import SquareAutoregressiveConv2d, _solve, inverse_backend, use_backend
 from normflows_emerging.solve import solve_autoregressive
 from timing import benchmark, print_table, write_json
 
@@ -42,6 +42,12 @@ NAIVE_CASE = (48, 4, 2, 1)
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def sample_with(layer, y, backend):
+    """The layer's sampling pass with the solve ``backend``."""
+    with use_backend(backend):
+        return layer(y)
 
 
 def timed(contenders, threads, rounds, min_run_time, clock="wall"):
@@ -119,14 +125,14 @@ def main():
             for threads in thread_counts:
                 contenders = {
                     "conv": functools.partial(layer.inverse, x),
-                    "compiled": functools.partial(layer, y, backend="compiled"),
+                    "compiled": functools.partial(sample_with, layer, y, "compiled"),
                     "solve": functools.partial(solve_autoregressive, rhs, kernel, 1, "compiled"),
                     "solve64": functools.partial(
                         solve_autoregressive, rhs64, kernel64, 1, "compiled"
                     ),
                 }
                 if threads == 1:
-                    contenders["torch"] = functools.partial(layer, y, backend="torch")
+                    contenders["torch"] = functools.partial(sample_with, layer, y, "torch")
                 times, per_round = timed(
                     contenders, threads, args.rounds, args.min_time, args.clock
                 )
@@ -145,7 +151,7 @@ def main():
                 if threads == 1 and (channels, side, size, batch) == NAIVE_CASE:
                     naive = benchmark.Timer(
                         "fn()",
-                        globals={"fn": functools.partial(layer, y, backend="naive")},
+                        globals={"fn": functools.partial(sample_with, layer, y, "naive")},
                         num_threads=1,
                     ).timeit(1)
                     row["naive_ms"] = 1e3 * naive.median

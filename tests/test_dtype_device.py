@@ -68,7 +68,10 @@ def test_chain_sums_log_dets_in_the_input_dtype_unlike_composite():
     assert composite_log_det.dtype == torch.float32
 
 
-def test_chain_takes_no_keyword_arguments():
+def test_chain_takes_normflows_signature_only():
     chain = Chain([SquareAutoregressiveConv2d(2)])
+    x = torch.randn(1, 2, 3, 3)
+    torch.testing.assert_close(chain(x, None), chain(x))
+    torch.testing.assert_close(chain.inverse(x, None), chain.inverse(x))
     with pytest.raises(TypeError, match="backend"):
-        chain(torch.randn(1, 2, 3, 3), backend="naive")
+        chain(x, backend="naive")

@@ -158,11 +158,14 @@ class GlowStep(nf.flows.Flow):
                     f"finite, got inf or NaN values"
                 )
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, z: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction.
 
         Args:
           z: tensor of shape (batch, channels, height, width)
+          context: ignored (normflows' signature; the step is not conditional)
 
         Returns:
           x and log|det dx/dz| of shape (batch,)
@@ -177,11 +180,14 @@ class GlowStep(nf.flows.Flow):
             log_det = log_det + part
         return z, log_det
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction.
 
         Args:
           x: tensor of shape (batch, channels, height, width)
+          context: ignored (normflows' signature; the step is not conditional)
 
         Returns:
           z and log|det dz/dx| of shape (batch,)

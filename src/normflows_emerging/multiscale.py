@@ -36,7 +36,10 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
 
     The value checks (finiteness, label range) read one value per tensor: on CUDA that is a
     synchronisation per call, accepted because a NaN batch or an out-of-range label otherwise
-    corrupts the model or gives a device-side assert far from its cause.
+    corrupts the model or gives a device-side assert far from its cause. Under ``torch.compile``
+    they are skipped (each would break the graph); shapes, dtypes and devices are still checked.
+    ``sample`` reads one value per call (its finiteness check); the layers of this package read
+    none on a GPU.
     """
 
     def __init__(
@@ -91,7 +94,7 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             )
         if x.shape[0] == 0:
             raise ValueError(f"model expects a batch of at least one example, got empty {what}")
-        if not torch.isfinite(x).all():
+        if not torch.compiler.is_compiling() and not torch.isfinite(x).all():
             raise ValueError(f"model expects finite {what}, got inf or NaN values")
 
     def _check_labels(self, y: Any, batch: int | None) -> None:
@@ -125,7 +128,11 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         device = next(self.parameters(), y).device
         if y.device != device:
             raise ValueError(f"model has parameters on {device} but got labels y on {y.device}")
-        if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
+        if (
+            not torch.compiler.is_compiling()
+            and y.numel()
+            and bool(((y < 0) | (y >= self.num_classes)).any())  # one read of a device value
+        ):
             raise ValueError(
                 f"class labels y must lie in [0, {self.num_classes}), got values from "
                 f"{int(y.min())} to {int(y.max())}"

@@ -10,7 +10,8 @@ from torch import nn
 from ..solve import solve_autoregressive
 from .arguments import check_bool, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
-from .cache import ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .precision import full_precision
 from .solver import autoregressive_solvers, check_solver, chosen_backend
 from .utils import (
     check_finite_output,
@@ -21,7 +22,7 @@ from .utils import (
 )
 
 
-class SquareAutoregressiveConv2d(Flow):
+class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
     """Invertible masked square convolution (one half of an emerging convolution).
 
     From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
@@ -143,20 +144,40 @@ class SquareAutoregressiveConv2d(Flow):
     def _log_det(log_d_sum, x):
         return (log_d_sum * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
+    @full_precision
     def inverse(
-        self, x: torch.Tensor, premix: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: the masked convolution.
 
         Args:
           x: tensor of shape (batch, C, H, W), the layer's dtype and device
-          premix: optional (C, C) matrix M of a 1x1 convolution to apply to x first. It is
-            folded into the kernel (zero padding commutes with M), so ``inverse(x, M)`` equals
-            ``inverse(M x)`` with one convolution less; the returned log_det is still this
-            layer's alone.
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           y of the same shape and log|det dy/dx| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+        """
+        return self.premixed_inverse(x, None)
+
+    @full_precision
+    def premixed_inverse(
+        self, x: torch.Tensor, premix: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction after a 1x1 convolution: ``inverse(M x)`` with one convolution less.
+
+        Args:
+          x: tensor of shape (batch, C, H, W), the layer's dtype and device
+          premix: (C, C) matrix M of a 1x1 convolution applied to x first, or None (then this is
+            :meth:`inverse`). It is folded into the kernel (zero padding commutes with M); the
+            returned log_det is still this layer's alone. :class:`EmergingConv2d` folds its QR
+            1x1 layer in this way.
+
+        Returns:
+          y of the same shape and log|det dy/d(Mx)| of shape (batch,)
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
@@ -172,7 +193,7 @@ class SquareAutoregressiveConv2d(Flow):
     ) -> torch.Tensor:
         """The filter :meth:`convolve` applies: ``kernel`` (from :meth:`causal_kernel`) reversed
         in all four axes for ``flip=True``, with the (C, C) matrix ``premix`` folded into its
-        input channels (see :meth:`inverse`)."""
+        input channels (see :meth:`premixed_inverse`)."""
         if self.flip:
             kernel = kernel.flip(0, 1, 2, 3)
         if premix is not None:
@@ -193,35 +214,38 @@ class SquareAutoregressiveConv2d(Flow):
         x_padded = F.pad(x, (0, pad, 0, pad) if self.flip else (pad, 0, pad, 0))
         return F.conv2d(x_padded, density_kernel, self.bias, dilation=dilation)
 
+    @full_precision
     def forward(
-        self, z: torch.Tensor, backend: str | None = None
+        self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve the convolution by forward substitution.
 
+        The solve is the layer's ``solver``, or the one of :func:`normflows_emerging.use_backend`
+        around the call.
+
         Args:
           z: tensor of shape (batch, C, H, W), the layer's dtype and device
-          backend: ``"compiled"``, ``"torch"``, ``"naive"`` for this call only; None: the one of
-            :func:`normflows_emerging.use_backend` if active, else the layer's ``solver``
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           x of the same shape and log|det dx/dz| (= -log|det dz/dx|) of shape (batch,)
 
         Raises:
-          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
-            unknown backend
-          torch.linalg.LinAlgError: if the solve overflows (finite z, non-finite x)
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if the solve overflows (finite z, non-finite x); checked
+            on the CPU only (on a GPU reading the result would synchronise: the inf/NaN values
+            are returned, see ``docs/gpu.md``)
         """
         check_image(z, self.num_channels, type(self).__name__, self.weight)
         if is_empty(z):
             return empty_result(z)
         kernel, log_d_sum = self._kernel_and_log_d_sum()
-        x = self.solve(z, kernel, backend)
+        x = self.solve(z, kernel)
         check_finite_output(x, z, type(self).__name__)
         return x, -self._log_det(log_d_sum, z)
 
-    def solve(
-        self, z: torch.Tensor, kernel: torch.Tensor, backend: str | None = None
-    ) -> torch.Tensor:
+    def solve(self, z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """The sampling direction's x for a kernel assembled by the caller, without the checks.
 
         For callers that have checked ``z`` (a non-empty (batch, C, H, W) tensor of the layer's
@@ -230,12 +254,11 @@ class SquareAutoregressiveConv2d(Flow):
         Args:
           z: the layer's output
           kernel: ``causal_kernel()``, or a copy computed from the same parameter values
-          backend: as in :meth:`forward`
         """
         rhs = z - self.bias.view(-1, 1, 1)
         if self.flip:
             rhs = rhs.flip(1, 2, 3)
-        x = solve_autoregressive(rhs, kernel, self.dilation, chosen_backend(self.solver, backend))
+        x = solve_autoregressive(rhs, kernel, self.dilation, chosen_backend(self.solver))
         return x.flip(1, 2, 3) if self.flip else x
 
     def extra_repr(self):

@@ -1,31 +1,44 @@
-"""Results derived from parameters, reused while the parameters keep the same values."""
+"""Results derived from parameters, reused while the parameters stay unchanged."""
 
 import torch
 import torch.autograd.forward_ad as forward_ad
 
+from ..solve import device
+
 
 class ValueKeyedCache:
-    """Per-key dictionaries that are dropped as soon as the watched tensors change value.
+    """Per-key dictionaries that are dropped as soon as the watched tensors change.
 
-    The key is the values themselves: a copy of the tensors, compared bit for bit on every lookup
-    (CPU tensors as bytes, about 3x faster than ``torch.equal`` on float tensors; others with
-    ``torch.equal``, which also misses on NaN, so NaN values are recomputed, never served).
-    Version counters and storage addresses miss ``p.data = t``, ``p.data.copy_(t)`` and a freed
-    address taken by the next tensor; values miss nothing.
+    Freshness is decided without reading device values, so a lookup never synchronises with a
+    GPU. Each watched tensor is remembered by a detached alias that the cache holds (so its
+    storage stays allocated and no new tensor can take its address; CPU and CUDA memory share
+    one address space), its data pointer, shape, strides and dtype, and its version counter
+    (shared with the alias). That sees:
 
-    Constant buffers (masks that follow from the constructor's arguments) may be watched more
-    cheaply, by identity and version counter: that sees in-place changes, replacement and
-    ``module.to()``, not writes through ``.data`` (which nothing should make to a constant).
-    Inference tensors (a layer built or converted under ``torch.inference_mode``) have no
-    version counter: those are watched by value like the parameters.
+    * in-place changes of the tensor (``p.copy_``, ``p.lerp_``, optimiser steps,
+      ``load_state_dict``, in-place changes of a constant buffer), which bump the version;
+    * replacement (``p.data = t``, ``vector_to_parameters``, ``module.to()``, a new buffer),
+      which changes the data pointer, never back to the old one while the alias is held.
+
+    Writes through ``.data`` (``p.data.copy_(t)``, ``p.data.add_(t)``) bump no counter that
+    the parameter shares. CPU tensors of the ``tensors`` argument are therefore also compared
+    value by value, as bytes (a memory read; about 3x faster than ``torch.equal`` on float
+    tensors), which catches these writes too. On an accelerator (see
+    :func:`normflows_emerging.solve.device.on_accelerator`) values are not compared: there a
+    write through ``.data``, or an in-place change of an inference tensor (which has no version
+    counter) inside ``torch.inference_mode``, is NOT seen. After such a write call the layer's
+    ``train()`` or ``eval()``: every layer with a cache drops it when its mode is set.
+
+    Constant buffers (``constants``: masks that follow from the constructor's arguments) are
+    watched by identity and version only, also on the CPU (nothing should write to a constant
+    through ``.data``); inference tensors among them are compared by value on the CPU.
 
     Pickling or copying a cache gives an empty one (identities mean nothing in another
     process, and cached results do not belong in a saved model).
     """
 
     def __init__(self):
-        self._snapshot = None
-        self._constants = []
+        self._watches = None
         self._entries = {}
 
     def __getstate__(self):
@@ -36,8 +49,7 @@ class ValueKeyedCache:
 
     def clear(self) -> None:
         """Forget everything."""
-        self._snapshot = None
-        self._constants = []
+        self._watches = None
         self._entries.clear()
 
     def entry(self, tensors, key, constants=()) -> dict:
@@ -51,40 +63,48 @@ class ValueKeyedCache:
         Callers fill the dictionary with one ``update`` of all the keys they compute together:
         other threads sharing the layer may read it in between.
         """
-        fingerprints = [_fingerprint(t) for t in tensors]
-        fingerprints += [
-            _fingerprint(t) if t.is_inference() else (id(t), t._version) for t in constants
-        ]
-        if not self._holds(fingerprints):
+        watched = list(tensors) + list(constants)
+        if not self._holds(watched):
             self._entries.clear()
-            self._snapshot = fingerprints
-            self._constants = list(constants)  # held, so no other tensor can take their ids
+            by_value = [True] * len(tensors) + [False] * len(constants)
+            self._watches = [_Watch(t, values) for t, values in zip(watched, by_value)]
         return self._entries.setdefault(key, {})
 
-    def _holds(self, fingerprints) -> bool:
-        if self._snapshot is None or len(self._snapshot) != len(fingerprints):
+    def _holds(self, watched) -> bool:
+        watches = self._watches
+        if watches is None or len(watches) != len(watched):
             return False
-        for old, new in zip(self._snapshot, fingerprints):
-            if isinstance(new, tuple):
-                if not (isinstance(old, tuple) and old == new):
-                    return False
-            elif not (
-                isinstance(old, torch.Tensor)
-                and old.shape == new.shape
-                and old.dtype == new.dtype
-                and old.device == new.device
-                and torch.equal(old, new)
-            ):
-                return False
-        return True
+        return all(watch.sees_unchanged(t) for watch, t in zip(watches, watched))
 
 
-def _fingerprint(tensor: torch.Tensor):
-    """CPU tensors: (shape, dtype, values as bytes); others: a detached copy."""
-    tensor = tensor.detach()
-    if tensor.is_cpu and tensor.dtype in _NUMPY_DTYPES:
-        return tensor.shape, tensor.dtype, tensor.numpy().tobytes()
-    return tensor.clone()
+class _Watch:
+    """What a cache remembers of one tensor; see :class:`ValueKeyedCache`."""
+
+    __slots__ = ("alias", "pointer", "layout", "version", "view", "values")
+
+    def __init__(self, tensor: torch.Tensor, by_value: bool):
+        alias = tensor.detach()  # shares storage and version counter; held: the address stays
+        self.alias = alias
+        self.pointer = alias.data_ptr()
+        self.layout = (alias.shape, alias.stride(), alias.dtype)
+        inference = alias.is_inference()
+        self.version = None if inference else alias._version
+        self.view = self.values = None
+        by_value = (by_value or inference) and alias.dtype in _NUMPY_DTYPES
+        if by_value and not device.on_accelerator(alias):
+            self.view = alias.numpy()  # a view of the same memory as the tensor
+            self.values = self.view.tobytes()
+
+    def sees_unchanged(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is the remembered tensor, unchanged (reads no device value)."""
+        if tensor.data_ptr() != self.pointer:
+            return False
+        if (tensor.shape, tensor.stride(), tensor.dtype) != self.layout:
+            return False
+        if self.version is not None and tensor._version != self.version:
+            return False
+        # same memory as the alias, so its numpy view reads the tensor's current values
+        return self.values is None or self.view.tobytes() == self.values
 
 
 _NUMPY_DTYPES = frozenset(
@@ -121,3 +141,12 @@ def _carry_derivatives_or_batches(tensors) -> bool:
     return forward_ad._current_level >= 0 and any(
         forward_ad.unpack_dual(t).tangent is not None for t in tensors
     )
+
+
+class DropsCacheOnModeChange:
+    """Mixin for a module that holds a :class:`ValueKeyedCache` as ``_cache``: ``train()`` and
+    ``eval()`` drop it (the way to refresh it after a write the cache cannot see, see there)."""
+
+    def train(self, mode: bool = True):
+        self._cache.clear()
+        return super().train(mode)

@@ -1,5 +1,7 @@
 """Composition of flows that keeps the log-determinant on the input's device and dtype."""
 
+from __future__ import annotations
+
 import torch
 from normflows.flows import Flow
 from torch import nn
@@ -16,8 +18,9 @@ class Chain(Flow):
     ``torch.zeros(batch)``, a float32 CPU tensor: that fails for CUDA inputs and rounds float64
     log-dets to float32. Here the sum lives on the input's device and dtype.
 
-    ``forward`` and ``inverse`` take no keyword arguments (normflows' containers pass none):
-    choose a layer's solve with its ``solver`` attribute or :func:`normflows_emerging.use_backend`.
+    ``forward`` and ``inverse`` take normflows' signature; the ``context`` they accept is ignored
+    and not passed on (normflows' containers pass none). Choose a layer's solve with its
+    ``solver`` attribute or :func:`normflows_emerging.use_backend`.
     """
 
     def __init__(self, flows):
@@ -37,11 +40,12 @@ class Chain(Flow):
         sizes = [getattr(flow, "min_image_size", None) for flow in self.flows]
         return max([1] + [size for size in sizes if size is not None])
 
-    def forward(self, z: torch.Tensor):
+    def forward(self, z: torch.Tensor, context: torch.Tensor | None = None):
         """Sampling direction.
 
         Args:
           z: latent tensor, shape (batch, ...)
+          context: ignored (normflows' signature, see the class docstring)
 
         Returns:
           x and log|det dx/dz| of shape (batch,)
@@ -52,11 +56,12 @@ class Chain(Flow):
             log_det = log_det + ld
         return z, log_det
 
-    def inverse(self, x: torch.Tensor):
+    def inverse(self, x: torch.Tensor, context: torch.Tensor | None = None):
         """Density direction.
 
         Args:
           x: data tensor, shape (batch, ...)
+          context: ignored (normflows' signature, see the class docstring)
 
         Returns:
           z and log|det dz/dx| of shape (batch,)

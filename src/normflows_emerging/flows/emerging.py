@@ -9,14 +9,15 @@ from torch import nn
 
 from .arguments import check_odd_int, check_positive_int
 from .autoregressive import SquareAutoregressiveConv2d
-from .cache import ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .precision import full_precision
 from .qr import QR1x1
 from .utils import check_finite_output, check_image, empty_result, is_empty, plu_1x1_conv
 
 ONE_BY_ONE_CHOICES = ("qr", "plu", "none")
 
 
-class EmergingConv2d(Flow):
+class EmergingConv2d(DropsCacheOnModeChange, Flow):
     """Invertible k x k convolution that emerges from two (k+1)/2 autoregressive convolutions.
 
     From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
@@ -78,11 +79,16 @@ class EmergingConv2d(Flow):
         self.causal.solver = value
         self.anticausal.solver = value
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @full_precision
+    def inverse(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction.
 
         Args:
           x: tensor of shape (batch, C, H, W), the layer's dtype and device
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           y of the same shape and log|det dy/dx| of shape (batch,)
@@ -90,7 +96,7 @@ class EmergingConv2d(Flow):
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
           torch.linalg.LinAlgError: if a reflection vector of the QR 1x1 layer is zero or not
-            finite
+            finite (CPU only, see :meth:`QR1x1.orthogonal`)
         """
         check_image(x, self.num_channels, type(self).__name__, self.causal.weight)
         if is_empty(x):
@@ -103,7 +109,7 @@ class EmergingConv2d(Flow):
         if isinstance(self.one_by_one, QR1x1):  # folded into the causal kernel: one conv less
             log_det = self.one_by_one.log_det(x)
             # the cached W itself in eval mode: the einsum that folds it in does not change it
-            x, ld = self.causal.inverse(x, premix=self.one_by_one._matrix("weight"))
+            x, ld = self.causal.premixed_inverse(x, self.one_by_one._matrix("weight"))
         else:
             log_det = x.new_zeros(x.shape[0])
             if self.one_by_one is not None:
@@ -114,36 +120,40 @@ class EmergingConv2d(Flow):
         x, ld = self.anticausal.inverse(x)
         return x, log_det + ld
 
+    @full_precision
     def forward(
-        self, z: torch.Tensor, backend: str | None = None
+        self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sampling direction.
+        """Sampling direction. Both solves use the layer's ``solver``, or the one of
+        :func:`normflows_emerging.use_backend` around the call.
 
         Args:
           z: tensor of shape (batch, C, H, W), the layer's dtype and device
-          backend: solve backend of both autoregressive layers for this call only (None: as in
-            :meth:`SquareAutoregressiveConv2d.forward`)
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           x of the same shape and log|det dx/dz| of shape (batch,)
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
-          torch.linalg.LinAlgError: if a step turns finite values into inf/NaN
+          torch.linalg.LinAlgError: if a step turns finite values into inf/NaN; checked on the
+            CPU only (on a GPU reading the result would synchronise: the inf/NaN values are
+            returned, see ``docs/gpu.md``)
         """
         check_image(z, self.num_channels, type(self).__name__, self.causal.weight)
         if is_empty(z):
             return empty_result(z)
         plan = self._plan()
         if plan is not None:
-            x = self.anticausal.solve(z, plan["anticausal_kernel"], backend)
-            x = self.causal.solve(x, plan["causal_kernel"], backend)
+            x = self.anticausal.solve(z, plan["anticausal_kernel"])
+            x = self.causal.solve(x, plan["causal_kernel"])
             if plan["weight_inverse"] is not None:
                 x = F.conv2d(x, plan["weight_inverse"])
             check_finite_output(x, z, type(self).__name__)
             return x, (plan["log_det_per_pixel"] * (-z.shape[2] * z.shape[3])).expand(z.shape[0])
-        z, log_det = self.anticausal(z, backend=backend)
-        z, ld = self.causal(z, backend=backend)
+        z, log_det = self.anticausal(z)
+        z, ld = self.causal(z)
         log_det = log_det + ld
         if self.one_by_one is not None:
             x, ld = self.one_by_one(z)

@@ -20,6 +20,7 @@ from normflows.flows import Flow
 from torch import nn
 
 from .arguments import check_bool, check_positive_int
+from .precision import full_precision
 from .solver import check_solver, chosen_backend
 from .utils import (
     check_finite_output,
@@ -30,7 +31,8 @@ from .utils import (
 )
 
 # Window taps of a causal 3x3 mask, as (row, column) kernel positions: the row above and the left
-# neighbour. The centre tap (1, 1) is handled separately, with a channel mask.
+# neighbour (tap t is (t // 3, t % 3)). The centre tap (1, 1) is handled separately, with a
+# channel mask.
 _PAST_TAPS = ((0, 0), (0, 1), (0, 2), (1, 0))
 
 
@@ -156,11 +158,16 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         shift, raw = self.conv_out(h).chunk(2, dim=1)
         return shift, torch.tanh(raw)
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @full_precision
+    def inverse(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction, one pass of the network.
 
         Args:
           x: data, shape (batch, num_channels, height, width), the layer's dtype and device
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           z of the same shape, and log|det dz/dx| = -sum of the log-scales, shape (batch,)
@@ -176,8 +183,9 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         z = (x - shift) * torch.exp(-log_scale)
         return self._flip(z), -log_scale.sum(dim=(1, 2, 3))
 
+    @full_precision
     def forward(
-        self, z: torch.Tensor, backend: str | None = None
+        self, z: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve for x element by element.
 
@@ -187,27 +195,25 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         window contributions are computed once; then each channel costs one pass of the network
         restricted to those pixels and to the hidden units of that channel and the ones before it,
         updating the first hidden layer with the channel just solved.
-        ``"naive"`` reruns the whole network once per element (the baseline).
+        ``"naive"`` reruns the whole network once per element (the baseline). Which one runs: as
+        chosen by ``normflows_emerging.use_backend`` if active (``"naive"`` for ``"naive"``, so
+        whole models switch to their reference solves together, else ``"fast"``), else the
+        layer's ``solver``.
 
         Args:
           z: latent, shape (batch, num_channels, height, width), the layer's dtype and device
-          backend: ``"fast"`` or ``"naive"`` for this call only; None: as chosen by
-            ``normflows_emerging.use_backend`` if active (``"naive"`` for ``"naive"``, so whole
-            models switch to their reference solves together, else ``"fast"``), else the
-            layer's ``solver``
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           x of the same shape, and log|det dx/dz| = sum of the log-scales, shape (batch,)
 
         Raises:
-          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
-            unknown backend
-          torch.linalg.LinAlgError: if the solve turns a finite z into inf/NaN values
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
+          torch.linalg.LinAlgError: if the solve turns a finite z into inf/NaN values; checked
+            on the CPU only (on a GPU the values are returned, see ``docs/gpu.md``)
         """
-        if backend is not None and backend not in self.backends:
-            raise ValueError(f"unknown backend {backend!r}, choose one of {self.backends}")
-        backend = chosen_backend(self.solver, backend)
-        backend = "naive" if backend == "naive" else "fast"
+        backend = "naive" if chosen_backend(self.solver) == "naive" else "fast"
         check_image(z, self.num_channels, type(self).__name__, self.conv_in.weight)
         if is_empty(z):
             return empty_result(z)
@@ -256,7 +262,10 @@ class MaskedAffineAutoregressiveConv2d(Flow):
         x_map = z.new_zeros(batch, (height + 1) * padded_width, num_channels)
         h_map = z.new_zeros(batch, (height + 1) * padded_width, hidden)
         z_flat = z.permute(0, 2, 3, 1).reshape(batch, height * width, num_channels)
-        offsets = torch.tensor([a * padded_width + b for a, b in _PAST_TAPS], device=z.device)
+        # a * padded_width + b for the taps (a, b) = (t // 3, t % 3), made on the device: a
+        # tensor from a host list would be a copy the host waits for on a GPU
+        taps = torch.arange(len(_PAST_TAPS), device=z.device)
+        offsets = (taps // 3) * padded_width + taps % 3
         log_det = z.new_zeros(batch)
         for step in range(2 * (height - 1) + width):
             first, last = max(0, (step - width + 2) // 2), min(height - 1, step // 2)

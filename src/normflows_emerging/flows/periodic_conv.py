@@ -6,13 +6,17 @@ sum of ``log|det K̂(u, v)|`` over the H x W frequencies and its inverse multipl
 (Hoogeboom et al. 2019, section 3.2).
 """
 
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
 
+from ..solve import device
 from .arguments import check_bool, check_odd_int, check_positive_int
-from .cache import ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .precision import full_precision
 from .utils import check_finite_output, check_image, empty_result, is_empty
 
 _METHODS = ("auto", "spatial", "fft")
@@ -27,7 +31,7 @@ MAX_RELATIVE_ERROR = 1e-3
 MAX_REAL_PRODUCT_BATCH = 16
 
 
-class PeriodicConv2d(Flow):
+class PeriodicConv2d(DropsCacheOnModeChange, Flow):
     """Invertible periodic (circular) convolution with an unconstrained C x C x k x k kernel.
 
     From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
@@ -43,25 +47,32 @@ class PeriodicConv2d(Flow):
     accurate in float32 training.
 
     In eval mode, when no gradient with respect to the kernel is being recorded, the layer keeps
-    ``log|det|`` and K̂⁻¹ per input size, device and dtype, for as long as the kernel keeps its
-    values (compared value by value on every call, so no way of changing it is missed); the cache
-    is dropped when the module goes back to training.
+    ``log|det|`` and K̂⁻¹ per input size, device and dtype, for as long as the kernel is unchanged
+    (see :class:`~normflows_emerging.flows.cache.ValueKeyedCache` for what it sees without
+    reading GPU values); the cache is dropped whenever the module's mode is set (``train()``,
+    ``eval()``).
     """
 
-    def __init__(self, num_channels: int, kernel_size: int = 3, bias: bool = True):
+    def __init__(
+        self, num_channels: int, kernel_size: int = 3, bias: bool = True, method: str = "auto"
+    ):
         """Constructor
 
         Args:
           num_channels: number of channels C of the data
           kernel_size: odd kernel size k (1, 3, 5, ...); images must be at least k x k
           bias: whether to add a learnable per-channel bias
+          method: how the density direction convolves: ``"spatial"`` (circular padding +
+            conv2d), ``"fft"`` (product in the Fourier domain) or ``"auto"`` (whichever is
+            expected to be faster for the shape); all give the same result. Also settable later
+            as the ``method`` attribute.
 
         The kernel is initialised near the identity: centre tap a random orthogonal matrix, the
         other taps small Gaussian noise, so that no frequency matrix starts singular.
 
         Raises:
           ValueError: unless the channel count is a positive int and the kernel size an odd
-            int >= 1 (bools refused, numpy ints accepted)
+            int >= 1 (bools refused, numpy ints accepted), or for an unknown method
           TypeError: if ``bias`` is not a bool
         """
         super().__init__()
@@ -70,6 +81,7 @@ class PeriodicConv2d(Flow):
         bias = check_bool("bias", bias)
         self.num_channels = num_channels
         self.kernel_size = kernel_size
+        self.method = method
         centre = kernel_size // 2
         weight = torch.randn(num_channels, num_channels, kernel_size, kernel_size)
         weight *= 0.01 / (kernel_size * num_channels**0.5)
@@ -79,6 +91,17 @@ class PeriodicConv2d(Flow):
         self._cache = ValueKeyedCache()
 
     @property
+    def method(self) -> str:
+        """How the density direction convolves (see the constructor)."""
+        return self._method
+
+    @method.setter
+    def method(self, value: str) -> None:
+        if value not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {value!r}")
+        self._method = value
+
+    @property
     def min_image_size(self) -> int:
         """Smallest image height and width the layer takes: its kernel size."""
         return self.kernel_size
@@ -86,12 +109,8 @@ class PeriodicConv2d(Flow):
     def extra_repr(self):
         return (
             f"num_channels={self.num_channels}, kernel_size={self.kernel_size}, "
-            f"bias={self.bias is not None}"
+            f"bias={self.bias is not None}, method={self.method!r}"
         )
-
-    def train(self, mode=True):
-        self._cache.clear()
-        return super().train(mode)
 
     def _check(self, x):
         check_image(x, self.num_channels, type(self).__name__, self.weight)
@@ -162,7 +181,11 @@ class PeriodicConv2d(Flow):
                 )
                 limit = MAX_RELATIVE_ERROR / torch.finfo(x.dtype).eps
                 bad = (info != 0) | ~(cond <= limit)
-            if bad.any():
+            if device.on_accelerator(bad):
+                # no host read (a synchronisation): the sample comes out NaN instead, which
+                # ImageMultiscaleFlow.sample reports
+                khat_inv = khat_inv.masked_fill(bad[..., None, None], float("nan"))
+            elif bad.any():
                 u, v = (int(i) for i in bad.nonzero()[0])
                 raise torch.linalg.LinAlgError(
                     f"{type(self).__name__}: the kernel's frequency matrix K̂({u}, {v}) is "
@@ -220,27 +243,29 @@ class PeriodicConv2d(Flow):
         """
         return self.kernel_size**2 > 16 * self.num_channels
 
-    def inverse(self, x: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-        """Density direction: circular cross-correlation plus bias.
+    @full_precision
+    def inverse(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction: circular cross-correlation plus bias, computed as the layer's
+        ``method`` says.
 
         Args:
           x: data, shape (batch, C, H, W) with H, W >= kernel_size, the layer's dtype and device
-          method: "spatial" (circular padding + conv2d), "fft" (product in the Fourier domain) or
-            "auto" (whichever is expected to be faster for the shape); all give the same result
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           z of shape (batch, C, H, W) and log|det dz/dx| of shape (batch,) (the same for every
           sample, -inf if the kernel is singular)
 
         Raises:
-          TypeError, ValueError: for an input of the wrong type, shape, dtype or device, or an
-            unknown method
+          TypeError, ValueError: for an input of the wrong type, shape, dtype or device
         """
         self._check(x)
-        if method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         if is_empty(x):
             return empty_result(x)
+        method = self.method
         if method == "auto":
             method = "fft" if self._prefer_fft() else "spatial"
         if method == "fft":
@@ -255,11 +280,16 @@ class PeriodicConv2d(Flow):
             log_det = self._log_det(x)
         return z, log_det.repeat(x.shape[0])
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @full_precision
+    def forward(
+        self, z: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: solve the circular convolution in the Fourier domain.
 
         Args:
           z: latent, shape (batch, C, H, W) with H, W >= kernel_size, the layer's dtype and device
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           x of shape (batch, C, H, W) and log|det dx/dz| = -log|det dz/dx| of shape (batch,)
@@ -268,7 +298,9 @@ class PeriodicConv2d(Flow):
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
           torch.linalg.LinAlgError: if a frequency matrix K̂(u, v) has a condition number above
             ``MAX_RELATIVE_ERROR / eps`` of z's dtype (1e-3 / eps: about 8.4e3 in float32,
-            4.5e12 in float64), or the solve turns a finite z into inf/NaN values
+            4.5e12 in float64), or the solve turns a finite z into inf/NaN values. Only on the
+            CPU: on an accelerator reading the check's result would synchronise the host with
+            the device, so such a kernel gives NaN samples instead
         """
         self._check(z)
         if is_empty(z):

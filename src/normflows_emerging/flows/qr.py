@@ -7,13 +7,15 @@ import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
 
+from ..solve import device
 from .arguments import check_int, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
-from .cache import ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .precision import full_precision
 from .utils import check_finite_output, check_image, empty_result, is_empty
 
 
-class QR1x1(Flow):
+class QR1x1(DropsCacheOnModeChange, Flow):
     """Invertible 1x1 convolution ``W = Q R``.
 
     From Hoogeboom, van den Berg, Welling, "Emerging Convolutions for Generative Normalizing
@@ -69,15 +71,27 @@ class QR1x1(Flow):
         Each vector is divided by its largest magnitude before it is normalised, so tiny or
         huge vectors neither underflow nor overflow. A zero vector defines no reflection (and
         no limit: the reflection depends on its direction), so it is an error, as is a
-        non-finite one. Checking reads one value (a synchronisation on CUDA).
+        non-finite one. Checked on the CPU only: on an accelerator (reading a value would
+        synchronise the host with the device) and under ``torch.compile`` (a data-dependent
+        branch breaks the graph) such a vector makes W NaN instead.
 
         Raises:
-          torch.linalg.LinAlgError: if a reflection vector is zero or has inf/NaN entries
+          torch.linalg.LinAlgError: if a reflection vector is zero or has inf/NaN entries (CPU)
         """
         eye = torch.eye(self.num_channels, dtype=self.upper.dtype, device=self.upper.device)
         if self.num_reflections == 0:
             return eye
         largest = self.reflections.abs().amax(dim=1, keepdim=True)
+        if not (device.on_accelerator(largest) or torch.compiler.is_compiling()):
+            self._check_reflections(largest)
+        scaled = self.reflections / largest
+        u = scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+        t_inv = (u @ u.T).triu(1) + 0.5 * torch.eye(
+            self.num_reflections, dtype=u.dtype, device=u.device
+        )
+        return eye - u.T @ torch.linalg.solve_triangular(t_inv, u, upper=True)
+
+    def _check_reflections(self, largest):
         with torch.no_grad():
             usable = (largest > 0) & torch.isfinite(self.reflections).all(dim=1, keepdim=True)
         if not usable.all():
@@ -86,12 +100,6 @@ class QR1x1(Flow):
                 f"{type(self).__name__}: reflection vector {index} is zero or not finite, so it "
                 f"defines no Householder reflection; reinitialise reflections[{index}]"
             )
-        scaled = self.reflections / largest
-        u = scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
-        t_inv = (u @ u.T).triu(1) + 0.5 * torch.eye(
-            self.num_reflections, dtype=u.dtype, device=u.device
-        )
-        return eye - u.T @ torch.linalg.solve_triangular(t_inv, u, upper=True)
 
     def triangular(self) -> torch.Tensor:
         """R: (C, C) upper-triangular with diagonal exp(log_s)."""
@@ -131,29 +139,40 @@ class QR1x1(Flow):
         """log|det| of the density pass for inputs shaped like x: H * W * sum(log_s), (batch,)."""
         return (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
-    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @full_precision
+    def inverse(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction: apply W.
 
         Args:
           x: tensor of shape (batch, C, H, W), the layer's dtype and device
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           W x of the same shape and log|det| = H * W * sum(log_s), shape (batch,)
 
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
-          torch.linalg.LinAlgError: if a reflection vector is zero or not finite
+          torch.linalg.LinAlgError: if a reflection vector is zero or not finite (CPU only, see
+            :meth:`orthogonal`)
         """
         check_image(x, self.num_channels, type(self).__name__, self.upper)
         if is_empty(x):
             return empty_result(x)
         return F.conv2d(x, self._matrix("weight")[:, :, None, None]), self.log_det(x)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @full_precision
+    def forward(
+        self, z: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction: apply W^-1 = R^-1 Q^T.
 
         Args:
           z: tensor of shape (batch, C, H, W), the layer's dtype and device
+          context: ignored; accepted so that the layer fits normflows' conditional flows and
+            ``FlowTest`` (normflows' signature)
 
         Returns:
           W^-1 z of the same shape and -H * W * sum(log_s), shape (batch,)
@@ -161,7 +180,8 @@ class QR1x1(Flow):
         Raises:
           TypeError, ValueError: for an input of the wrong type, shape, dtype or device
           torch.linalg.LinAlgError: if applying W^-1 overflows (finite z, non-finite output) or
-            a reflection vector is zero or not finite
+            a reflection vector is zero or not finite; checked on the CPU only (on a GPU the
+            inf/NaN values are returned, see ``docs/gpu.md``)
         """
         check_image(z, self.num_channels, type(self).__name__, self.upper)
         if is_empty(z):

@@ -1,4 +1,4 @@
-"""Which solve a layer's sampling direction uses: per call, per block of code, or per layer."""
+"""Which solve a layer's sampling direction uses: per block of code, or per layer."""
 
 from __future__ import annotations
 
@@ -17,15 +17,10 @@ def check_solver(solver: str, choices) -> str:
     return solver
 
 
-def chosen_backend(solver: str, backend: str | None) -> str | None:
-    """Backend name for one solve, most specific first.
-
-    The ``backend`` argument of this call, else the one chosen with
-    :func:`normflows_emerging.use_backend` around the call, else the layer's ``solver`` unless it
-    is ``"auto"``; None means the default of :func:`normflows_emerging.inverse_backend`.
-    """
-    if backend is not None:
-        return backend
+def chosen_backend(solver: str) -> str | None:
+    """Backend name for one solve: the one chosen with :func:`normflows_emerging.use_backend`
+    around the call, else the layer's ``solver`` unless it is ``"auto"``; None means the default
+    of :func:`normflows_emerging.inverse_backend`."""
     selected = selected_backend()
     if selected is not None:
         return selected

@@ -2,6 +2,8 @@
 
 import torch
 
+from . import device
+
 
 def check_solve_inputs(y: torch.Tensor, kernel: torch.Tensor, dilation: int) -> None:
     """Raise a clear error unless ``(y, kernel, dilation)`` describe a solvable causal convolution.
@@ -52,9 +54,13 @@ def check_solve_inputs(y: torch.Tensor, kernel: torch.Tensor, dilation: int) -> 
 def check_corner_diagonal(kernel: torch.Tensor) -> None:
     """Raise ``torch.linalg.LinAlgError`` if the corner tap of ``kernel`` has a zero diagonal entry.
 
-    The solve divides by that diagonal: a zero makes the convolution singular. (On a GPU this
-    reads one flag back from the device per call.)
+    The solve divides by that diagonal: a zero makes the convolution singular. Only on the CPU:
+    on an accelerator (see :func:`~normflows_emerging.solve.device.on_accelerator`) reading the
+    diagonal would synchronise the host with the device on every solve, so nothing is checked
+    and a zero gives inf/NaN values (the layers' diagonals ``exp(log_d)`` are never zero).
     """
+    if device.on_accelerator(kernel):
+        return
     diagonal = kernel[:, :, -1, -1].diagonal()
     zeros = (diagonal == 0).nonzero()
     if zeros.numel():
