@@ -1,0 +1,177 @@
+"""The ``"triton"`` solve backend: Triton kernels, one launch per solve (CUDA's default).
+
+One program per image walks the anti-diagonals (see
+:mod:`normflows_emerging.backends.triton_kernels`), so a whole solve is one kernel launch, and
+:func:`emerging_step` runs an :class:`~normflows_emerging.EmergingConv2d` sampling step (the
+anti-causal solve, the causal solve and ``W^-1``) as one launch too. float32 and float64, any
+channel count, kernel size and dilation.
+
+The kernels run on CUDA tensors, or on CPU tensors in Triton's interpreter when the environment
+variable ``TRITON_INTERPRET=1`` is set before the first triton solve of the process (Triton reads
+it when the kernels are defined): that is how the tests run them without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+from ..solve.checks import check_corner_diagonal
+
+_DTYPES = (torch.float32, torch.float64)
+# Registers per thread of the (pixels, channels) accumulators: the spill test checks this size.
+_ELEMENTS_PER_THREAD = 16
+
+
+@functools.cache
+def _import_error() -> str | None:
+    try:
+        importlib.import_module("triton")
+    except ImportError as error:
+        return (
+            f"the triton package does not import ({error}); install it with `pip install "
+            "triton` (CUDA builds of torch bring it along), or use the 'torch' backend"
+        )
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """None when the triton package imports, else why not and what to install (for the registry)."""
+    return _import_error()
+
+
+def interpreted() -> bool:
+    """Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` when they were first
+    loaded, or now if they are not loaded yet)."""
+    module = _loaded_kernels()
+    if module is not None:
+        return isinstance(module.solve_kernel, _interpreted_function_type())
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _interpreted_function_type():
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return InterpretedFunction
+
+
+_KERNELS = "normflows_emerging.backends.triton_kernels"
+
+
+def _loaded_kernels():
+    import sys
+
+    return sys.modules.get(_KERNELS)
+
+
+def _kernels(tensor: torch.Tensor):
+    """The kernels module, after checking that it can run on ``tensor``'s device."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"the triton solve is not available: {reason}")
+    if not tensor.is_cuda and not interpreted():
+        raise ValueError(
+            f"the triton solve runs on CUDA tensors, got a {tensor.device} tensor; use the "
+            "'compiled' or 'torch' backend on the CPU, or set TRITON_INTERPRET=1 before the first "
+            "triton solve of the process to run the kernels in Triton's interpreter (slow; for "
+            "tests)"
+        )
+    if tensor.dtype not in _DTYPES:
+        raise TypeError(f"the triton solve takes float32 or float64, got {tensor.dtype}")
+    return importlib.import_module(_KERNELS)
+
+
+def _blocks(channels: int, height: int, width: int) -> dict:
+    """Block sizes and warps: BLOCK_P pixels of a diagonal x BLOCK_C channels per step, input
+    channels CHUNK at a time, BLOCK_Q pixels per step of the 1x1 pass. The (BLOCK_P, BLOCK_C)
+    accumulators hold about ``_ELEMENTS_PER_THREAD`` values per thread, the (BLOCK_P, BLOCK_C,
+    CHUNK) products twice that (the spill test compiles these sizes)."""
+    import triton
+
+    block_c = triton.next_power_of_2(channels)
+    diagonal = triton.next_power_of_2(min(height, width))
+    block_p = max(1, min(diagonal, 2048 // block_c))
+    num_warps = 8 if block_p * block_c >= 4096 else 4
+    per_program = 32 * num_warps * _ELEMENTS_PER_THREAD
+    chunk = max(1, min(block_c, 2 * per_program // (block_p * block_c)))
+    block_q = max(1, min(triton.next_power_of_2(height * width), per_program // block_c))
+    return dict(BLOCK_P=block_p, BLOCK_C=block_c, CHUNK=chunk, BLOCK_Q=block_q, num_warps=num_warps)
+
+
+def solve_triton(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+    """Solve ``causal_conv(x, kernel) = y`` with one Triton launch (one program per image).
+
+    Args:
+      y: (B, C, H, W) right-hand side, bias already subtracted; CUDA (or CPU in the interpreter)
+      kernel: (C, C, m, m) causal kernel of y's dtype whose corner tap is lower-triangular
+      dilation: spacing of the taps, >= 1 (capped at max(H, W) by the caller)
+
+    Returns:
+      x of shape (B, C, H, W), contiguous
+
+    Raises:
+      RuntimeError: triton does not import
+      ValueError: a CPU tensor outside Triton's interpreter
+      TypeError: a dtype other than float32 or float64
+      torch.linalg.LinAlgError: a zero on the corner tap's diagonal
+    """
+    kernels = _kernels(y)
+    check_corner_diagonal(kernel)
+    y = y.detach().contiguous()
+    kernel = kernel.detach().contiguous()
+    x = torch.empty_like(y)
+    batch, channels, height, width = y.shape
+    workspace = y.new_empty(batch, channels, channels)
+    blocks = _blocks(channels, height, width)
+    del blocks["BLOCK_Q"]
+    kernels.solve_kernel[(batch,)](
+        y, x, kernel, workspace, channels, height, width, dilation, SIZE=kernel.shape[-1], **blocks
+    )
+    return x
+
+
+def emerging_step(
+    z: torch.Tensor,
+    anticausal_kernel: torch.Tensor,
+    anticausal_bias: torch.Tensor,
+    causal_kernel: torch.Tensor,
+    causal_bias: torch.Tensor,
+    weight_inverse: torch.Tensor | None,
+    dilation: int = 1,
+) -> torch.Tensor:
+    """EmergingConv2d's sampling step in one launch: ``W^-1 A_causal^-1 A_anticausal^-1 z``.
+
+    Args:
+      z: (B, C, H, W) input of the step, non-empty
+      anticausal_kernel, causal_kernel: (C, C, m, m) kernels in causal orientation (the layers'
+        ``causal_kernel()``); the anti-causal one is applied mirrored (``flip=True``)
+      anticausal_bias, causal_bias: (C,) biases of the two autoregressive layers
+      weight_inverse: ``W^-1`` as (C, C) or (C, C, 1, 1), or None for no 1x1 layer
+      dilation: spacing of the taps of both layers
+
+    Returns:
+      x of shape (B, C, H, W); besides it the step allocates one scratch tensor of its size
+
+    Raises:
+      as :func:`solve_triton` (except the zero-diagonal check: the layers' diagonals are
+      ``exp(log_d)``, never zero)
+    """
+    kernels = _kernels(z)
+    z = z.detach().contiguous()
+    batch, channels, height, width = z.shape
+    dilation = min(dilation, max(height, width))
+    out, scratch = torch.empty_like(z), torch.empty_like(z)
+    has_mix = weight_inverse is not None
+    matrix = weight_inverse.detach().reshape(channels, channels).contiguous() if has_mix else z
+    workspace = z.new_empty(batch, channels, channels)
+    kernels.emerging_step_kernel[(batch,)](
+        z, out, scratch, workspace,
+        anticausal_kernel.detach().contiguous(), anticausal_bias.detach().contiguous(),
+        causal_kernel.detach().contiguous(), causal_bias.detach().contiguous(), matrix,
+        channels, height, width, dilation,
+        SIZE=causal_kernel.shape[-1], HAS_MIX=has_mix, **_blocks(channels, height, width),
+    )  # fmt: skip
+    return out
