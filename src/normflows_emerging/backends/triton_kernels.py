@@ -105,7 +105,7 @@ def _solve_image(
             if HAS_BIAS:
                 acc = acc - bias_row[None, :]
             # r = y - b - sum over the non-corner taps, CHUNK input channels at a time
-            for tap in tl.static_range(SIZE * SIZE - 1):
+            for tap in range(SIZE * SIZE - 1):
                 up = (corner - tap // SIZE) * dilation
                 left = (corner - tap % SIZE) * dilation
                 n_mask = (pix_mask & (rows >= up) & (cols >= left))[:, None]

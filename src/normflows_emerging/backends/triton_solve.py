@@ -4,7 +4,7 @@ One program per image walks the anti-diagonals (see
 :mod:`normflows_emerging.backends.triton_kernels`), so a whole solve is one kernel launch, and
 :func:`emerging_step` runs an :class:`~normflows_emerging.EmergingConv2d` sampling step (the
 anti-causal solve, the causal solve and ``W^-1``) as one launch too. float32 and float64, any
-channel count, kernel size and dilation.
+kernel size and dilation, up to ``MAX_CHANNELS`` channels (more run the torch wavefront solve).
 
 The kernels run on CUDA tensors, or on CPU tensors in Triton's interpreter when the environment
 variable ``TRITON_INTERPRET=1`` is set before the first triton solve of the process (Triton reads
@@ -18,12 +18,14 @@ import importlib
 import os
 
 import torch
+import torch.nn.functional as F
 
 from ..solve.checks import check_corner_diagonal
+from ..solve.wavefront import solve_wavefront
 
 _DTYPES = (torch.float32, torch.float64)
-# Registers per thread of the (pixels, channels) accumulators: the spill test checks this size.
-_ELEMENTS_PER_THREAD = 16
+# Channel counts above this run the torch wavefront solve (the kernels would spill registers).
+MAX_CHANNELS = 128
 
 
 @functools.cache
@@ -84,20 +86,22 @@ def _kernels(tensor: torch.Tensor):
     return importlib.import_module(_KERNELS)
 
 
-def _blocks(channels: int, height: int, width: int) -> dict:
+def _blocks(channels: int, height: int, width: int, dtype: torch.dtype) -> dict:
     """Block sizes and warps: BLOCK_P pixels of a diagonal x BLOCK_C channels per step, input
-    channels CHUNK at a time, BLOCK_Q pixels per step of the 1x1 pass. The (BLOCK_P, BLOCK_C)
-    accumulators hold about ``_ELEMENTS_PER_THREAD`` values per thread, the (BLOCK_P, BLOCK_C,
-    CHUNK) products twice that (the spill test compiles these sizes)."""
+    channels CHUNK at a time, BLOCK_Q pixels per step of the 1x1 pass. Per thread: at most 16
+    values of the corner's (BLOCK_C, BLOCK_C) inverse while it is computed, 4 float32 (2 float64)
+    values of a (pixels, channels) accumulator, 16 (8) of a (BLOCK_P, BLOCK_C, CHUNK) product
+    (the spill test compiles these sizes for sm_80 and sm_90)."""
     import triton
 
+    values = 2 if dtype.itemsize <= 4 else 1  # float64 takes two registers a value
     block_c = triton.next_power_of_2(channels)
+    num_warps = max(4, min(16, block_c * block_c // (32 * 16)))
+    threads = 32 * num_warps
     diagonal = triton.next_power_of_2(min(height, width))
-    block_p = max(1, min(diagonal, 2048 // block_c))
-    num_warps = 8 if block_p * block_c >= 4096 else 4
-    per_program = 32 * num_warps * _ELEMENTS_PER_THREAD
-    chunk = max(1, min(block_c, 2 * per_program // (block_p * block_c)))
-    block_q = max(1, min(triton.next_power_of_2(height * width), per_program // block_c))
+    block_p = max(1, min(diagonal, 2 * values * threads // block_c))
+    chunk = max(1, min(block_c, 8 * values * threads // (block_p * block_c)))
+    block_q = max(1, min(triton.next_power_of_2(height * width), 2 * values * threads // block_c))
     return dict(BLOCK_P=block_p, BLOCK_C=block_c, CHUNK=chunk, BLOCK_Q=block_q, num_warps=num_warps)
 
 
@@ -119,13 +123,15 @@ def solve_triton(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> to
       torch.linalg.LinAlgError: a zero on the corner tap's diagonal
     """
     kernels = _kernels(y)
+    if y.shape[1] > MAX_CHANNELS:
+        return solve_wavefront(y, kernel, dilation)
     check_corner_diagonal(kernel)
     y = y.detach().contiguous()
     kernel = kernel.detach().contiguous()
     x = torch.empty_like(y)
     batch, channels, height, width = y.shape
     workspace = y.new_empty(batch, channels, channels)
-    blocks = _blocks(channels, height, width)
+    blocks = _blocks(channels, height, width, y.dtype)
     del blocks["BLOCK_Q"]
     kernels.solve_kernel[(batch,)](
         y, x, kernel, workspace, channels, height, width, dilation, SIZE=kernel.shape[-1], **blocks
@@ -163,6 +169,15 @@ def emerging_step(
     z = z.detach().contiguous()
     batch, channels, height, width = z.shape
     dilation = min(dilation, max(height, width))
+    if channels > MAX_CHANNELS:
+        x = z - anticausal_bias.view(-1, 1, 1)
+        x = solve_wavefront(x.flip(1, 2, 3), anticausal_kernel, dilation).flip(1, 2, 3)
+        x = solve_wavefront(x - causal_bias.view(-1, 1, 1), causal_kernel, dilation)
+        return (
+            x
+            if weight_inverse is None
+            else F.conv2d(x, weight_inverse.reshape(channels, channels, 1, 1))
+        )
     out, scratch = torch.empty_like(z), torch.empty_like(z)
     has_mix = weight_inverse is not None
     matrix = weight_inverse.detach().reshape(channels, channels).contiguous() if has_mix else z
@@ -172,6 +187,6 @@ def emerging_step(
         anticausal_kernel.detach().contiguous(), anticausal_bias.detach().contiguous(),
         causal_kernel.detach().contiguous(), causal_bias.detach().contiguous(), matrix,
         channels, height, width, dilation,
-        SIZE=causal_kernel.shape[-1], HAS_MIX=has_mix, **_blocks(channels, height, width),
+        SIZE=causal_kernel.shape[-1], HAS_MIX=has_mix, **_blocks(channels, height, width, z.dtype),
     )  # fmt: skip
     return out
