@@ -20,6 +20,16 @@ import triton.language as tl
 
 
 @triton.jit
+def _sum(x, axis: tl.constexpr):
+    """``tl.sum`` for float tensors, as ``tl.sum`` itself reduces. Triton's standard library
+    functions (``tl.sum``, ``tl.zeros``) are defined when triton is imported, so a copy of this
+    module interpreted in a process whose triton was imported for the GPU cannot call them (the
+    tests load such copies); ``tl.reduce`` is a builtin, and with this combine function the
+    interpreter sums in numpy."""
+    return tl.reduce(x, axis, tl.standard._sum_combine)
+
+
+@triton.jit
 def _invert_corner(kernel, inverse, C, SIZE: tl.constexpr, BLOCK_C: tl.constexpr):
     """inverse[o, c] = (L^-1)[o, c] of the corner tap L (lower-triangular), by forward
     substitution on the identity; ``inverse`` points to this program's (C, C) workspace."""
@@ -32,7 +42,7 @@ def _invert_corner(kernel, inverse, C, SIZE: tl.constexpr, BLOCK_C: tl.constexpr
     for c in range(C):
         diagonal = tl.load(kernel + ((c * C + c) * SIZE + corner) * SIZE + corner)
         is_c = chans[None, :] == c
-        x_c = tl.sum(tl.where(is_c, acc, 0.0), axis=1) / diagonal
+        x_c = _sum(tl.where(is_c, acc, 0.0), axis=1) / diagonal
         below = tl.load(
             kernel + ((chans * C + c) * SIZE + corner) * SIZE + corner,
             mask=chan_mask & (chans > c),
@@ -122,11 +132,11 @@ def _solve_image(
                         mask=chan_mask[:, None] & in_mask,
                         other=0.0,
                     )
-                    acc = acc - tl.sum(x_in[:, None, :] * w_in[None, :, :], axis=2)
+                    acc = acc - _sum(x_in[:, None, :] * w_in[None, :, :], axis=2)
             # x = L^-1 r with the corner tap's inverse: r goes through dst to be read in chunks
             tl.store(dst + outputs, acc, mask=mask)
             tl.debug_barrier()
-            acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=acc.dtype)
+            acc = tl.full((BLOCK_P, BLOCK_C), 0, acc.dtype)
             for c0 in range(0, C, CHUNK):
                 in_mask = (chunk < C - c0)[None, :]
                 r_in = tl.load(
@@ -137,7 +147,7 @@ def _solve_image(
                 l_in = tl.load(
                     inverse + inverse_offsets + c0, mask=chan_mask[:, None] & in_mask, other=0.0
                 )
-                acc = acc + tl.sum(r_in[:, None, :] * l_in[None, :, :], axis=2)
+                acc = acc + _sum(r_in[:, None, :] * l_in[None, :, :], axis=2)
             tl.debug_barrier()  # every r read before x overwrites it
             tl.store(dst + outputs, acc, mask=mask)
         tl.debug_barrier()
@@ -151,7 +161,7 @@ def _mix_image(src, dst, matrix, C, plane, BLOCK_Q: tl.constexpr, BLOCK_C: tl.co
     for start in range(0, plane, BLOCK_Q):
         pix = start + tl.arange(0, BLOCK_Q)
         pix_mask = pix < plane
-        acc = tl.zeros((BLOCK_Q, BLOCK_C), dtype=src.dtype.element_ty)
+        acc = tl.full((BLOCK_Q, BLOCK_C), 0, src.dtype.element_ty)
         for c in range(C):
             x_c = tl.load(src + c * plane + pix, mask=pix_mask, other=0.0)
             w_c = tl.load(matrix + chans * C + c, mask=chan_mask, other=0.0)

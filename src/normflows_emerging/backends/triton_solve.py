@@ -102,7 +102,13 @@ def _blocks(channels: int, height: int, width: int, dtype: torch.dtype) -> dict:
     block_p = max(1, min(diagonal, 2 * values * threads // block_c))
     chunk = max(1, min(block_c, 8 * values * threads // (block_p * block_c)))
     block_q = max(1, min(triton.next_power_of_2(height * width), 2 * values * threads // block_c))
-    return dict(BLOCK_P=block_p, BLOCK_C=block_c, CHUNK=chunk, BLOCK_Q=block_q, num_warps=num_warps)
+    # All of the register file for the one program (ptxas otherwise keeps room for two per SM on
+    # sm_80 and spills the float64 step at C = 48).
+    maxnreg = min(255, 65536 // threads)
+    return dict(
+        BLOCK_P=block_p, BLOCK_C=block_c, CHUNK=chunk, BLOCK_Q=block_q, num_warps=num_warps,
+        maxnreg=maxnreg,
+    )  # fmt: skip
 
 
 def solve_triton(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> torch.Tensor:
