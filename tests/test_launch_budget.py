@@ -12,18 +12,13 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.usefixtures("interpreted_triton")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import dispatch_count  # noqa: E402
 from normflows_emerging import EmergingConv2d, use_backend  # noqa: E402
-from triton_offline import KERNELS, load_kernels  # noqa: E402
 
 SHAPE, LEVELS, STEPS, HIDDEN = (3, 8, 8), 2, 2, 8
-
-
-@pytest.fixture(autouse=True)
-def interpreter(monkeypatch):
-    monkeypatch.setitem(sys.modules, KERNELS, load_kernels(True))
 
 
 def test_emerging_sampling_launches_within_budget_of_1x1():

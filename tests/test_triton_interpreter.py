@@ -5,17 +5,13 @@ are small and chosen to cover: C = 1..48, 1 x N and N x 1 images, m = 1..3, dila
 1..17, both flips, float32 and float64, the fused EmergingConv2d step and the implicit backward.
 """
 
-import pathlib
-import sys
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("triton")
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+pytestmark = pytest.mark.usefixtures("interpreted_triton")
 
 import normflows_emerging.backends.triton_solve as triton_solve  # noqa: E402
 from brute_force import perturb_  # noqa: E402
@@ -28,15 +24,8 @@ from normflows_emerging import (  # noqa: E402
 from normflows_emerging.solve import fused_emerging_step, solve_autoregressive  # noqa: E402
 from normflows_emerging.solve.naive import solve_naive  # noqa: E402
 from solve_cases import causal_conv, random_causal_kernel  # noqa: E402
-from triton_offline import KERNELS, load_kernels  # noqa: E402
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5}
-
-
-@pytest.fixture(autouse=True)
-def interpreter(monkeypatch):
-    """The backend runs an interpreted copy of the kernels module."""
-    monkeypatch.setitem(sys.modules, KERNELS, load_kernels(True))
 
 
 def check_solution(y, kernel, dilation, reference=True):
@@ -86,7 +75,7 @@ def test_solve_many_channels(batch, channels, height, width, size, dtype):
 
 @settings(max_examples=6, deadline=None, derandomize=True)
 @given(
-    batch=st.integers(1, 17),
+    batch=st.integers(1, 6),  # batch 17: the fixed cases
     channels=st.integers(1, 48),
     height=st.integers(1, 5),
     width=st.integers(1, 5),
