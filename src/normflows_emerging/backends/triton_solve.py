@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -45,28 +46,18 @@ def unavailable_reason() -> str | None:
     return _import_error()
 
 
-def interpreted() -> bool:
-    """Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` when they were first
-    loaded, or now if they are not loaded yet)."""
-    module = _loaded_kernels()
-    if module is not None:
-        return isinstance(module.solve_kernel, _interpreted_function_type())
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
-def _interpreted_function_type():
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return InterpretedFunction
-
-
 _KERNELS = "normflows_emerging.backends.triton_kernels"
 
 
-def _loaded_kernels():
-    import sys
+def interpreted() -> bool:
+    """Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` when they were first
+    loaded, or now if they are not loaded yet)."""
+    module = sys.modules.get(_KERNELS)
+    if module is not None:
+        from triton.runtime.interpreter import InterpretedFunction
 
-    return sys.modules.get(_KERNELS)
+        return isinstance(module.solve_kernel, InterpretedFunction)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def _kernels(tensor: torch.Tensor):
