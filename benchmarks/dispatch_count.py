@@ -15,9 +15,10 @@ bytes), unless asked not to.
     from dispatch_count import count_launches
     counts = count_launches(lambda: model.sample(1))  # {"launches", "syncs", "triton", ...}
 
-    python benchmarks/dispatch_count.py [--paper] [--batch 1 16]
+    python benchmarks/dispatch_count.py [--paper] [--batch 1 16] [--cpu-caches] [--only NAME..]
 
-writes ``benchmarks/results/dispatch_count[_paper].json``: per mixing layer, launches and syncs of
+writes ``benchmarks/results/dispatch_count[_paper][_cpu_caches].json``: per mixing layer, launches
+and syncs of
 ``sample(n)`` (eval mode, no gradients, the caches filled by a first call).
 """
 
@@ -168,16 +169,16 @@ def make_model(mixing, shape, levels, steps, hidden):
     return model.eval()
 
 
-def sample_counts(model, batch, backend=None) -> dict:
+def sample_counts(model, batch, backend=None, cuda_caches=True) -> dict:
     """Counts of ``model.sample(batch)`` without gradients, after one uncounted call, with the
-    solve ``backend`` (None: the default)."""
+    solve ``backend`` (None: the default), the caches on their CUDA path or not."""
     from normflows_emerging import use_backend
 
     def run():
         with torch.no_grad(), use_backend(backend) if backend else contextlib.nullcontext():
             model.sample(batch)
 
-    return count_launches(run)
+    return count_launches(run, cuda_caches)
 
 
 def _cpu_model() -> dict:
@@ -200,6 +201,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--paper", action="store_true", help="3 x 32 steps, 512 hidden")
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--cpu-caches",
+        action="store_true",
+        help="the eval caches' CPU path (values compared as bytes on the host: no clone or "
+        "torch.equal), what caches that read no device values would launch",
+    )
+    parser.add_argument("--only", nargs="+", help="contenders to count (1x1 always)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     use_interpreted_triton()
@@ -211,12 +219,14 @@ def main():
         ("emerging (torch solve)", "emerging", "torch"),
         ("emerging (triton)", "emerging", "triton"),
     ]
+    if args.only:
+        contenders = [c for c in contenders if c[0] == "1x1" or c[0] in args.only]
     rows = []
     for batch in args.batch:
         baseline = None
         for name, mixing, backend in contenders:
             model = make_model(mixing, shape, levels, steps, hidden)
-            counts = sample_counts(model, batch, backend)
+            counts = sample_counts(model, batch, backend, cuda_caches=not args.cpu_caches)
             baseline = baseline or counts["launches"]
             rows.append(
                 dict(
@@ -232,10 +242,12 @@ def main():
             )
             print(rows[-1], flush=True)
     print_table(rows, ["contender", "batch", "launches", "ratio_to_1x1", "triton", "syncs"])
-    name = "dispatch_count_paper.json" if args.paper else "dispatch_count.json"
+    name = "dispatch_count_paper" if args.paper else "dispatch_count"
+    name += "_cpu_caches.json" if args.cpu_caches else ".json"
     write_json(
         os.path.join(RESULTS, name),
         rows,
+        caches="CPU path (bytes)" if args.cpu_caches else "CUDA path (clone + torch.equal)",
         what="kernel launches and host syncs of model.sample(batch), counted on the CPU along "
         "the CUDA code path (benchmarks/dispatch_count.py); no GPU was used",
         model=dict(shape=shape, levels=levels, flows_per_level=steps, hidden_channels=hidden),
