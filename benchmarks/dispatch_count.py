@@ -17,9 +17,8 @@ bytes), unless asked not to.
 
     python benchmarks/dispatch_count.py [--paper] [--batch 1 16] [--cpu-caches] [--only NAME..]
 
-writes ``benchmarks/results/dispatch_count[_paper][_cpu_caches].json``: per mixing layer, launches
-and syncs of
-``sample(n)`` (eval mode, no gradients, the caches filled by a first call).
+writes ``benchmarks/results/dispatch_count[_paper][_cpu_caches].json``: per mixing layer,
+launches and syncs of ``sample(n)`` (eval mode, no gradients, the caches filled by a first call).
 """
 
 from __future__ import annotations
