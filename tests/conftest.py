@@ -30,3 +30,23 @@ def solve_spy(monkeypatch):
 
     monkeypatch.setattr(autoregressive_module, "solve_autoregressive", spy)
     return calls
+
+
+@pytest.fixture
+def interpreted_triton(monkeypatch):
+    """The ``"triton"`` backend runs its kernels in Triton's interpreter (CPU tensors) in this
+    test, whatever the environment and whichever test ran before (a fresh interpreted copy of
+    the kernels module, see ``benchmarks/triton_offline.py``)."""
+    pytest.importorskip("triton")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    from triton_offline import KERNELS, load_kernels
+
+    monkeypatch.setitem(sys.modules, KERNELS, load_kernels(True))
+
+
+@pytest.fixture(autouse=True)
+def _triton_backend_in_interpreter(request):
+    """Tests parametrized over the backends run the triton one in the interpreter."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("backend") == "triton":
+        request.getfixturevalue("interpreted_triton")

@@ -1,3 +1,4 @@
+import importlib.util
 import warnings
 
 import pytest
@@ -181,7 +182,10 @@ def test_use_backend_selects_and_restores():
             assert inverse_backend("cpu") == "torch"
         assert inverse_backend() == "naive"
     assert inverse_backend() == "compiled"
-    assert inverse_backend("cuda") == "torch"
+    expected = "triton" if importlib.util.find_spec("triton") else "torch"
+    assert inverse_backend("cuda") == expected
+    with use_backend("torch"):
+        assert inverse_backend("cuda") == "torch"
     with pytest.raises(ValueError, match="expected one of"), use_backend("magic"):
         pass
 

@@ -1,11 +1,12 @@
 """Faster solve backends, registered with :func:`normflows_emerging.solve.register_backend`.
 
 Importing :mod:`normflows_emerging` imports this package, which registers ``"compiled"`` (the CPU
-default when the Cython extension is built).
+default when the Cython extension is built) and ``"triton"`` (the CUDA default when the triton
+package imports; its kernels are loaded on first use).
 """
 
 from ..solve import register_backend
-from . import compiled
+from . import compiled, triton_solve
 
 register_backend(
     "compiled",
@@ -14,4 +15,12 @@ register_backend(
     unavailable_reason=compiled.unavailable_reason,
 )
 
-__all__ = ["compiled"]
+register_backend(
+    "triton",
+    triton_solve.solve_triton,
+    default_for=("cuda",),
+    unavailable_reason=triton_solve.unavailable_reason,
+    emerging_step=triton_solve.emerging_step,
+)
+
+__all__ = ["compiled", "triton_solve"]

@@ -7,11 +7,13 @@ import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
 
+from ..solve import fused_emerging_step
 from .arguments import check_odd_int, check_positive_int
 from .autoregressive import SquareAutoregressiveConv2d
 from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
 from .precision import full_precision
 from .qr import QR1x1
+from .solver import chosen_backend
 from .utils import check_finite_output, check_image, empty_result, is_empty, plu_1x1_conv
 
 ONE_BY_ONE_CHOICES = ("qr", "plu", "none")
@@ -146,10 +148,17 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
             return empty_result(z)
         plan = self._plan()
         if plan is not None:
-            x = self.anticausal.solve(z, plan["anticausal_kernel"])
-            x = self.causal.solve(x, plan["causal_kernel"])
-            if plan["weight_inverse"] is not None:
-                x = F.conv2d(x, plan["weight_inverse"])
+            step = fused_emerging_step(chosen_backend(self.solver), z)
+            if step is not None:  # one launch for the whole step (the triton backend)
+                x = step(
+                    z, plan["anticausal_kernel"], self.anticausal.bias, plan["causal_kernel"],
+                    self.causal.bias, plan["weight_inverse"], self.causal.dilation,
+                )  # fmt: skip
+            else:
+                x = self.anticausal.solve(z, plan["anticausal_kernel"])
+                x = self.causal.solve(x, plan["causal_kernel"])
+                if plan["weight_inverse"] is not None:
+                    x = F.conv2d(x, plan["weight_inverse"])
             check_finite_output(x, z, type(self).__name__)
             return x, (plan["log_det_per_pixel"] * (-z.shape[2] * z.shape[3])).expand(z.shape[0])
         z, log_det = self.anticausal(z)

@@ -9,7 +9,9 @@ Backends (see :func:`backend_names`):
     fallback where no faster backend is registered for a device.
   * ``"naive"``: element-by-element reference (tests, benchmark baseline).
   * faster solves plug in through one hook, :func:`register_backend`: normflows-emerging
-    registers ``"compiled"`` (Cython + OpenMP, the CPU default when built) on import.
+    registers ``"compiled"`` (Cython + OpenMP, the CPU default when built) and ``"triton"``
+    (Triton kernels, the CUDA default when triton imports) on import. A backend may also bring
+    a fused sampling step of a whole emerging convolution (:func:`fused_emerging_step`).
 
 Pick one for a whole model with ``use_backend(name)``, or per layer with the layers' ``solver``
 argument. Every backend reads only the corner tap's lower triangle and diagonal; entries above
@@ -36,6 +38,7 @@ from .wavefront import solve_wavefront
 
 __all__ = [
     "backend_names",
+    "fused_emerging_step",
     "inverse_backend",
     "register_backend",
     "selected_backend",
@@ -44,6 +47,8 @@ __all__ = [
 ]
 
 Solver = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+# step(z, anticausal_kernel, anticausal_bias, causal_kernel, causal_bias, weight_inverse, dilation)
+EmergingStep = Callable[..., torch.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,7 @@ class _Backend:
     solve: Solver
     default_for: tuple[str, ...]
     unavailable_reason: Callable[[], str | None]
+    emerging_step: EmergingStep | None
 
 
 def _always_available() -> None:
@@ -67,6 +73,7 @@ def register_backend(
     *,
     default_for: tuple[str, ...] = (),
     unavailable_reason: Callable[[], str | None] = _always_available,
+    emerging_step: EmergingStep | None = None,
 ) -> None:
     """Make a solve available by name: the hook through which faster solves plug in.
 
@@ -79,6 +86,11 @@ def register_backend(
         available; a later registration for the same device type comes first
       unavailable_reason: returns None when the backend can run here, else one sentence saying
         why not and what to install
+      emerging_step: optional fused sampling step of an emerging convolution,
+        ``step(z, anticausal_kernel, anticausal_bias, causal_kernel, causal_bias, weight_inverse,
+        dilation) -> x`` = ``W^-1 A_causal^-1 A_anticausal^-1 z`` (kernels in causal
+        orientation as ``causal_kernel()`` returns them, ``weight_inverse`` (C, C, 1, 1) or
+        None), for inputs the layer has checked; see :func:`fused_emerging_step`
 
     Raises:
       ValueError: ``name`` is taken or empty
@@ -87,7 +99,7 @@ def register_backend(
         raise ValueError(f"a backend name must be a non-empty string, got {name!r}")
     if name in _BACKENDS:
         raise ValueError(f"a solve backend named {name!r} is registered already")
-    _BACKENDS[name] = _Backend(solve, tuple(default_for), unavailable_reason)
+    _BACKENDS[name] = _Backend(solve, tuple(default_for), unavailable_reason, emerging_step)
 
 
 def backend_names() -> tuple[str, ...]:
@@ -146,6 +158,22 @@ def inverse_backend(device="cpu"):
                 stacklevel=2,
             )
     return "torch"
+
+
+def fused_emerging_step(name: str | None, z: torch.Tensor) -> EmergingStep | None:
+    """The fused sampling step of backend ``name`` (None: :func:`inverse_backend` of z's device)
+    for :class:`~normflows_emerging.EmergingConv2d`'s input ``z``, or None when that backend has
+    none or ``z`` needs a gradient (the fused steps have no backward): the layer then runs its
+    two solves and the 1x1 convolution one by one.
+
+    Raises:
+      ValueError: ``name`` is not a registered backend
+    """
+    if torch.is_grad_enabled() and z.requires_grad:
+        return None
+    name = name if name is not None else inverse_backend(z.device)
+    _check_backend(name)
+    return _BACKENDS[name].emerging_step
 
 
 def solve_autoregressive(
