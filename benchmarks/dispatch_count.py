@@ -5,20 +5,22 @@ counted: a ``TorchDispatchMode`` sees every aten operation a call makes (each on
 on a GPU, except views, metadata-only and allocation operations), and Triton launches are counted
 by wrapping ``KernelInterface.__getitem__`` (the ``kernel[grid](...)`` launch). Syncs are the
 operations that read a device value on the host: ``_local_scalar_dense`` (``.item()``, ``float()``,
-``bool()``), ``nonzero``, ``equal``, ``is_nonzero``.
+``bool()``), ``nonzero``, ``equal``, ``is_nonzero``, and ``lift_fresh`` (a tensor made from host
+data, ``torch.tensor(list, device=d)``: on a GPU a copy from pageable memory that the host waits
+for).
 
-The CUDA code path on the CPU: the ``"triton"`` solve backend runs its kernels in Triton's
-interpreter (the aten operations inside an interpreted launch are the interpreter's, not
-counted), and the eval caches compare values as they do for CUDA tensors (``torch.equal``, not
-bytes), unless asked not to.
+The CUDA code path on the CPU: :func:`accelerator_path` makes this package treat CPU tensors as
+GPU ones (the caches compare no values, the per-layer checks that read values are skipped), and
+the ``"triton"`` solve backend runs its kernels in Triton's interpreter (the aten operations
+inside an interpreted launch are the interpreter's, not counted).
 
     from dispatch_count import count_launches
     counts = count_launches(lambda: model.sample(1))  # {"launches", "syncs", "triton", ...}
 
-    python benchmarks/dispatch_count.py [--paper] [--batch 1 16] [--cpu-caches] [--only NAME..]
+    python benchmarks/dispatch_count.py [--paper] [--batch 1 16] [--only NAME..]
 
-writes ``benchmarks/results/dispatch_count[_paper][_cpu_caches].json``: per mixing layer,
-launches and syncs of ``sample(n)`` (eval mode, no gradients, the caches filled by a first call).
+writes ``benchmarks/results/dispatch_count[_paper].json``: per mixing layer, launches and syncs
+(by operation) of ``sample(n)`` (eval mode, no gradients, the caches filled by a first call).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import argparse
 import collections
 import contextlib
 import os
-import platform
 import sys
 
 import torch
@@ -35,7 +36,9 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-SYNC_OPS = frozenset(("_local_scalar_dense", "nonzero", "equal", "is_nonzero"))
+SYNC_OPS = frozenset(
+    ("_local_scalar_dense", "item", "nonzero", "equal", "is_nonzero", "lift_fresh")
+)
 # Operations that launch nothing on a GPU: allocations and metadata.
 NO_LAUNCH_OPS = frozenset(
     (
@@ -56,32 +59,44 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 class DispatchCount(TorchDispatchMode):
     """Counts the aten operations run inside it: ``ops`` by name (all), ``launches`` (those that
     launch a kernel on a GPU: not views, not allocations), ``syncs`` (see the module), and
-    ``triton`` launches when used through :func:`count_launches`."""
+    ``triton`` launches when used through :func:`count_launches`; ``syncs`` counts by
+    operation name."""
 
     def __init__(self):
         super().__init__()
         self.ops = collections.Counter()
         self.launches = 0
-        self.syncs = 0
+        self.syncs = collections.Counter()
         self.triton = 0
+
+    @property
+    def aten_ops(self) -> int:
+        """All aten operations seen."""
+        return sum(self.ops.values())
+
+    @property
+    def total_syncs(self) -> int:
+        """All host synchronisations seen."""
+        return sum(self.syncs.values())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         self.ops[name] += 1
         if name in SYNC_OPS:
-            self.syncs += 1
+            self.syncs[name] += 1
         if not func.is_view and name not in NO_LAUNCH_OPS:
             self.launches += 1
         return func(*args, **(kwargs or {}))
 
     def summary(self) -> dict:
         """``aten_ops`` (all), ``launches`` (aten launches + Triton launches), ``triton``,
-        ``syncs`` and the ten most frequent operations."""
+        ``syncs`` (total), ``sync_ops`` (by name) and the ten most frequent operations."""
         return {
-            "aten_ops": sum(self.ops.values()),
+            "aten_ops": self.aten_ops,
             "launches": self.launches + self.triton,
             "triton": self.triton,
-            "syncs": self.syncs,
+            "syncs": self.total_syncs,
+            "sync_ops": dict(self.syncs),
             "top_ops": dict(self.ops.most_common(10)),
         }
 
@@ -114,32 +129,31 @@ def _count_triton(counter: DispatchCount):
 
 
 @contextlib.contextmanager
-def cuda_cache_path():
-    """Make the eval caches fingerprint CPU tensors as they do CUDA ones (copies compared with
-    ``torch.equal``, a sync each): the CPU shortcut (values as bytes) reads no device."""
-    from normflows_emerging.flows import cache
+def accelerator_path():
+    """Inside, every tensor counts as living on an accelerator (a GPU) for this package, so CPU
+    tensors take the code path the layers take on a GPU (the ops are the same; only the device
+    differs)."""
+    from normflows_emerging.solve import device
 
-    saved = getattr(cache, "_NUMPY_DTYPES", None)
-    if saved is not None:
-        cache._NUMPY_DTYPES = frozenset()
+    original = device.on_accelerator
+    device.on_accelerator = lambda tensor: True
     try:
         yield
     finally:
-        if saved is not None:
-            cache._NUMPY_DTYPES = saved
+        device.on_accelerator = original
 
 
-def count_launches(fn, cuda_caches: bool = True, warmup: bool = True) -> dict:
+def count_launches(fn, accelerator: bool = True, warmup: bool = True) -> dict:
     """Run ``fn()`` under a :class:`DispatchCount` and return its ``summary()``.
 
     Args:
       fn: the call to count
-      cuda_caches: take the eval caches' CUDA path (see :func:`cuda_cache_path`)
-      warmup: run ``fn()`` once uncounted first (on the same cache path, whose fingerprints
-        differ from the CPU one's), as a user's second call would find the caches filled
+      accelerator: take the GPU code path (see :func:`accelerator_path`)
+      warmup: run ``fn()`` once uncounted first, on the same path, as a user's second call
+        would find the caches filled
     """
     counter = DispatchCount()
-    with cuda_cache_path() if cuda_caches else contextlib.nullcontext():
+    with accelerator_path() if accelerator else contextlib.nullcontext():
         if warmup:
             fn()
         with _count_triton(counter), counter:
@@ -168,30 +182,16 @@ def make_model(mixing, shape, levels, steps, hidden):
     return model.eval()
 
 
-def sample_counts(model, batch, backend=None, cuda_caches=True) -> dict:
+def sample_counts(model, batch, backend=None, accelerator=True) -> dict:
     """Counts of ``model.sample(batch)`` without gradients, after one uncounted call, with the
-    solve ``backend`` (None: the default), the caches on their CUDA path or not."""
+    solve ``backend`` (None: the default), on the GPU code path or not."""
     from normflows_emerging import use_backend
 
     def run():
         with torch.no_grad(), use_backend(backend) if backend else contextlib.nullcontext():
             model.sample(batch)
 
-    return count_launches(run, cuda_caches)
-
-
-def _cpu_model() -> dict:
-    info = {"processor": platform.processor(), "machine": platform.machine()}
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                info["model"] = value.strip()
-            if key.strip() == "flags":
-                flags = value.split()
-                info["simd"] = [f for f in flags if f.startswith(("avx", "sse4", "fma", "amx"))]
-                break
-    return info
+    return count_launches(run, accelerator)
 
 
 def main():
@@ -200,12 +200,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--paper", action="store_true", help="3 x 32 steps, 512 hidden")
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
-    parser.add_argument(
-        "--cpu-caches",
-        action="store_true",
-        help="the eval caches' CPU path (values compared as bytes on the host: no clone or "
-        "torch.equal), what caches that read no device values would launch",
-    )
     parser.add_argument("--only", nargs="+", help="contenders to count (1x1 always)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -225,7 +219,7 @@ def main():
         baseline = None
         for name, mixing, backend in contenders:
             model = make_model(mixing, shape, levels, steps, hidden)
-            counts = sample_counts(model, batch, backend, cuda_caches=not args.cpu_caches)
+            counts = sample_counts(model, batch, backend)
             baseline = baseline or counts["launches"]
             rows.append(
                 dict(
@@ -236,21 +230,19 @@ def main():
                     triton=counts["triton"],
                     aten_ops=counts["aten_ops"],
                     syncs=counts["syncs"],
+                    sync_ops=counts["sync_ops"],
                     top_ops=counts["top_ops"],
                 )
             )
             print(rows[-1], flush=True)
     print_table(rows, ["contender", "batch", "launches", "ratio_to_1x1", "triton", "syncs"])
-    name = "dispatch_count_paper" if args.paper else "dispatch_count"
-    name += "_cpu_caches.json" if args.cpu_caches else ".json"
+    name = "dispatch_count_paper.json" if args.paper else "dispatch_count.json"
     write_json(
         os.path.join(RESULTS, name),
         rows,
-        caches="CPU path (bytes)" if args.cpu_caches else "CUDA path (clone + torch.equal)",
         what="kernel launches and host syncs of model.sample(batch), counted on the CPU along "
         "the CUDA code path (benchmarks/dispatch_count.py); no GPU was used",
         model=dict(shape=shape, levels=levels, flows_per_level=steps, hidden_channels=hidden),
-        cpu=_cpu_model(),
     )
 
 

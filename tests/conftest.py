@@ -6,7 +6,10 @@ import torch
 
 import normflows_emerging.flows.autoregressive as autoregressive_module
 
+# Test helpers (brute_force, solve_cases) and the benchmarks' tools the tests share
+# (dispatch_count, triton_offline) import by name.
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +41,6 @@ def interpreted_triton(monkeypatch):
     test, whatever the environment and whichever test ran before (a fresh interpreted copy of
     the kernels module, see ``benchmarks/triton_offline.py``)."""
     pytest.importorskip("triton")
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
     from triton_offline import KERNELS, load_kernels
 
     monkeypatch.setitem(sys.modules, KERNELS, load_kernels(True))

@@ -1,14 +1,15 @@
 """Sampling reads no device value on the host along the GPU code path (issue 17, item 2).
 
-Counted on CPU tensors made to take the GPU path (``sync_counting.accelerator_path``): a sync is
-an aten op that hands a device value to the host (``.item()``, ``bool(t)``, ``torch.equal``,
-``nonzero``).
+Counted on CPU tensors made to take the GPU path (``accelerator_path`` of
+benchmarks/dispatch_count.py): a sync is an aten op that hands a device value to the host
+(``.item()``, ``bool(t)``, ``torch.equal``, ``nonzero``, ``lift_fresh``).
 """
 
 import pytest
 import torch
 
 from brute_force import perturb_
+from dispatch_count import DispatchCount, accelerator_path
 from normflows_emerging import (
     Chain,
     EmergingConv2d,
@@ -22,7 +23,6 @@ from normflows_emerging import (
 )
 from normflows_emerging.errors import NonFiniteError
 from normflows_emerging.glow import glow_coupling
-from sync_counting import SyncCounter, accelerator_path
 from test_value_cache import ROUTES, by_data_copy, fresh_outputs, other_values
 
 LAYERS = {
@@ -42,7 +42,7 @@ def make(name):
 
 def sampling_syncs(layer, z, calls=3):
     """Syncs of ``calls`` sampling calls on the GPU path, the first one filling the caches."""
-    with accelerator_path(), use_backend("torch"), SyncCounter() as counter:
+    with accelerator_path(), use_backend("torch"), DispatchCount() as counter:
         for _ in range(calls):
             layer(z)
     return counter
@@ -55,14 +55,14 @@ def test_layer_sampling_reads_no_device_value(name, mode):
     z = torch.randn(2, 4, 5, 6, dtype=torch.float64)
     with torch.set_grad_enabled(mode == "eval, grad"):
         counter = sampling_syncs(layer, z)
-    assert counter.ops > 0
+    assert counter.aten_ops > 0
     assert counter.total_syncs == 0, counter.syncs
 
 
 def test_the_cpu_path_still_checks_and_reads():
     """Outside the GPU path the per-layer checks run (they read values): the counter sees them."""
     layer = make("emerging").eval()
-    with use_backend("torch"), SyncCounter() as counter:
+    with use_backend("torch"), DispatchCount() as counter:
         layer(torch.randn(1, 4, 5, 6, dtype=torch.float64))
     assert counter.total_syncs > 0
 
@@ -90,7 +90,7 @@ def test_model_sample_syncs_once(mixing, kwargs):
     flow = model(mixing, **kwargs)
     with torch.no_grad(), accelerator_path(), use_backend("torch"):
         flow.sample(2)
-        with SyncCounter() as counter:
+        with DispatchCount() as counter:
             x, log_p = flow.sample(2)
     assert counter.total_syncs == 1, counter.syncs
     assert torch.isfinite(x).all() and torch.isfinite(log_p).all()
@@ -103,7 +103,7 @@ def test_model_reports_a_non_finite_sample_with_its_one_check():
     qr = next(m for m in flow.modules() if isinstance(m, QR1x1))
     with torch.no_grad():
         qr.reflections[0] = 0.0
-    with accelerator_path(), SyncCounter() as counter, pytest.raises(NonFiniteError):
+    with accelerator_path(), DispatchCount() as counter, pytest.raises(NonFiniteError):
         flow.sample(1)
     assert counter.total_syncs == 1, counter.syncs
     with pytest.raises(torch.linalg.LinAlgError, match="reflection vector 0"):
@@ -150,9 +150,9 @@ def test_class_conditional_sample_reads_the_labels_once():
     labels = torch.tensor([0, 2, 1])
     with torch.no_grad(), accelerator_path(), use_backend("torch"):
         flow.sample(2)
-        with SyncCounter() as drawn:
+        with DispatchCount() as drawn:
             flow.sample(2)
-        with SyncCounter() as given:
+        with DispatchCount() as given:
             flow.sample(y=labels)
     assert drawn.total_syncs == 1, drawn.syncs
     assert given.total_syncs == 2, given.syncs

@@ -5,6 +5,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from brute_force import perturb_
+from dispatch_count import accelerator_path
 from normflows_emerging import (
     EmergingConv2d,
     MaskedAffineAutoregressiveConv2d,
@@ -14,7 +15,6 @@ from normflows_emerging import (
     use_backend,
 )
 from normflows_emerging.flows.precision import _restore, _settings, ieee_float32
-from sync_counting import accelerator_path
 
 aten = torch.ops.aten
 PRODUCTS = {aten.convolution, aten.mm, aten.bmm, aten.addmm, aten.baddbmm, aten.matmul}
