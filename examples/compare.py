@@ -3,8 +3,8 @@
 Trains one multiscale model per mixing layer and seed and evaluates each on the held-out test
 split. By default every model's coupling width (``--hidden-channels``) is shrunk until it has no
 more *effective* trainable parameters than the 1x1 baseline (the paper's "correcting for the
-increase in parameters"; entries a mask or triangle discards are not counted, see
-``normflows_emerging.parameters``). For each mixing the table gives the mean ± standard deviation
+increase in parameters"; they are degrees of freedom: entries a mask or triangle discards and
+directions that leave a layer unchanged are not counted, see ``normflows_emerging.parameters``). For each mixing the table gives the mean ± standard deviation
 of the test bits/dim over the seeds and the *paired* difference to 1x1 (a seed fixes the data
 order, the dequantisation noise and the initialisation seed, so seed s of every mixing sees the
 same batches) with a 95% Student-t interval, and says whether that interval excludes zero.
@@ -319,7 +319,7 @@ def markdown_table(rows):
     header = [
         "mixing",
         "hidden",
-        "parameters (effective / stored)",
+        "parameters (degrees of freedom / stored)",
         "test bits/dim",
         f"Δ vs {BASELINE} [95% CI]",
         "verdict",
