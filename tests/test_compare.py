@@ -117,7 +117,7 @@ def test_compare_example_writes_tables_json_and_plot(compare, tmp_path):
     )
     lines = table.strip().splitlines()
     assert lines[3].startswith(
-        "| mixing | hidden | parameters (effective / stored) | "
+        "| mixing | hidden | parameters (degrees of freedom / stored) | "
         "test bits/dim | Δ vs 1x1 [95% CI] | verdict | sample ms/image "
         "| naive sample ms/image | train s (wall) |"
     )
