@@ -83,8 +83,21 @@ def evaluate_bpd(model, dataset, batch_size=256, device="cpu", seed=0, class_con
     return bits_per_dim_from_nll(total / count, dataset[0][0].numel(), dataset.num_bins)
 
 
+def class_labels(model, num_samples, device="cpu"):
+    """Labels for a batch of samples: 0, 1, ..., num_classes - 1, 0, 1, ... (every class in turn,
+    one per image) for a class-conditional model, None otherwise.
+
+    A model is class-conditional when its ``class_cond`` is true; its number of classes is its
+    ``num_classes`` or that of its first base distribution (``normflows.MultiscaleFlow``).
+    """
+    if not getattr(model, "class_cond", False):
+        return None
+    num_classes = getattr(model, "num_classes", None) or model.q0[0].num_classes
+    return torch.arange(num_samples, device=device) % num_classes
+
+
 @torch.no_grad()
-def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
+def sample(model, num_samples, temperature=1.0, seed=0, device="cpu", y=None):
     """Samples of a model, clamped to [0, 1], without touching the global random state.
 
     Args:
@@ -93,6 +106,8 @@ def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
       temperature: standard deviation factor of the base distributions
       seed: seed of the samples
       device: device of the model
+      y: class labels of a class-conditional model, shape (num_samples,) (None: every class in
+        turn, see :func:`class_labels`); one class per image at every level
 
     Returns:
       float tensor (num_samples, C, H, W) on the CPU
@@ -101,10 +116,12 @@ def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
       NonFiniteError: from the model, if a sample holds a NaN or an infinity (clamping here
         would hide it)
     """
+    if y is None:
+        y = class_labels(model, num_samples, device)
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(seed, SAMPLING))
-        x, _ = model.sample(num_samples, temperature=temperature)
+        x, _ = model.sample(num_samples, y, temperature=temperature)
     return x.clamp(0, 1).cpu()
 
 
