@@ -4,6 +4,8 @@ import math
 import warnings
 
 import normflows as nf
+
+from normflows_emerging.flows.actnorm import ActNorm
 import numpy as np
 import pytest
 import torch
@@ -142,7 +144,8 @@ def test_plu_matches_normflows_glow(num_classes):
 def test_glow_step_layout_is_glow_blocks():
     step = GlowStep(6, 8, mixing="qr", split_mode="channel_inv", scale_map="exp", leaky=0.1)
     kinds = [type(flow) for flow in step.flows]
-    assert kinds == [nf.flows.AffineCouplingBlock, type(build_mixing("qr", 6)), nf.flows.ActNorm]
+    assert kinds == [nf.flows.AffineCouplingBlock, type(build_mixing("qr", 6)), ActNorm]
+    assert isinstance(step.flows[2], nf.flows.ActNorm)  # normflows' ActNorm, safely initialised
     block = nf.flows.GlowBlock(6, 8, split_mode="channel_inv", scale_map="exp", leaky=0.1)
     assert [(n, p.shape) for n, p in step.flows[0].named_parameters()] == [
         (n, p.shape) for n, p in block.flows[0].named_parameters()

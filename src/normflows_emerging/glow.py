@@ -13,6 +13,7 @@ import normflows as nf
 import torch
 from torch import nn
 
+from .flows.actnorm import ActNorm
 from .flows.arguments import check_bool, check_positive_int
 from .flows.utils import check_image
 from .mixing import build_mixing
@@ -79,6 +80,9 @@ def glow_coupling(
         init_zeros,
         actnorm=net_actnorm,
     )
+    for module in net.modules():  # the network's ActNorms initialise safely too
+        if isinstance(module, nf.utils.ActNorm):
+            module.actNorm = ActNorm(module.actNorm.s.shape[1:])
     return nf.flows.AffineCouplingBlock(net, scale, scale_map, split_mode)
 
 
@@ -130,7 +134,7 @@ class GlowStep(nf.flows.Flow):
         )
         layer = build_mixing(mixing, channels, **mixing_kwargs)
         self.channels = channels
-        self.flows = nn.ModuleList([coupling, layer, nf.flows.ActNorm((channels, 1, 1))])
+        self.flows = nn.ModuleList([coupling, layer, ActNorm((channels, 1, 1))])
 
     @property
     def min_image_size(self) -> int:
@@ -146,7 +150,7 @@ class GlowStep(nf.flows.Flow):
         see an input that another one then refuses."""
         actnorm = self.flows[-1]
         check_image(x, self.channels, type(self).__name__, actnorm.s)
-        if not actnorm.data_dep_init_done > 0:
+        if not actnorm.initialised:
             if x.shape[0] == 0:
                 raise ValueError(
                     f"{type(self).__name__}: the first batch initialises its ActNorm and must not "
