@@ -114,14 +114,18 @@ def sample(model, num_samples, temperature=1.0, seed=0, device="cpu", y=None):
 
     Raises:
       NonFiniteError: from the model, if a sample holds a NaN or an infinity (clamping here
-        would hide it)
+        would hide it), or if a layer cannot invert (its ``torch.linalg.LinAlgError``, e.g. an
+        overflowing solve): either way the model cannot sample
     """
     if y is None:
         y = class_labels(model, num_samples, device)
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(seed, SAMPLING))
-        x, _ = model.sample(num_samples, y, temperature=temperature)
+        try:
+            x, _ = model.sample(num_samples, y, temperature=temperature)
+        except torch.linalg.LinAlgError as err:
+            raise NonFiniteError(f"the model cannot sample: {err}") from err
     return x.clamp(0, 1).cpu()
 
 
@@ -197,6 +201,9 @@ def save_samples(model, path, num_samples=16, seed=0, device="cpu"):
       num_samples: images per temperature
       seed: seed of the samples
       device: device of the model
+
+    Raises:
+      NonFiniteError: if the model cannot sample (see :func:`sample`); nothing is written
     """
     grids = [sample(model, num_samples, t, seed, device) for t in SAMPLE_TEMPERATURES]
     save_image_grid(grids, path, [f"temperature {t}" for t in SAMPLE_TEMPERATURES])
