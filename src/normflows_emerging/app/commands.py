@@ -11,6 +11,7 @@ from .errors import NonFiniteError
 from .evaluation import (
     check_png_path,
     evaluate_bpd,
+    parameter_dtype,
     probe_batch,
     sample,
     sample_timing,
@@ -74,7 +75,8 @@ def evaluate_checkpoint(
             f"dataset images have {data.num_bins} levels, the model was trained "
             f"on {checkpoint['num_bins']}"
         )
-    errors = inverse_error(model, probe_batch(data, PROBE_IMAGES, config.seed).to(device))
+    probe = probe_batch(data, PROBE_IMAGES, config.seed, parameter_dtype(model)).to(device)
+    errors = inverse_error(model, probe)
     warn_if_not_invertible(errors, f"({path})")
     try:
         timing = sample_timing(model, num_samples, device, seed=config.seed, repeats=timing_repeats)
