@@ -4,7 +4,8 @@ Trains one multiscale model per mixing layer and seed and evaluates each on the 
 split. By default every model's coupling width (``--hidden-channels``) is shrunk until it has no
 more *effective* trainable parameters than the 1x1 baseline (the paper's "correcting for the
 increase in parameters"; they are degrees of freedom: entries a mask or triangle discards and
-directions that leave a layer unchanged are not counted, see ``normflows_emerging.parameters``). For each mixing the table gives the mean ± standard deviation
+directions that leave a layer unchanged are not counted, see ``normflows_emerging.parameters``).
+For each mixing the table gives the mean ± standard deviation
 of the test bits/dim over the seeds and the *paired* difference to 1x1 (a seed fixes the data
 order, the dequantisation noise and the initialisation seed, so seed s of every mixing sees the
 same batches) with a 95% Student-t interval, and says whether that interval excludes zero.

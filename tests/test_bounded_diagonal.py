@@ -5,7 +5,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from brute_force import perturb_
 from normflows_emerging import (
     EmergingConv2d,
     MaskedAffineAutoregressiveConv2d,

@@ -240,8 +240,10 @@ def replace_mixing(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
 
     In place. The new layers take the device and dtype of their block's parameters and start
     from their own initialisation; the other parameters are kept. A single-channel GlowBlock
-    (which has no mixing layer) gets one. All new layers are built before any is put in, so an
-    error leaves the model as it was.
+    (which has no mixing layer) gets one. A GlowBlock's ``normflows.flows.ActNorm`` becomes this
+    package's :class:`~normflows_emerging.flows.actnorm.ActNorm` with the same state (safe on a
+    degenerate first batch, no device read per call). All new layers are built before any is
+    put in, so an error leaves the model as it was.
 
     Args:
       model: ``torch.nn.Module`` containing ``normflows.flows.GlowBlock`` or ``GlowStep`` modules
@@ -271,11 +273,20 @@ def replace_mixing(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
         layers.append(layer.to(device=like.device, dtype=like.dtype))
     _check_image_sizes(model, blocks, layers)
     for block, layer in zip(blocks, layers):
+        if type(block.flows[-1]) is nf.flows.ActNorm:
+            block.flows[-1] = _safe_actnorm(block.flows[-1])
         if len(block.flows) == 3:
             block.flows[1] = layer
         else:
             block.flows.insert(1, layer)
     return model
+
+
+def _safe_actnorm(old: nf.flows.ActNorm) -> ActNorm:
+    """This package's ActNorm with the state (initialised or not) of normflows' ``old``."""
+    new = ActNorm(old.s.shape[1:]).to(device=old.s.device, dtype=old.s.dtype)
+    new.load_state_dict(old.state_dict())
+    return new
 
 
 def _check_image_sizes(model: nn.Module, blocks: list, layers: list) -> None:

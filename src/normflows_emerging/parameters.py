@@ -233,7 +233,9 @@ def _homogeneous_hidden_units(net: nn.Module) -> int:
     # be scaled by a > 0 on its way in and 1/a on its way out.
     layers = list(net.modules())
     convs = [m for m in layers if isinstance(m, nn.Conv2d)]
-    if not all(isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.Conv2d, nn.Sequential)) for m in layers[1:]):
+    if not all(
+        isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.Conv2d, nn.Sequential)) for m in layers[1:]
+    ):
         return 0
     return sum(conv.out_channels for conv in convs[:-1])
 

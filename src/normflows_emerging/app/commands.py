@@ -86,7 +86,9 @@ def evaluate_checkpoint(
             "sampling_error": None,
         }
     except NonFiniteError as err:  # a layer cannot sample: the likelihood is still measured
-        warnings.warn(f"{path}: sampling not timed: {err}", NumericalInvertibilityWarning)
+        warnings.warn(
+            f"{path}: sampling not timed: {err}", NumericalInvertibilityWarning, stacklevel=2
+        )
         sampling = dict.fromkeys(("sample_ms_per_image", "sample_ms_per_image_iqr"))
         sampling["sampling_error"] = " ".join(str(err).split())
     count = count_parameters(model)

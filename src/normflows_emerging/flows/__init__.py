@@ -1,7 +1,7 @@
 """Invertible convolutions as ``normflows.flows.Flow`` layers, one family per module."""
 
-from .autoregressive import SquareAutoregressiveConv2d
 from .actnorm import ActNorm
+from .autoregressive import SquareAutoregressiveConv2d
 from .composite import Chain
 from .emerging import EmergingConv2d
 from .maf import MaskedAffineAutoregressiveConv2d

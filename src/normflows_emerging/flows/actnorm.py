@@ -59,8 +59,7 @@ class ActNorm(nf.flows.ActNorm):
             raise ValueError(f"{type(self).__name__}: the first batch initialises it and is empty")
         if not torch.isfinite(z).all():
             raise ValueError(
-                f"{type(self).__name__}: the first batch initialises it and holds inf or NaN "
-                f"values"
+                f"{type(self).__name__}: the first batch initialises it and holds inf or NaN values"
             )
         count = z.numel() // self.s.numel()
         mean = z.mean(dim=self.batch_dims, keepdim=True)
