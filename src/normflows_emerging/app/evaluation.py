@@ -257,6 +257,9 @@ def sample_timing(
     Returns:
       ``torch.utils.benchmark.Measurement`` of one draw of ``num_samples`` images (seconds):
       ``median``, ``iqr``, ``times``
+
+    Raises:
+      NonFiniteError: if the model cannot sample (see :func:`sample`)
     """
     benchmark = import_torch_benchmark()
     timer = benchmark.Timer(
