@@ -83,11 +83,12 @@ def test_matched_widths_are_the_widest_within_the_1x1_budget(compare):
         return count_parameters(model).effective
 
     budget = effective("1x1", 16)
-    assert widths["1x1"] == widths["plu"] == 16  # plu has exactly 1x1's degrees of freedom
+    # PLU and QR have exactly 1x1's degrees of freedom (C^2 each)
+    assert widths["1x1"] == widths["plu"] == widths["qr"] == 16
     for mixing, width in widths.items():
         assert effective(mixing, width) <= budget
         assert width == 16 or effective(mixing, width + 1) > budget
-    assert widths["emerging"] < 16 and widths["qr"] < 16
+    assert widths["emerging"] < 16
     # a MAF layer's own networks alone exceed the budget: a clear error, not a silent width
     with pytest.raises(ValueError, match="'maf' has more than the 1x1 model's"):
         compare.matched_widths(config, ["1x1", "maf"], (1, 8, 8))
