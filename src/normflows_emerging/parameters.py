@@ -16,7 +16,10 @@ used ones and the *effective* count, the degrees of freedom: the rank of the Jac
 layer's outputs (and log-determinant) with respect to its parameters at generic parameter values
 (the tests check it by brute force). The effective count is what the paper's "correcting for the
 increase in parameters" compares. Redundancy across layers (e.g. an ActNorm's scale next to a
-1x1 convolution that could absorb it) is not removed: each layer is counted on its own.
+1x1 convolution that could absorb it) is not removed: each layer is counted on its own. The MAF
+layers are counted by their used entries, an upper bound: their ReLU networks' rescalings and
+the channel mixing their first layer can absorb from the 1x1 convolution before it have no rule
+yet (their Jacobian rank depends on which ReLUs are active, so no test pins it down).
 
 Which entries of a module's parameters are free is found, in this order, by
 
