@@ -69,6 +69,7 @@ from normflows_emerging.app import train as training
 from normflows_emerging.app.checkpoint import CHECKPOINT, load_checkpoint
 from normflows_emerging.app.commands import evaluate_checkpoint
 from normflows_emerging.app.config import TrainConfig, build_model, load_datasets
+from normflows_emerging.app.errors import NonFiniteError
 from normflows_emerging.app.run_folder import METRICS
 from normflows_emerging.mixing import mixing_layers
 from normflows_emerging.parameters import count_parameters, widest_within_budget
@@ -163,8 +164,9 @@ def train_and_evaluate(
 
     Returns:
       dict: mixing, seed, hidden_channels, test_bpd, inverse_error, parameters_total,
-      parameters_effective, train_seconds, sample_ms (list, one per timed block) and with
-      ``naive_timing`` naive_sample_ms
+      parameters_effective, train_seconds, sample_ms (list, one per timed block; empty, with
+      the reason in sampling_error, when the model cannot sample) and with ``naive_timing``
+      naive_sample_ms
     """
     last = training.train(config, run_dir, device, progress=progress, overwrite=overwrite)
     checkpoint = run_dir / CHECKPOINT
@@ -180,12 +182,14 @@ def train_and_evaluate(
         "parameters_total": count.total,
         "parameters_effective": count.effective,
         "train_seconds": last["seconds"],
-        "sample_ms": sampling_ms_per_image(model, num_samples, device, config.seed),
     }
-    if naive_timing:
-        record["naive_sample_ms"] = sampling_ms_per_image(
-            model, num_samples, device, config.seed, backend="naive"
-        )
+    backends = {"sample_ms": None, **({"naive_sample_ms": "naive"} if naive_timing else {})}
+    for key, backend in backends.items():
+        try:
+            record[key] = sampling_ms_per_image(model, num_samples, device, config.seed, backend)
+        except NonFiniteError as err:  # the model cannot sample; its likelihood still counts
+            record[key] = []
+            record["sampling_error"] = " ".join(str(err).split())
     return record
 
 
@@ -253,8 +257,9 @@ def summarize(runs):
       list of dicts (in the runs' mixing order): mixing, seeds, hidden_channels,
       parameters_effective, parameters_total, test_bpd_mean, test_bpd_std, and, when 1x1 was
       run: difference (mean, low, high of the 95% interval, seeds) and verdict; sample_ms_median
-      and sample_ms_iqr (over every timed block of every seed), likewise naive_sample_ms_* when
-      timed, train_seconds (mean)
+      and sample_ms_iqr (over every timed block of every seed that can sample; None when none
+      can) and sample_ms_failed_runs (seeds whose model cannot sample), likewise
+      naive_sample_ms_* when timed, train_seconds (mean)
     """
     by_mixing = {}
     for run in runs:
@@ -280,6 +285,10 @@ def summarize(runs):
         for key in ("sample_ms", "naive_sample_ms"):
             if key in group[0]:
                 times = [t for run in group for t in run[key]]
+                row[f"{key}_failed_runs"] = sum(not run[key] for run in group)
+                if not times:
+                    row[f"{key}_median"] = row[f"{key}_iqr"] = None
+                    continue
                 quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else times * 3
                 row[f"{key}_median"] = statistics.median(times)
                 row[f"{key}_iqr"] = quartiles[2] - quartiles[0]
@@ -346,13 +355,22 @@ def markdown_table(rows):
             bpd,
             difference,
             verdict,
-            f"{row['sample_ms_median']:.2f} ({row['sample_ms_iqr']:.2f})",
+            _timing_cell(row, "sample_ms"),
         ]
         if naive:
-            cells.append(f"{row['naive_sample_ms_median']:.2f} ({row['naive_sample_ms_iqr']:.2f})")
+            cells.append(_timing_cell(row, "naive_sample_ms"))
         cells.append(f"{row['train_seconds']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _timing_cell(row, key):
+    """``median (IQR)`` of a row's timings, saying how many seeds' models cannot sample."""
+    failed = row.get(f"{key}_failed_runs", 0)
+    if row[f"{key}_median"] is None:
+        return "cannot sample"
+    cell = f"{row[f'{key}_median']:.2f} ({row[f'{key}_iqr']:.2f})"
+    return cell + (f"; {failed} of {len(row['seeds'])} seeds cannot sample" if failed else "")
 
 
 LINE_STYLES = [
