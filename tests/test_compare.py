@@ -232,3 +232,35 @@ def test_compare_rejects_bad_arguments_in_one_line(compare, capsys, argv, messag
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_model_that_cannot_sample_keeps_its_likelihood_in_the_table(compare):
+    def run(mixing, seed, bpd, sample_ms):
+        return {
+            "mixing": mixing,
+            "seed": seed,
+            "hidden_channels": 4,
+            "test_bpd": bpd,
+            "inverse_error": 1e-7,
+            "parameters_total": 10,
+            "parameters_effective": 9,
+            "train_seconds": 1.0,
+            "sample_ms": sample_ms,
+        }
+
+    runs = [
+        run("1x1", 0, 3.0, [0.1, 0.2]),
+        run("1x1", 1, 3.1, [0.1, 0.3]),
+        run("emerging", 0, 2.9, []),  # its model cannot sample
+        run("emerging", 1, 3.0, [0.2, 0.2]),
+        run("qr", 0, 3.0, []),
+        run("qr", 1, 3.0, []),
+    ]
+    rows = {row["mixing"]: row for row in compare.summarize(runs)}
+    assert rows["emerging"]["sample_ms_failed_runs"] == 1
+    assert rows["emerging"]["sample_ms_median"] == 0.2
+    assert rows["emerging"]["test_bpd_mean"] == pytest.approx(2.95)
+    assert rows["qr"]["sample_ms_median"] is None
+    table = compare.markdown_table(list(rows.values()))
+    assert "0.20 (0.00); 1 of 2 seeds cannot sample" in table
+    assert "| cannot sample |" in table
