@@ -3,8 +3,9 @@
 Trains one multiscale model per mixing layer and seed and evaluates each on the held-out test
 split. By default every model's coupling width (``--hidden-channels``) is shrunk until it has no
 more *effective* trainable parameters than the 1x1 baseline (the paper's "correcting for the
-increase in parameters"; entries a mask or triangle discards are not counted, see
-``normflows_emerging.parameters``). For each mixing the table gives the mean ± standard deviation
+increase in parameters"; they are degrees of freedom: entries a mask or triangle discards and
+directions that leave a layer unchanged are not counted, see ``normflows_emerging.parameters``).
+For each mixing the table gives the mean ± standard deviation
 of the test bits/dim over the seeds and the *paired* difference to 1x1 (a seed fixes the data
 order, the dequantisation noise and the initialisation seed, so seed s of every mixing sees the
 same batches) with a 95% Student-t interval, and says whether that interval excludes zero.
@@ -55,6 +56,7 @@ from normflows_emerging.app import train as training
 from normflows_emerging.app.checkpoint import CHECKPOINT, load_checkpoint
 from normflows_emerging.app.commands import evaluate_checkpoint
 from normflows_emerging.app.config import TrainConfig, build_model, load_datasets
+from normflows_emerging.app.errors import NonFiniteError
 from normflows_emerging.app.evaluation import import_torch_benchmark
 from normflows_emerging.app.run_folder import METRICS, prepare_run_folder
 from normflows_emerging.mixing import mixing_layers
@@ -154,8 +156,9 @@ def train_and_evaluate(
 
     Returns:
       dict: mixing, seed, hidden_channels, test_bpd, inverse_error, parameters_total,
-      parameters_effective, train_seconds, sample_ms (list, one per timed block) and with
-      ``naive_timing`` naive_sample_ms
+      parameters_effective, train_seconds, sample_ms (list, one per timed block; empty, with
+      the reason in sampling_error, when the model cannot sample) and with ``naive_timing``
+      naive_sample_ms
     """
     # refused here first: the comparison cannot --resume, so the message offers --overwrite only
     prepare_run_folder(run_dir, overwrite=overwrite, remove=False, resumable=False)
@@ -173,12 +176,14 @@ def train_and_evaluate(
         "parameters_total": count.total,
         "parameters_effective": count.effective,
         "train_seconds": last["seconds"],
-        "sample_ms": sampling_ms_per_image(model, num_samples, device, config.seed),
     }
-    if naive_timing:
-        record["naive_sample_ms"] = sampling_ms_per_image(
-            model, num_samples, device, config.seed, backend="naive"
-        )
+    backends = {"sample_ms": None, **({"naive_sample_ms": "naive"} if naive_timing else {})}
+    for key, backend in backends.items():
+        try:
+            record[key] = sampling_ms_per_image(model, num_samples, device, config.seed, backend)
+        except NonFiniteError as err:  # the model cannot sample; its likelihood still counts
+            record[key] = []
+            record["sampling_error"] = " ".join(str(err).split())
     return record
 
 
@@ -246,8 +251,9 @@ def summarize(runs):
       list of dicts (in the runs' mixing order): mixing, seeds, hidden_channels,
       parameters_effective, parameters_total, test_bpd_mean, test_bpd_std, and, when 1x1 was
       run: difference (mean, low, high of the 95% interval, seeds) and verdict; sample_ms_median
-      and sample_ms_iqr (over every timed block of every seed), likewise naive_sample_ms_* when
-      timed, train_seconds (mean)
+      and sample_ms_iqr (over every timed block of every seed that can sample; None when none
+      can) and sample_ms_failed_runs (seeds whose model cannot sample), likewise
+      naive_sample_ms_* when timed, train_seconds (mean)
     """
     by_mixing = {}
     for run in runs:
@@ -273,6 +279,10 @@ def summarize(runs):
         for key in ("sample_ms", "naive_sample_ms"):
             if key in group[0]:
                 times = [t for run in group for t in run[key]]
+                row[f"{key}_failed_runs"] = sum(not run[key] for run in group)
+                if not times:
+                    row[f"{key}_median"] = row[f"{key}_iqr"] = None
+                    continue
                 quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else times * 3
                 row[f"{key}_median"] = statistics.median(times)
                 row[f"{key}_iqr"] = quartiles[2] - quartiles[0]
@@ -313,7 +323,7 @@ def markdown_table(rows):
     header = [
         "mixing",
         "hidden",
-        "parameters (effective / stored)",
+        "parameters (degrees of freedom / stored)",
         "test bits/dim",
         f"Δ vs {BASELINE} [95% CI]",
         "verdict",
@@ -339,13 +349,22 @@ def markdown_table(rows):
             bpd,
             difference,
             verdict,
-            f"{row['sample_ms_median']:.2f} ({row['sample_ms_iqr']:.2f})",
+            _timing_cell(row, "sample_ms"),
         ]
         if naive:
-            cells.append(f"{row['naive_sample_ms_median']:.2f} ({row['naive_sample_ms_iqr']:.2f})")
+            cells.append(_timing_cell(row, "naive_sample_ms"))
         cells.append(f"{row['train_seconds']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _timing_cell(row, key):
+    """``median (IQR)`` of a row's timings, saying how many seeds' models cannot sample."""
+    failed = row.get(f"{key}_failed_runs", 0)
+    if row[f"{key}_median"] is None:
+        return "cannot sample"
+    cell = f"{row[f'{key}_median']:.2f} ({row[f'{key}_iqr']:.2f})"
+    return cell + (f"; {failed} of {len(row['seeds'])} seeds cannot sample" if failed else "")
 
 
 LINE_STYLES = [

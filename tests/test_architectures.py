@@ -11,6 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from normflows_emerging import mixing as mixing_registry
+from normflows_emerging.flows.actnorm import ActNorm
 from normflows_emerging.glow import GlowStep, replace_mixing
 from normflows_emerging.likelihood import bits_per_dim, bits_per_dim_from_nll
 from normflows_emerging.mixing import build_mixing, mixing_layers, register_mixing
@@ -142,7 +143,8 @@ def test_plu_matches_normflows_glow(num_classes):
 def test_glow_step_layout_is_glow_blocks():
     step = GlowStep(6, 8, mixing="qr", split_mode="channel_inv", scale_map="exp", leaky=0.1)
     kinds = [type(flow) for flow in step.flows]
-    assert kinds == [nf.flows.AffineCouplingBlock, type(build_mixing("qr", 6)), nf.flows.ActNorm]
+    assert kinds == [nf.flows.AffineCouplingBlock, type(build_mixing("qr", 6)), ActNorm]
+    assert isinstance(step.flows[2], nf.flows.ActNorm)  # normflows' ActNorm, safely initialised
     block = nf.flows.GlowBlock(6, 8, split_mode="channel_inv", scale_map="exp", leaky=0.1)
     assert [(n, p.shape) for n, p in step.flows[0].named_parameters()] == [
         (n, p.shape) for n, p in block.flows[0].named_parameters()
@@ -166,14 +168,19 @@ def test_replace_mixing_on_normflows_glow(mixing):
         model.log_prob(x, None)
     blocks = [m for m in model.modules() if isinstance(m, nf.flows.GlowBlock)]
     old = [block.flows[1] for block in blocks]
+    old_actnorms = [block.flows[2].state_dict() for block in blocks]
 
     assert replace_mixing(model, mixing, **SMALL.get(mixing, {})) is model
 
-    for block, old_layer in zip(blocks, old):
+    for block, old_layer, old_actnorm in zip(blocks, old, old_actnorms):
         assert len(block.flows) == 3
         assert block.flows[1] is not old_layer
         assert type(block.flows[1]) is type(build_mixing(mixing, 4))
         assert all(p.dtype == torch.float64 for p in block.parameters())
+        # the ActNorm is this package's, with the state it had (initialised)
+        assert type(block.flows[2]) is ActNorm and block.flows[2].initialised
+        for name, value in block.flows[2].state_dict().items():
+            assert torch.equal(value, old_actnorm[name].to(value.dtype)), name
     with torch.no_grad():
         assert torch.isfinite(model.log_prob(x, None)).all()
         assert_round_trip(model, x)

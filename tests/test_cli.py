@@ -129,9 +129,9 @@ def test_non_finite_loss_skips_the_step(tmp_path, capsys, monkeypatch):
     real = evaluation.dequantize
     calls = []
 
-    def nan_on_second_step(images, num_bins, noise=None):
+    def nan_on_second_step(images, num_bins, noise=None, dtype=torch.float32):
         calls.append(None)
-        x = real(images, num_bins, noise)
+        x = real(images, num_bins, noise, dtype)
         # Call 1 initialises ActNorm, call 2 is step 1, call 3 step 2.
         return torch.full_like(x, 1e30) if len(calls) == 3 else x
 

@@ -83,11 +83,12 @@ def test_matched_widths_are_the_widest_within_the_1x1_budget(compare):
         return count_parameters(model).effective
 
     budget = effective("1x1", 16)
-    assert widths["1x1"] == widths["plu"] == 16  # plu has exactly 1x1's degrees of freedom
+    # PLU and QR have exactly 1x1's degrees of freedom (C^2 each)
+    assert widths["1x1"] == widths["plu"] == widths["qr"] == 16
     for mixing, width in widths.items():
         assert effective(mixing, width) <= budget
         assert width == 16 or effective(mixing, width + 1) > budget
-    assert widths["emerging"] < 16 and widths["qr"] < 16
+    assert widths["emerging"] < 16
     # a MAF layer's own networks alone exceed the budget: a clear error, not a silent width
     with pytest.raises(ValueError, match="'maf' has more than the 1x1 model's"):
         compare.matched_widths(config, ["1x1", "maf"], (1, 8, 8))
@@ -117,7 +118,7 @@ def test_compare_example_writes_tables_json_and_plot(compare, tmp_path):
     )
     lines = table.strip().splitlines()
     assert lines[3].startswith(
-        "| mixing | hidden | parameters (effective / stored) | "
+        "| mixing | hidden | parameters (degrees of freedom / stored) | "
         "test bits/dim | Δ vs 1x1 [95% CI] | verdict | sample ms/image "
         "| naive sample ms/image | train s (wall) |"
     )
@@ -231,3 +232,35 @@ def test_compare_rejects_bad_arguments_in_one_line(compare, capsys, argv, messag
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_model_that_cannot_sample_keeps_its_likelihood_in_the_table(compare):
+    def run(mixing, seed, bpd, sample_ms):
+        return {
+            "mixing": mixing,
+            "seed": seed,
+            "hidden_channels": 4,
+            "test_bpd": bpd,
+            "inverse_error": 1e-7,
+            "parameters_total": 10,
+            "parameters_effective": 9,
+            "train_seconds": 1.0,
+            "sample_ms": sample_ms,
+        }
+
+    runs = [
+        run("1x1", 0, 3.0, [0.1, 0.2]),
+        run("1x1", 1, 3.1, [0.1, 0.3]),
+        run("emerging", 0, 2.9, []),  # its model cannot sample
+        run("emerging", 1, 3.0, [0.2, 0.2]),
+        run("qr", 0, 3.0, []),
+        run("qr", 1, 3.0, []),
+    ]
+    rows = {row["mixing"]: row for row in compare.summarize(runs)}
+    assert rows["emerging"]["sample_ms_failed_runs"] == 1
+    assert rows["emerging"]["sample_ms_median"] == 0.2
+    assert rows["emerging"]["test_bpd_mean"] == pytest.approx(2.95)
+    assert rows["qr"]["sample_ms_median"] is None
+    table = compare.markdown_table(list(rows.values()))
+    assert "0.20 (0.00); 1 of 2 seeds cannot sample" in table
+    assert "| cannot sample |" in table

@@ -141,17 +141,37 @@ def test_gradcheck_sampling_direction(backend, flip):
     layer = perturb_(SquareAutoregressiveConv2d(2, 2, flip=flip).double())
     z = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
 
-    def sample(z, weight, log_d, bias):
-        with torch.no_grad():
-            layer.weight.copy_(weight)
-        kernel = weight * layer.mask + layer.corner_diagonal * log_d.exp()[:, None, None, None]
-        rhs = z - bias[:, None, None]
-        if flip:
-            return solve_autoregressive(rhs.flip(1, 2, 3), kernel, backend=backend).flip(1, 2, 3)
-        return solve_autoregressive(rhs, kernel, backend=backend)
+    def sample(z, weight, raw_log_d, bias):
+        """The layer's sampling direction as a function of its input and its parameters."""
+        params = {"weight": weight, "raw_log_d": raw_log_d, "bias": bias}
+        return torch.func.functional_call(layer, params, (z,), {"backend": backend})[0]
 
-    params = [p.detach().clone().requires_grad_() for p in (layer.weight, layer.log_d, layer.bias)]
+    names = ("weight", "raw_log_d", "bias")
+    params = [getattr(layer, name).detach().clone().requires_grad_() for name in names]
     assert torch.autograd.gradcheck(sample, (z, *params))
+
+
+def test_compiled_solve_runs_on_torchs_number_of_threads(monkeypatch):
+    """The extension gets ``torch.get_num_threads()`` (it decides itself whether small solves
+    use them): neither one thread always nor more than asked."""
+    seen = []
+    real = normflows_emerging.backends.compiled._SOLVERS[torch.float32]
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setitem(normflows_emerging.backends.compiled._SOLVERS, torch.float32, spy)
+    kernel = random_causal_kernel(3, 2, torch.float32)
+    y = torch.randn(2, 3, 5, 6)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3, 2):
+            torch.set_num_threads(n)
+            solve_autoregressive(y, kernel, 1, backend="compiled")
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 3, 2]
 
 
 def test_implicit_backward_matches_unrolled_reference():

@@ -8,6 +8,7 @@ from torch import nn
 
 from brute_force import perturb_
 from normflows_emerging import EmergingConv2d, QR1x1, SquareAutoregressiveConv2d
+from normflows_emerging.glow import glow_coupling
 from normflows_emerging.mixing import build_mixing, mixing_layers
 from normflows_emerging.multiscale import build_multiscale_flow
 from normflows_emerging.parameters import (
@@ -15,6 +16,7 @@ from normflows_emerging.parameters import (
     count_parameters,
     free_entries,
     register_free_entries,
+    register_redundancy,
     widest_within_budget,
 )
 
@@ -54,37 +56,98 @@ def test_autoregressive_conv_counts_match_hand_counts(channels, size):
     count = count_parameters(SquareAutoregressiveConv2d(channels, size=size))
     # weight C*C*m*m (the corner tap's diagonal and upper triangle are masked out), bias, log_d
     assert count.total == channels * channels * size * size + 2 * channels
-    assert count.effective == count.total - channels * (channels + 1) // 2
+    assert count.effective == count.used == count.total - channels * (channels + 1) // 2
 
 
 @settings(max_examples=10, deadline=None)
 @given(channels=st.integers(1, 6))
 def test_qr_and_emerging_counts_match_hand_counts(channels):
-    qr_effective = channels * channels + channels * (channels - 1) // 2 + channels
+    # W = QR has C^2 degrees of freedom: the Householder vectors' lengths are not free
+    qr_used = channels * channels + channels * (channels - 1) // 2 + channels
     assert count_parameters(QR1x1(channels)) == ParameterCount(
-        2 * channels * channels + channels, qr_effective
+        2 * channels * channels + channels, channels * channels, qr_used
     )
-    autoregressive_effective = (
-        4 * channels * channels - channels * (channels + 1) // 2 + 2 * channels
-    )
-    assert count_parameters(EmergingConv2d(channels, kernel_size=3)).effective == (
-        qr_effective + 2 * autoregressive_effective
-    )
+    autoregressive = 4 * channels * channels - channels * (channels + 1) // 2 + 2 * channels
+    # a lower-triangular channel mixing moves between the 1x1 and the causal convolution, and
+    # another between the two autoregressive ones: C (C + 1) directions in all
+    count = count_parameters(EmergingConv2d(channels, kernel_size=3))
+    assert count.used == qr_used + 2 * autoregressive
+    assert count.effective == channels * channels + 2 * autoregressive - channels * (channels + 1)
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
 def test_plu_and_plain_1x1_have_channels_squared_effective_parameters(channels):
     plu = count_parameters(build_mixing("plu", channels))
-    assert plu == ParameterCount(2 * channels * channels + channels, channels * channels)
+    assert plu == ParameterCount(2 * channels * channels + channels, *[channels * channels] * 2)
     assert count_parameters(build_mixing("1x1", channels)) == ParameterCount(
-        channels * channels, channels * channels
+        *[channels * channels] * 3
     )
 
 
 @pytest.mark.parametrize("mixing", mixing_layers())
-def test_effective_count_equals_gradient_brute_force_for_each_mixing(mixing):
+def test_used_count_equals_gradient_brute_force_for_each_mixing(mixing):
     layer = build_mixing(mixing, 3).double()
-    assert count_parameters(layer).effective == gradient_used_entries(layer, layer_loss(3))
+    assert count_parameters(layer).used == gradient_used_entries(layer, layer_loss(3))
+
+
+def jacobian_rank(layer, channels, size=(5, 6), batch=2, seed=0):
+    """Brute force of the degrees of freedom: rank of d(output, log-det)/d(parameters) of the
+    density pass, float64, at random parameters away from their initial values."""
+    layer = perturb_(layer.double().train(), 0.3, torch.Generator().manual_seed(seed))
+    names = [name for name, p in layer.named_parameters() if p.requires_grad]
+    values = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    x = torch.randn(batch, channels, *size, dtype=torch.float64)
+
+    class Density(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x):
+            return self.layer.inverse(x)
+
+    def outputs(flat):
+        params, start = dict(values), 0
+        for name in names:
+            params[name] = flat[start : start + values[name].numel()].view_as(values[name])
+            start += values[name].numel()
+        out, log_det = torch.func.functional_call(
+            Density(), {f"layer.{k}": v for k, v in params.items()}, (x,)
+        )
+        return torch.cat([out.reshape(-1), log_det.reshape(-1)])
+
+    flat = torch.cat([values[name].reshape(-1) for name in names])
+    jacobian = torch.autograd.functional.jacobian(outputs, flat)
+    assert jacobian.shape[0] > jacobian.shape[1], "too few outputs to measure the rank"
+    return int(torch.linalg.matrix_rank(jacobian))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4])
+@pytest.mark.parametrize("mixing", [m for m in mixing_layers() if m != "maf"])
+def test_effective_count_equals_jacobian_rank_for_each_mixing(mixing, channels):
+    layer = build_mixing(mixing, channels)
+    assert count_parameters(layer).effective == jacobian_rank(layer, channels)
+
+
+@pytest.mark.parametrize("channels, reflections", [(1, 0), (3, 1), (4, 2), (4, 3), (3, 5)])
+def test_qr_degrees_of_freedom_for_any_number_of_reflections(channels, reflections):
+    layer = QR1x1(channels, reflections)
+    assert count_parameters(layer).effective == jacobian_rank(layer, channels)
+
+
+@pytest.mark.parametrize("one_by_one", ["qr", "plu", "none"])
+@pytest.mark.parametrize("channels, kernel_size", [(2, 3), (3, 5)])
+def test_emerging_degrees_of_freedom(one_by_one, channels, kernel_size):
+    layer = EmergingConv2d(channels, kernel_size, one_by_one=one_by_one)
+    assert count_parameters(layer).effective == jacobian_rank(layer, channels, (6, 7))
+
+
+@pytest.mark.parametrize("channels, hidden", [(2, 3), (4, 3)])
+def test_coupling_degrees_of_freedom_drop_one_per_hidden_unit(channels, hidden):
+    coupling = glow_coupling(channels, hidden, leaky=0.1)  # no dead units on the probe data
+    count = count_parameters(coupling)
+    assert count.effective == count.used - 2 * hidden
+    assert count.effective == jacobian_rank(coupling, channels, batch=4)
 
 
 @pytest.mark.parametrize("mixing", ["plu", "emerging"])
@@ -99,15 +162,15 @@ def test_effective_count_equals_gradient_brute_force_for_a_whole_model(mixing):
         return -model.log_prob(x, None).sum()
 
     count = count_parameters(model)
-    assert count.effective == gradient_used_entries(model, loss)
-    assert count.total > count.effective
+    assert count.used == gradient_used_entries(model, loss)
+    assert count.total > count.used > count.effective
 
 
 def test_shared_and_frozen_parameters():
     shared = nn.Linear(3, 2)
     model = nn.Sequential(shared, shared, nn.Linear(2, 2))
     model[2].bias.requires_grad_(False)
-    assert count_parameters(model) == ParameterCount(8 + 4, 8 + 4)
+    assert count_parameters(model) == ParameterCount(8 + 4, 8 + 4, 8 + 4)
 
 
 def test_registered_rule_and_mask_convention_apply_to_user_layers():
@@ -123,11 +186,15 @@ def test_registered_rule_and_mask_convention_apply_to_user_layers():
             self.register_buffer("mask", torch.tensor([[1.0], [0.0]]))  # broadcasts to (2, 3)
 
     register_free_entries(Diagonal, lambda layer: {"matrix": torch.eye(4)})
-    assert count_parameters(Diagonal()) == ParameterCount(16, 4)
+    assert count_parameters(Diagonal()) == ParameterCount(16, 4, 4)
     assert free_entries(Masked())["weight"].tolist() == [[True] * 3, [False] * 3]
-    assert count_parameters(Masked()) == ParameterCount(6, 3)
+    assert count_parameters(Masked()) == ParameterCount(6, 3, 3)
+    register_redundancy(Masked, lambda layer: 1)
+    assert count_parameters(Masked()) == ParameterCount(6, 2, 3)
     with pytest.raises(TypeError, match="must be a class"):
         register_free_entries("Diagonal", lambda layer: {})
+    with pytest.raises(TypeError, match="must be callable"):
+        register_redundancy(Masked, 1)
 
 
 def test_widest_within_budget_equals_a_linear_scan():

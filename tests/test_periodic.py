@@ -304,3 +304,32 @@ def test_extra_repr():
     assert repr(PeriodicConv2d(4, kernel_size=5)) == (
         "PeriodicConv2d(num_channels=4, kernel_size=5, bias=True, method='auto')"
     )
+
+
+def tensors_held_by(cache):
+    """Every tensor reachable from a cache object through containers (whatever its layout)."""
+    found, stack, seen = [], [vars(cache)], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set)):
+            stack.extend(item)
+    return found
+
+
+def test_switching_to_training_drops_the_cached_spectra():
+    """Training changes the weights at every step: the spectra of eval mode (one per image size
+    seen) are released at once rather than held for the whole training."""
+    flow = PeriodicConv2d(3).eval()
+    with torch.no_grad():
+        for size in (4, 5, 6):
+            flow(torch.randn(2, 3, size, size))
+    assert tensors_held_by(flow._cache)
+    flow.train()
+    assert tensors_held_by(flow._cache) == []

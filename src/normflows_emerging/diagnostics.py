@@ -11,11 +11,13 @@ learning rate or lengthen the warm-up, and resume from an earlier checkpoint who
 small (``metrics.jsonl`` records it at every evaluation).
 """
 
+import contextlib
 import math
 import warnings
 
 import torch
 
+from .errors import NonFiniteError
 from .modes import eval_mode
 
 # Round-trip error (in data units: images scaled to [0, 1)) above which a model is reported as
@@ -65,6 +67,12 @@ def inverse_error(model, x) -> dict:
     ``max |forward(inverse(x)) - x|`` in data units. The model is run in eval mode and its
     previous modes restored.
 
+    A round trip that cannot be completed is infinitely wrong (error ``inf``): a direction that
+    raises ``torch.linalg.LinAlgError`` (a layer of this package whose solve overflows) or
+    ``NonFiniteError``, or returns inf or NaN. A flow whose density direction fails or returns
+    non-finite values ends the per-flow check there (the flows after it get no input), so it is
+    the worst flow.
+
     Args:
       model: ``normflows.MultiscaleFlow`` or ``normflows.NormalizingFlow``
       x: probe batch in data space, shape (batch, C, H, W) (or the model's data shape)
@@ -82,15 +90,29 @@ def inverse_error(model, x) -> dict:
         )
     with eval_mode(model):
         flow_errors = _per_flow_errors(model, x)
-        z, _ = model.inverse_and_log_det(x)
-        latents = z if isinstance(z, (list, tuple)) else [z]
-        if all(torch.isfinite(part).all() for part in latents):
-            x_again, _ = model.forward_and_log_det(z)
-            model_error = _max_abs(x_again - x)
-        else:  # the model refuses non-finite latents; the round trip is lost either way
-            model_error = float("inf")
+        model_error = math.inf
+        with _failure_is_infinite():
+            z, _ = model.inverse_and_log_det(x)
+            latents = z if isinstance(z, (list, tuple)) else [z]
+            # the model refuses non-finite latents; the round trip is lost either way
+            if all(torch.isfinite(part).all() for part in latents):
+                x_again, _ = model.forward_and_log_det(z)
+                model_error = _max_abs(x_again - x)
     worst = max(flow_errors, key=flow_errors.get) if flow_errors else None
     return {"model": model_error, "flows": flow_errors, "worst_flow": worst}
+
+
+class _FlowFailed(Exception):
+    """A flow's density direction failed: the flows after it cannot be checked."""
+
+
+@contextlib.contextmanager
+def _failure_is_infinite():
+    """Swallow the errors of a failing layer (the caller has recorded ``inf`` beforehand)."""
+    try:
+        yield
+    except (torch.linalg.LinAlgError, NonFiniteError):
+        pass
 
 
 def _per_flow_errors(model, x):
@@ -98,22 +120,32 @@ def _per_flow_errors(model, x):
     errors = {}
 
     def check(flow, h):
-        out, _ = flow.inverse(h)
-        back, _ = flow.forward(out)
-        errors[names[id(flow)]] = _max_abs(back - h)
+        name = names[id(flow)]
+        errors[name] = math.inf
+        out = None
+        with _failure_is_infinite():
+            out, _ = flow.inverse(h)
+        if out is None or not torch.isfinite(out).all():
+            raise _FlowFailed
+        with _failure_is_infinite():
+            back, _ = flow.forward(out)
+            errors[name] = _max_abs(back - h)
         return out
 
-    if _is_multiscale(model):
-        if model.transform is not None:
-            x = check(model.transform, x)
-        for i in range(len(model.q0) - 1, -1, -1):
-            for flow in reversed(model.flows[i]):
+    try:
+        if _is_multiscale(model):
+            if model.transform is not None:
+                x = check(model.transform, x)
+            for i in range(len(model.q0) - 1, -1, -1):
+                for flow in reversed(model.flows[i]):
+                    x = check(flow, x)
+                if i > 0:
+                    (x, _), _ = model.merges[i - 1].inverse(x)
+        elif _is_normalizing_flow(model):
+            for flow in reversed(model.flows):
                 x = check(flow, x)
-            if i > 0:
-                (x, _), _ = model.merges[i - 1].inverse(x)
-    elif _is_normalizing_flow(model):
-        for flow in reversed(model.flows):
-            x = check(flow, x)
+    except _FlowFailed:
+        pass
     return errors
 
 

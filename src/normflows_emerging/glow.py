@@ -13,6 +13,7 @@ import normflows as nf
 import torch
 from torch import nn
 
+from .flows.actnorm import ActNorm
 from .flows.arguments import check_bool, check_positive_int
 from .flows.utils import check_image
 from .mixing import build_mixing
@@ -79,6 +80,9 @@ def glow_coupling(
         init_zeros,
         actnorm=net_actnorm,
     )
+    for module in net.modules():  # the network's ActNorms initialise safely too
+        if isinstance(module, nf.utils.ActNorm):
+            module.actNorm = ActNorm(module.actNorm.s.shape[1:])
     return nf.flows.AffineCouplingBlock(net, scale, scale_map, split_mode)
 
 
@@ -130,7 +134,7 @@ class GlowStep(nf.flows.Flow):
         )
         layer = build_mixing(mixing, channels, **mixing_kwargs)
         self.channels = channels
-        self.flows = nn.ModuleList([coupling, layer, nf.flows.ActNorm((channels, 1, 1))])
+        self.flows = nn.ModuleList([coupling, layer, ActNorm((channels, 1, 1))])
 
     @property
     def min_image_size(self) -> int:
@@ -146,7 +150,7 @@ class GlowStep(nf.flows.Flow):
         see an input that another one then refuses."""
         actnorm = self.flows[-1]
         check_image(x, self.channels, type(self).__name__, actnorm.s)
-        if not actnorm.data_dep_init_done > 0:
+        if not actnorm.initialised:
             if x.shape[0] == 0:
                 raise ValueError(
                     f"{type(self).__name__}: the first batch initialises its ActNorm and must not "
@@ -242,8 +246,10 @@ def replace_mixing(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
 
     In place. The new layers take the device and dtype of their block's parameters and start
     from their own initialisation; the other parameters are kept. A single-channel GlowBlock
-    (which has no mixing layer) gets one. All new layers are built before any is put in, so an
-    error leaves the model as it was.
+    (which has no mixing layer) gets one. A GlowBlock's ``normflows.flows.ActNorm`` becomes this
+    package's :class:`~normflows_emerging.flows.actnorm.ActNorm` with the same state (safe on a
+    degenerate first batch, no device read per call). All new layers are built before any is
+    put in, so an error leaves the model as it was.
 
     Args:
       model: ``torch.nn.Module`` containing ``normflows.flows.GlowBlock`` or ``GlowStep`` modules
@@ -273,11 +279,20 @@ def replace_mixing(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
         layers.append(layer.to(device=like.device, dtype=like.dtype))
     _check_image_sizes(model, blocks, layers)
     for block, layer in zip(blocks, layers):
+        if type(block.flows[-1]) is nf.flows.ActNorm:
+            block.flows[-1] = _safe_actnorm(block.flows[-1])
         if len(block.flows) == 3:
             block.flows[1] = layer
         else:
             block.flows.insert(1, layer)
     return model
+
+
+def _safe_actnorm(old: nf.flows.ActNorm) -> ActNorm:
+    """This package's ActNorm with the state (initialised or not) of normflows' ``old``."""
+    new = ActNorm(old.s.shape[1:]).to(device=old.s.device, dtype=old.s.dtype)
+    new.load_state_dict(old.state_dict())
+    return new
 
 
 def _check_image_sizes(model: nn.Module, blocks: list, layers: list) -> None:

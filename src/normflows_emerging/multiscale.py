@@ -186,14 +186,38 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         y: torch.Tensor | None = None,
         temperature: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images and their log-density; see ``normflows.MultiscaleFlow.sample``.
+        """Images and their log-density; see :meth:`sample_with_labels`, which also returns the
+        class labels used.
+
+        Returns:
+          images (num_samples, *input_shape) and their log-density log q, shape (num_samples,)
+        """
+        x, log_q, _ = self.sample_with_labels(num_samples, y, temperature)
+        return x, log_q
+
+    def sample_with_labels(
+        self,
+        num_samples: int = 1,
+        y: torch.Tensor | None = None,
+        temperature: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Images, their log-density and the class labels they were drawn for.
 
         For a class-conditional model, ``y`` (if given) sets the classes and the number of
-        samples (normflows' rule: ``num_samples`` left at 1 takes ``len(y)``); else classes are
-        drawn uniformly.
+        samples (normflows' rule: ``num_samples`` left at 1 takes ``len(y)``); else one class per
+        image is drawn uniformly. Every level's base distribution uses the image's one class
+        (normflows' ``MultiscaleFlow.sample`` with ``y=None`` draws a new class at every level,
+        so an image mixes classes and its log q matches none), so ``log_q`` equals
+        ``log_prob(x, y)`` at temperature 1.
 
         ``temperature`` (None: 1) scales the base distributions' standard deviations for this
-        call only; it is reset even when a layer raises.
+        call only; it is reset even when a layer raises. ``log_q`` is then the density of the
+        tempered distribution.
+
+        Returns:
+          images (num_samples, *input_shape), log q of shape (num_samples,) and the labels: ``y``
+          as given, the drawn class indices (shape (num_samples,), int64, on the model's device)
+          or None for a model that is not class-conditional
 
         Raises:
           ValueError: if ``num_samples`` is not a positive int, ``temperature`` not a finite
@@ -214,11 +238,14 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             )
         if y is not None:
             self._check_labels(y, None if num_samples == 1 else num_samples)
+        elif self.class_cond:
+            device = next(self.parameters(), torch.empty(0)).device
+            y = torch.randint(self.num_classes, (num_samples,), device=device)
         if temperature is None:
-            return self._finite_samples(*super().sample(num_samples, y), 1.0)
+            return (*self._finite_samples(*super().sample(num_samples, y), 1.0), y)
         self.set_temperature(float(temperature))
         try:
-            return self._finite_samples(*super().sample(num_samples, y), temperature)
+            return (*self._finite_samples(*super().sample(num_samples, y), temperature), y)
         finally:
             self.reset_temperature()
 

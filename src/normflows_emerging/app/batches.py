@@ -81,7 +81,7 @@ class BatchOrder:
         """Index lists of steps ``start .. stop - 1``, a ``batch_sampler`` for a DataLoader."""
         return _StepBatches(self, start, stop)
 
-    def noisy_batch(self, images, num_bins, seed, step, whole=False):
+    def noisy_batch(self, images, num_bins, seed, step, whole=False, dtype=torch.float32):
         """Dequantise a step's batch with the noise of (seed, step).
 
         The noise is drawn for the whole global batch and each process takes its slice, so the
@@ -93,15 +93,16 @@ class BatchOrder:
           seed: seed of the run
           step: step number
           whole: ``images`` is the whole global batch
+          dtype: floating-point dtype of the result, the model's (the noise is the same)
 
         Returns:
-          float32 tensor in [0, 1), see :func:`~normflows_emerging.app.evaluation.dequantize`
+          tensor of ``dtype`` in [0, 1), see :func:`~normflows_emerging.app.evaluation.dequantize`
         """
         generator = torch.Generator().manual_seed(derive_seed(seed, TRAIN_NOISE, step))
         noise = torch.rand((self.global_batch, *images.shape[1:]), generator=generator)
         if not whole:
             noise = noise[self.offset : self.offset + len(images)]
-        return dequantize(images, num_bins, noise)
+        return dequantize(images, num_bins, noise, dtype)
 
 
 class _StepBatches:

@@ -1,14 +1,17 @@
 """What the ``evaluate`` and ``sample`` commands do with a checkpoint (see :mod:`.cli`)."""
 
 import math
+import warnings
 
-from ..diagnostics import inverse_error, warn_if_not_invertible
+from ..diagnostics import NumericalInvertibilityWarning, inverse_error, warn_if_not_invertible
 from ..parameters import count_parameters
 from .checkpoint import load_checkpoint
 from .data import get_dataset
+from .errors import NonFiniteError
 from .evaluation import (
     check_png_path,
     evaluate_bpd,
+    parameter_dtype,
     probe_batch,
     sample,
     sample_timing,
@@ -47,9 +50,12 @@ def evaluate_checkpoint(
 
     Returns:
       dict with ``<split>_bpd``, ``sample_ms_per_image`` (median over the timed runs) and
-      ``sample_ms_per_image_iqr`` (their interquartile range), ``inverse_error`` (largest
-      round-trip error of the model on the split's first images, data units),
-      ``inverse_error_worst_flow_value`` (largest error of one flow on its own input),
+      ``sample_ms_per_image_iqr`` (their interquartile range), both None with the reason in
+      ``sampling_error`` when the model cannot sample (a layer's solve overflows; a
+      ``NumericalInvertibilityWarning`` says so), ``inverse_error`` (largest round-trip error of
+      the model on the split's first images, data units, ``inf`` when a layer fails),
+      ``inverse_error_worst_flow`` (the flow with the largest error) and
+      ``inverse_error_worst_flow_value`` (its error on its own input),
       ``parameters`` and ``step``; a ``NumericalInvertibilityWarning`` when the round-trip
       error is above ``diagnostics.INVERSE_ERROR_THRESHOLD``
 
@@ -78,17 +84,30 @@ def evaluate_checkpoint(
             f"dataset images have {data.num_bins} levels, the model was trained "
             f"on {checkpoint['num_bins']}"
         )
-    errors = inverse_error(model, probe_batch(data, PROBE_IMAGES, config.seed).to(device))
+    probe = probe_batch(data, PROBE_IMAGES, config.seed, parameter_dtype(model)).to(device)
+    errors = inverse_error(model, probe)
     warn_if_not_invertible(errors, f"({path})")
-    timing = sample_timing(model, num_samples, device, seed=config.seed, repeats=timing_repeats)
+    try:
+        timing = sample_timing(model, num_samples, device, seed=config.seed, repeats=timing_repeats)
+        sampling = {
+            "sample_ms_per_image": 1000 * timing.median / num_samples,
+            "sample_ms_per_image_iqr": 1000 * timing.iqr / num_samples,
+            "sampling_error": None,
+        }
+    except NonFiniteError as err:  # a layer cannot sample: the likelihood is still measured
+        warnings.warn(
+            f"{path}: sampling not timed: {err}", NumericalInvertibilityWarning, stacklevel=2
+        )
+        sampling = dict.fromkeys(("sample_ms_per_image", "sample_ms_per_image_iqr"))
+        sampling["sampling_error"] = " ".join(str(err).split())
     count = count_parameters(model)
     return {
         f"{split}_bpd": evaluate_bpd(
             model, data, config.eval_batch_size, device, config.seed, config.num_classes is not None
         ),
-        "sample_ms_per_image": 1000 * timing.median / num_samples,
-        "sample_ms_per_image_iqr": 1000 * timing.iqr / num_samples,
+        **sampling,
         "inverse_error": errors["model"],
+        "inverse_error_worst_flow": errors["worst_flow"],
         "inverse_error_worst_flow_value": max(errors["flows"].values()),
         "parameters": count.effective,
         "parameters_stored": count.total,

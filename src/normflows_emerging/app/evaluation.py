@@ -37,24 +37,37 @@ if TYPE_CHECKING:
 SAMPLE_TEMPERATURES = (1.0, 0.7)
 
 
-def dequantize(images, num_bins, noise=None):
+def parameter_dtype(model) -> torch.dtype:
+    """The floating-point dtype of a model's parameters (float32 for a model without any): the
+    dtype its data must have."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32
+
+
+def dequantize(images, num_bins, noise=None, dtype=torch.float32):
     """Uniform dequantisation ``(k + u) / num_bins`` of integer images, u ~ U[0, 1).
 
     For a power of two ``num_bins`` (8- or 16-bit data) the result is the correctly rounded
-    float32 value: ``k + u`` is rounded once and the division by ``num_bins`` is exact.
+    value of ``dtype``: ``k + u`` is rounded once and the division by ``num_bins`` is exact.
 
     Args:
       images: integer tensor (uint8, int32, ...) with values in 0 .. num_bins - 1
       num_bins: number of intensity levels
-      noise: the values u, a float tensor of the images' shape (None: drawn with ``torch.rand``)
+      noise: the values u, a float tensor of the images' shape (None: drawn with ``torch.rand``
+        in float32, so that both dtypes see the same noise for the same seed)
+      dtype: floating-point dtype of the result, that of the model (see
+        :func:`parameter_dtype`)
 
     Returns:
-      float32 tensor of the same shape with values in [0, 1)
+      tensor of ``dtype`` and the images' shape with values in [0, 1)
     """
     if noise is None:
         noise = torch.rand(images.shape)
-    # Clamp below 1: float32 rounding can turn (num_bins - 1 + u) / num_bins into exactly 1.
-    return ((images.float() + noise) / num_bins).clamp(max=1 - 2**-24)
+    # Clamp below 1: rounding can turn (num_bins - 1 + u) / num_bins into exactly 1.
+    top = 1 - torch.finfo(dtype).eps / 2
+    return ((images.to(dtype) + noise.to(dtype)) / num_bins).clamp(max=top)
 
 
 @torch.no_grad()
@@ -62,8 +75,8 @@ def evaluate_bpd(model, dataset, batch_size=256, device="cpu", seed=0, class_con
     """Bits/dim averaged over a whole dataset, with fixed dequantisation noise.
 
     Args:
-      model: model, see the module docstring (run in eval mode, its modes restored)
-      dataset: dataset of (integer image, label) with ``num_bins``
+      model: model, see the module docstring (run in eval mode, its modes restored); the images
+        are dequantised in the dtype of its parameters
       batch_size: examples per forward pass
       device: device of the model
       seed: seed of the dequantisation noise (the same seed gives the same noise)
@@ -77,15 +90,28 @@ def evaluate_bpd(model, dataset, batch_size=256, device="cpu", seed=0, class_con
     with eval_mode(model):
         for images, labels in DataLoader(dataset, batch_size=batch_size):
             noise = torch.rand(images.shape, generator=generator)
-            x = dequantize(images, dataset.num_bins, noise).to(device)
+            x = dequantize(images, dataset.num_bins, noise, parameter_dtype(model)).to(device)
             y = labels.to(device) if class_cond else None
             total += model(x, y).double().sum().item()
             count += len(images)
     return bits_per_dim_from_nll(total / count, dataset[0][0].numel(), dataset.num_bins)
 
 
+def class_labels(model, num_samples, device="cpu"):
+    """Labels for a batch of samples: 0, 1, ..., num_classes - 1, 0, 1, ... (every class in turn,
+    one per image) for a class-conditional model, None otherwise.
+
+    A model is class-conditional when its ``class_cond`` is true; its number of classes is its
+    ``num_classes`` or that of its first base distribution (``normflows.MultiscaleFlow``).
+    """
+    if not getattr(model, "class_cond", False):
+        return None
+    num_classes = getattr(model, "num_classes", None) or model.q0[0].num_classes
+    return torch.arange(num_samples, device=device) % num_classes
+
+
 @torch.no_grad()
-def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
+def sample(model, num_samples, temperature=1.0, seed=0, device="cpu", y=None):
     """Samples of a model, clamped to [0, 1], without touching the global random state.
 
     Args:
@@ -94,18 +120,26 @@ def sample(model, num_samples, temperature=1.0, seed=0, device="cpu"):
       temperature: standard deviation factor of the base distributions
       seed: seed of the samples
       device: device of the model
+      y: class labels of a class-conditional model, shape (num_samples,) (None: every class in
+        turn, see :func:`class_labels`); one class per image at every level
 
     Returns:
       float tensor (num_samples, C, H, W) on the CPU
 
     Raises:
       NonFiniteError: from the model, if a sample holds a NaN or an infinity (clamping here
-        would hide it)
+        would hide it), or if a layer cannot invert (its ``torch.linalg.LinAlgError``, e.g. an
+        overflowing solve): either way the model cannot sample
     """
+    if y is None:
+        y = class_labels(model, num_samples, device)
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(seed, SAMPLING))
-        x, _ = model.sample(num_samples, temperature=temperature)
+        try:
+            x, _ = model.sample(num_samples, y, temperature=temperature)
+        except torch.linalg.LinAlgError as err:
+            raise NonFiniteError(f"the model cannot sample: {err}") from err
     return x.clamp(0, 1).cpu()
 
 
@@ -193,6 +227,9 @@ def save_samples(model, path, num_samples=16, seed=0, device="cpu"):
       num_samples: images per temperature
       seed: seed of the samples
       device: device of the model
+
+    Raises:
+      NonFiniteError: if the model cannot sample (see :func:`sample`); nothing is written
     """
     grids = [sample(model, num_samples, t, seed, device) for t in SAMPLE_TEMPERATURES]
     save_image_grid(grids, path, [f"temperature {t}" for t in SAMPLE_TEMPERATURES])
@@ -233,6 +270,9 @@ def sample_timing(
     Returns:
       ``torch.utils.benchmark.Measurement`` of one draw of ``num_samples`` images (seconds):
       ``median``, ``iqr``, ``times``
+
+    Raises:
+      NonFiniteError: if the model cannot sample (see :func:`sample`)
     """
     benchmark = import_torch_benchmark()
     timer = benchmark.Timer(
@@ -266,17 +306,19 @@ def sample_ms_per_image(
     return 1000 * measurement.median / num_samples
 
 
-def probe_batch(dataset, num_images=64, seed=0) -> torch.Tensor:
+def probe_batch(dataset, num_images=64, seed=0, dtype=torch.float32) -> torch.Tensor:
     """The first images of a dataset, dequantised with fixed noise: a reproducible probe.
 
     Args:
       dataset: dataset of (integer image, label) with ``num_bins``
       num_images: how many of its first images to use (fewer if it is smaller)
       seed: seed of the dequantisation noise
+      dtype: floating-point dtype of the result (the model's, see :func:`parameter_dtype`)
 
     Returns:
-      float32 tensor (n, C, H, W) in [0, 1) on the CPU
+      tensor (n, C, H, W) of ``dtype`` in [0, 1) on the CPU
     """
     images = torch.stack([dataset[i][0] for i in range(min(num_images, len(dataset)))])
     generator = torch.Generator().manual_seed(derive_seed(seed, EVAL_NOISE))
-    return dequantize(images, dataset.num_bins, torch.rand(images.shape, generator=generator))
+    noise = torch.rand(images.shape, generator=generator)
+    return dequantize(images, dataset.num_bins, noise, dtype)

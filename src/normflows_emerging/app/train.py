@@ -46,7 +46,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, build_model, check_resumable, load_datasets
 from .errors import IncompatibleResumeError, NonFiniteError
-from .evaluation import evaluate_bpd, probe_batch, save_samples
+from .evaluation import evaluate_bpd, parameter_dtype, probe_batch, save_samples
 from .progress import Progress
 from .run_folder import SAMPLES, append_metrics, prepare_run_folder, truncate_metrics
 
@@ -223,6 +223,7 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
     input_shape = list(train_set[0][0].shape)
     order = BatchOrder(len(train_set), config.batch_size, config.seed, rank, world_size)
     model.to(device)
+    dtype = parameter_dtype(model)  # the data follow the model: float32 or float64
     optimizer = torch.optim.Adamax(model.parameters(), lr=config.lr)
     scheduler = warmup_schedule(optimizer, config.warmup)
     step, elapsed, skipped = 0, 0.0, 0
@@ -247,7 +248,7 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
         indices = order.indices(0, whole=True)
         images = torch.stack([train_set[i][0] for i in indices])
         labels = torch.tensor([train_set[i][1] for i in indices])
-        x = order.noisy_batch(images, num_bins, config.seed, 0, whole=True).to(device)
+        x = order.noisy_batch(images, num_bins, config.seed, 0, True, dtype).to(device)
         with torch.no_grad():
             model(x, _labels(labels, config, device))
         _check_parameters(model, "the data-dependent initialisation", out)
@@ -259,14 +260,14 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
     model.train()
     last, warned = None, False
     train_bpds = []
-    probe = probe_batch(test_set, PROBE_IMAGES, config.seed).to(device)
+    probe = probe_batch(test_set, PROBE_IMAGES, config.seed, dtype).to(device)
     loader = DataLoader(
         train_set, batch_sampler=order.batches(step, config.steps), num_workers=config.workers
     )
     bar = Progress(config.steps, step, f"train {config.mixing}", progress and rank == 0)
     start = time.perf_counter() - elapsed
     for images, labels in loader:
-        x = order.noisy_batch(images, num_bins, config.seed, step).to(device)
+        x = order.noisy_batch(images, num_bins, config.seed, step, dtype=dtype).to(device)
         result = train_step(net, optimizer, x, _labels(labels, config, device), num_bins)
         scheduler.step()
         step += 1

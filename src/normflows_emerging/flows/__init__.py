@@ -1,5 +1,6 @@
 """Invertible convolutions as ``normflows.flows.Flow`` layers, one family per module."""
 
+from .actnorm import ActNorm
 from .autoregressive import SquareAutoregressiveConv2d
 from .composite import Chain
 from .emerging import EmergingConv2d
@@ -8,6 +9,7 @@ from .periodic_conv import PeriodicConv2d
 from .qr import QR1x1
 
 __all__ = [
+    "ActNorm",
     "Chain",
     "EmergingConv2d",
     "MaskedAffineAutoregressiveConv2d",
