@@ -157,7 +157,7 @@ def comparison_table(name: str = "compare.json") -> str:
     baseline = results["baseline"]
     columns = [
         "mixing",
-        "parameters (effective)",
+        "degrees of freedom",
         "test bits/dim (mean ± sd)",
         f"Δ vs {baseline} [95% CI]",
         "verdict",
@@ -184,7 +184,7 @@ def comparison_setting(name: str = "compare.json") -> str:
     results = load(name)
     config = results["config"]
     budget = (
-        f"coupling widths matched to the {results['baseline']} model's effective parameters"
+        f"coupling widths matched to the {results['baseline']} model's degrees of freedom"
         if results["match_budget"]
         else "the same coupling width for all"
     )
