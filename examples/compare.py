@@ -88,7 +88,7 @@ PER_RUN_FIELDS = ("mixing", "seed", "hidden_channels", "flows_per_level")
 
 
 def matched_widths(config, mixings, input_shape):
-    """Coupling width of each mixing so that none has more effective parameters than 1x1.
+    """Coupling width of each mixing so that none has more degrees of freedom than 1x1.
 
     Args:
       config: ``TrainConfig``; its ``hidden_channels`` is the baseline's (and the largest) width
@@ -117,7 +117,7 @@ def matched_widths(config, mixings, input_shape):
         except ValueError:
             raise ValueError(
                 f"mixing {mixing!r} has more than the {BASELINE} model's "
-                f"{budget:,} effective parameters even with 1 hidden channel; "
+                f"{budget:,} degrees of freedom even with 1 hidden channel; "
                 "use --no-match-budget or more --hidden-channels"
             ) from None
     return widths
@@ -302,7 +302,7 @@ def markdown_header(config, seeds, device, match_budget, steps_per_level=None):
     steps_per_level = steps_per_level or config.flows_per_level
     size = f", {config.image_size}x{config.image_size}" if config.image_size else ""
     budget = (
-        f"coupling widths shrunk to at most the {BASELINE} model's effective parameters"
+        f"coupling widths shrunk to at most the {BASELINE} model's degrees of freedom (parameters that change the map)"
         if match_budget
         else "the same coupling width for all (parameters not matched)"
     )
@@ -497,7 +497,7 @@ def sweep_depths(
 def depth_table(results):
     """Markdown table of (depth, rows) pairs: each mixing's gain over 1x1."""
     header = (
-        "| steps per level | mixing | hidden | effective parameters | test bits/dim | "
+        "| steps per level | mixing | hidden | degrees of freedom | test bits/dim | "
         f"gain over {BASELINE} [95% CI] | verdict |"
     )
     lines = [header, "|---|---|---|---|---|---|---|"]
@@ -551,7 +551,7 @@ def plot_depths(out, results, title):
         )
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel(f"effective parameters of the {BASELINE} model")
+    ax.set_xlabel(f"degrees of freedom of the {BASELINE} model")
     ax.set_ylabel(f"gain over {BASELINE} (bits/dim, 95% CI)")
     ax.set_title(title, fontsize=9)
     ax.legend()
