@@ -138,13 +138,13 @@ def test_compiled_extension_is_built():
 @pytest.mark.parametrize("backend", ["compiled", "torch", "naive"])
 @pytest.mark.parametrize("flip", [False, True])
 def test_gradcheck_sampling_direction(backend, flip):
-    layer = perturb_(SquareAutoregressiveConv2d(2, 2, flip=flip).double())
+    layer = perturb_(SquareAutoregressiveConv2d(2, 2, flip=flip, solver=backend).double())
     z = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
 
     def sample(z, weight, raw_log_d, bias):
         """The layer's sampling direction as a function of its input and its parameters."""
         params = {"weight": weight, "raw_log_d": raw_log_d, "bias": bias}
-        return torch.func.functional_call(layer, params, (z,), {"backend": backend})[0]
+        return torch.func.functional_call(layer, params, (z,))[0]
 
     names = ("weight", "raw_log_d", "bias")
     params = [getattr(layer, name).detach().clone().requires_grad_() for name in names]
