@@ -113,7 +113,8 @@ def test_compare_example_writes_tables_json_and_plot(compare, tmp_path):
     assert (out / "results.md").read_text() == table
     assert table.startswith(
         "digits: 1 level of 1 step, coupling widths shrunk to at most the "
-        "1x1 model's effective parameters; 2 training steps of batch 16; "
+        "1x1 model's degrees of freedom (parameters that change the map); 2 training steps of "
+        "batch 16; "
         "2 seeds (0 1); cpu."
     )
     lines = table.strip().splitlines()
