@@ -113,8 +113,9 @@ REPORT_CASES = [
 
 
 def main():
-    import json
     import pathlib
+
+    from timing import write_json
 
     rows = []
     for case in REPORT_CASES:
@@ -125,12 +126,12 @@ def main():
             rows.append(dict(row, target=f"sm_{capability}", **report))
             print(rows[-1], flush=True)
     path = pathlib.Path(__file__).parent / "results" / "triton_registers.json"
-    result = {
-        "what": "ptxas -v of the triton backend's kernels compiled ahead of time (no GPU)",
-        "triton": triton.__version__,
-        "rows": rows,
-    }
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(
+        str(path),
+        rows,
+        what="ptxas -v of the triton backend's kernels compiled ahead of time (no GPU)",
+        triton=triton.__version__,
+    )
 
 
 if __name__ == "__main__":
