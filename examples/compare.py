@@ -302,7 +302,8 @@ def markdown_header(config, seeds, device, match_budget, steps_per_level=None):
     steps_per_level = steps_per_level or config.flows_per_level
     size = f", {config.image_size}x{config.image_size}" if config.image_size else ""
     budget = (
-        f"coupling widths shrunk to at most the {BASELINE} model's degrees of freedom (parameters that change the map)"
+        f"coupling widths shrunk to at most the {BASELINE} model's degrees of freedom "
+        "(parameters that change the map)"
         if match_budget
         else "the same coupling width for all (parameters not matched)"
     )

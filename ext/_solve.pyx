@@ -170,9 +170,9 @@ def set_instruction_set(str name=None):
 
 
 import os as _os
-if _os.environ.get("NORMFLOWS_EMERGING_ISA"):
-    try:
-        set_instruction_set(_os.environ["NORMFLOWS_EMERGING_ISA"])
+if _os.environ.get("NORMFLOWS_EMERGING_ISA", "").strip():
+    try:  # the name as the user may type it: any case, stray spaces
+        set_instruction_set(_os.environ["NORMFLOWS_EMERGING_ISA"].strip().lower())
     except ValueError as error:  # an ImportError: the package then falls back to the torch solve
         raise ImportError(f"environment variable NORMFLOWS_EMERGING_ISA: {error}") from None
 

@@ -160,3 +160,28 @@ def test_bad_environment_variable_is_an_import_error_naming_it():
     done = import_extension_alone("sse9")
     assert done.returncode != 0
     assert "ImportError: environment variable NORMFLOWS_EMERGING_ISA" in done.stderr
+
+
+def test_environment_variable_as_typed_any_case_and_spaces():
+    done = import_extension_alone(" BaseLine ")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "baseline"
+
+
+def test_bad_environment_variable_warning_names_only_the_variable():
+    """The extension is built and fine: the fallback warning must not send the user to rebuild
+    it or look for a shadowed copy."""
+    code = (
+        "import warnings, normflows_emerging as p\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    print(p.inverse_backend())\n"
+        "print(' '.join(str(w.message) for w in caught))\n"
+    )
+    env = dict(os.environ, NORMFLOWS_EMERGING_ISA="sse9")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    backend, message = done.stdout.splitlines()
+    assert backend == "torch"
+    assert "NORMFLOWS_EMERGING_ISA" in message and "sse9" in message
+    assert "shadowed" not in message and "C compiler" not in message

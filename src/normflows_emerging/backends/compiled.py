@@ -27,6 +27,9 @@ except ImportError as error:  # never built (no C compiler, or a checkout not in
 def missing_extension_message() -> str:
     """Why the compiled extension is missing, for the warning: which copy, why, and what to run."""
     package_dir = Path(__file__).resolve().parents[1]
+    if _IMPORT_ERROR is not None and "NORMFLOWS_EMERGING_ISA" in str(_IMPORT_ERROR):
+        # the extension is built and fine: only the instruction set asked for is wrong
+        return f"The compiled solve is off: {_IMPORT_ERROR}. Unset it or name a supported set."
     if importlib.util.find_spec("normflows_emerging._solve") is None:
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
         why = f"it holds no built extension (no _solve{suffix})"
