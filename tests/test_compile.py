@@ -43,3 +43,26 @@ def test_training_step_of_a_built_model_has_no_graph_break(mixing):
     dynamo.reset()
     explanation = dynamo.explain(loss)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_many_layer_methods_compile_in_one_process():
+    """Every layer method has its own compiled variants: a wrapper shared by all of them hit
+    torch.compile's recompile limit (8) and the ninth compiled method failed with
+    fullgraph=True (ran eagerly without it)."""
+    from normflows_emerging import MaskedAffineAutoregressiveConv2d, SquareAutoregressiveConv2d
+
+    dynamo.reset()
+    layers = [
+        QR1x1(4),
+        SquareAutoregressiveConv2d(4),
+        SquareAutoregressiveConv2d(4, flip=True),
+        EmergingConv2d(4),
+        PeriodicConv2d(4),
+        MaskedAffineAutoregressiveConv2d(4, hidden_channels=8),
+    ]
+    x = torch.randn(2, 4, 6, 6)
+    for mode in ("train", "eval"):
+        for layer in layers:
+            getattr(layer, mode)()
+            compiled = torch.compile(layer.inverse, backend="eager", fullgraph=True)
+            torch.testing.assert_close(compiled(x), layer.inverse(x))

@@ -106,6 +106,10 @@ def full_precision(method):
                 x = x.to(_parameter_dtype(self, x))
             return _exact(method, self, x, *args, **kwargs)
 
+    # One code object per decorated method: torch.compile keeps its compiled variants per code
+    # object and stops compiling one after a few (8), so a wrapper shared by every layer's
+    # forward and inverse would make the ninth compiled layer method run eagerly.
+    call.__code__ = call.__code__.replace(co_name=method.__name__)
     return call
 
 
