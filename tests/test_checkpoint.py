@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -210,6 +211,20 @@ def largest_entry_data_offset(path, header=False):
     return entry.header_offset + 30 + name_length + extra_length
 
 
+# Damage to one entry of a checkpoint: name -> (entry, value written into it).
+ENTRY_DAMAGE = {
+    "model None": ("model", None),
+    "model entry None": ("model entry", None),
+    "optimizer a list": ("optimizer", []),
+    "config None": ("config", None),
+    "negative step": ("step", -1),
+    "step a float": ("step", 2.5),
+    "no bins": ("num_bins", 0),
+    "NaN bins": ("num_bins", float("nan")),
+    "input shape None": ("input_shape", None),
+}
+
+
 def damaged(path, how):
     data = path.read_bytes()
     if how == "truncated":
@@ -237,6 +252,12 @@ def damaged(path, how):
             checkpoint["config"]["mixing"] = "periodic"
         elif how == "plain dict":
             checkpoint = {"weights": torch.zeros(3)}
+        elif how in ENTRY_DAMAGE:
+            key, value = ENTRY_DAMAGE[how]
+            if key == "model entry":
+                checkpoint["model"][next(iter(checkpoint["model"]))] = value
+            else:
+                checkpoint[key] = value
         torch.save(checkpoint, path)
 
 
@@ -253,6 +274,14 @@ def damaged(path, how):
             (f"format version {FORMAT_VERSION + 1}, newer than the version {FORMAT_VERSION}"),
         ),
         ("other architecture", "does not fit the model built from its settings"),
+        *(
+            (
+                how,
+                "is not a checkpoint written by normflows_emerging (damaged?): its "
+                + ("model entry" if entry == "model entry" else f"entry {entry!r}"),
+            )
+            for how, (entry, _) in ENTRY_DAMAGE.items()
+        ),
     ],
 )
 def test_bad_checkpoint_is_one_line_naming_the_file(how, problem, reference, tmp_path, capsys):
@@ -269,7 +298,7 @@ def test_bad_checkpoint_is_one_line_naming_the_file(how, problem, reference, tmp
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1, err
         assert str(path) in err and problem in err, err
-    with pytest.raises(CheckpointError, match=problem):
+    with pytest.raises(CheckpointError, match=re.escape(problem)):
         load_checkpoint(path)
 
 

@@ -238,6 +238,31 @@ def test_evaluate_and_sample_class_conditional(tmp_path, capsys):
         ),
         (["train", "--out", "x", "--step", "5"], "unrecognized arguments: --step 5 (see"),
         (
+            ["train", "--out", "x", "--mixing-arg", "num_channels=3"],
+            "--mixing-arg num_channels cannot be given: the model sets the number of channels",
+        ),
+        (
+            [
+                "train",
+                "--out",
+                "x",
+                "--mixing-arg",
+                "kernel_size=3",
+                "--mixing-arg",
+                "kernel_size=5",
+            ],
+            "--mixing-arg kernel_size is given more than once",
+        ),
+        (
+            ["train", "--out", "x", "--threads", "99999"],
+            f"--threads: expected an integer in 1 .. {4 * (os.cpu_count() or 1)}, got '99999'",
+        ),
+        (["evaluate", "--checkpoint", "x.pt", "--threads", "5000"], "--threads: expected"),
+        (
+            ["sample", "--checkpoint", "x.pt", "--out", "s.png", "--threads", "20000"],
+            "--threads: expected an integer in 1 ..",
+        ),
+        (
             ["train", "--out", "x", "--mixing-arg", "kernel_size=-1"],
             "normflows-emerging train: error: bad --mixing-arg",
         ),

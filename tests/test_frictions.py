@@ -60,11 +60,14 @@ def test_every_command_runs_on_the_threads_it_is_given(command, monkeypatch, tmp
     assert seen == [cli.DEFAULT_THREADS]
 
 
-def test_threads_must_be_positive(capsys):
+@pytest.mark.parametrize("value", ["0", str(cli.max_threads() + 1)])
+def test_threads_must_be_positive_and_at_most_the_cap(value, capsys):
+    """--threads 99999 segfaulted in torch.set_num_threads, 20000 failed in libgomp."""
     with pytest.raises(SystemExit) as exc:
-        cli.main(["train", "--out", "x", "--threads", "0"])
+        cli.main(["train", "--out", "x", "--threads", value])
     assert exc.value.code == 2
-    assert "--threads: expected a positive integer" in one_line_error(capsys)
+    expected = f"--threads: expected an integer in 1 .. {cli.max_threads()}, got '{value}'"
+    assert expected in one_line_error(capsys)
 
 
 # --version -------------------------------------------------------------------------------------

@@ -192,8 +192,9 @@ def read_checkpoint(path) -> dict:
     Raises:
       FileNotFoundError: if there is no such file
       CheckpointError: if the file is truncated or corrupted (every byte is checked against the
-        archive's CRCs), is not such a checkpoint, has
-        another format version, or holds an invalid config (the message names the file)
+        archive's CRCs), is not such a checkpoint (also: an entry of the wrong type, a negative
+        step, fewer than 2 intensity levels), has another format version, or holds an invalid
+        config (the message names the file)
     """
     path = Path(path)
     if not path.is_file():
@@ -228,11 +229,59 @@ def read_checkpoint(path) -> dict:
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise CheckpointError(f"{path} is missing the checkpoint entries {missing}")
+    problem = _entry_problem(checkpoint)
+    if problem:
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by normflows_emerging (damaged?): {problem}"
+        )
     try:
         checkpoint["config"] = TrainConfig(**checkpoint["config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path} holds an invalid training config: {err}") from None
     return checkpoint
+
+
+def _entry_problem(checkpoint):
+    """One line on the first entry of a checkpoint dict of the wrong type or value ("" if none).
+
+    A checkpoint written by :func:`save_checkpoint` holds dicts for the states and the config,
+    a tensor for every model entry, a step >= 0, at least 2 intensity levels and a
+    (channels, height, width) input shape of positive ints.
+    """
+    for key in ("model", "optimizer", "scheduler", "config", "rng"):
+        if not isinstance(checkpoint[key], dict):
+            return f"its entry {key!r} is {_describe(checkpoint[key])}, expected a dict"
+    not_tensors = [k for k, v in checkpoint["model"].items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        key = not_tensors[0]
+        value = checkpoint["model"][key]
+        return f"its model entry {key!r} is {_describe(value)}, expected a tensor"
+    checks = (
+        ("step", _is_int(checkpoint["step"], 0), "an integer >= 0"),
+        ("num_bins", _is_int(checkpoint["num_bins"], 2), "an integer >= 2"),
+        (
+            "input_shape",
+            isinstance(checkpoint["input_shape"], (list, tuple, torch.Size))
+            and len(checkpoint["input_shape"]) == 3
+            and all(_is_int(n, 1) for n in checkpoint["input_shape"]),
+            "(channels, height, width) of positive integers",
+        ),
+    )
+    for key, fine, expected in checks:
+        if not fine:
+            return f"its entry {key!r} is {_describe(checkpoint[key])}, expected {expected}"
+    return ""
+
+
+def _is_int(value, low):
+    """Whether ``value`` is an int (not a bool) of at least ``low``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _describe(value):
+    """A short description of a value for a message: its repr, cut, or its type."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__}"
 
 
 def load_state(module, state, path, what="model") -> None:

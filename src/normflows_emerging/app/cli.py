@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import sys
 
 import torch
@@ -184,6 +185,15 @@ def config_from_args(args, parser, defaults=None):
         for f in dataclasses.fields(TrainConfig)
     }
     if getattr(args, "mixing_arg", None):
+        names = [name for name, _ in args.mixing_arg]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            parser.error(f"--mixing-arg {repeated[0]} is given more than once; give it once")
+        if "num_channels" in names:
+            parser.error(
+                "--mixing-arg num_channels cannot be given: the model sets the number of "
+                "channels of each mixing layer"
+            )
         values["mixing_kwargs"] = dict(args.mixing_arg)
     mixings = getattr(args, "mixings", [values["mixing"]])
     for mixing in mixings:
@@ -207,14 +217,24 @@ def add_device_argument(parser):
 DEFAULT_THREADS = 1
 
 
+def max_threads():
+    """The largest ``--threads`` accepted: 4 times the CPU count (at least 4).
+
+    Far larger counts crash OpenMP (torch.set_num_threads(99999) segfaults, 20000 fails in
+    libgomp, 5000 hangs), and more threads than cores only wait on each other.
+    """
+    return 4 * max(1, os.cpu_count() or 1)
+
+
 def add_threads_argument(parser):
-    """Add ``--threads N`` (CPU threads of torch and the compiled solve) to a parser."""
+    """Add ``--threads N`` (CPU threads of torch and the compiled solve, 1 .. 4 x CPUs)."""
+    cap = max_threads()
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_int_in(1, cap),
         default=DEFAULT_THREADS,
-        help="CPU threads of torch and the compiled solve; raise it for large models on an idle "
-        f"machine (default: {DEFAULT_THREADS})",
+        help="CPU threads of torch and the compiled solve, 1 .. 4 x the CPU count = "
+        f"{cap}; raise it for large models on an idle machine (default: {DEFAULT_THREADS})",
     )
 
 
