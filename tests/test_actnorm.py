@@ -90,7 +90,9 @@ def test_state_dict_is_normflows_and_loading_sets_the_flag():
     ours.load_state_dict(theirs.state_dict())
     assert ours.initialised
     x = torch.randn(2, 4, 3, 3)
-    torch.testing.assert_close(ours.inverse(x), theirs.inverse(x))
+    (out, log_det), (their_out, their_log_det) = ours.inverse(x), theirs.inverse(x)
+    torch.testing.assert_close(out, their_out)
+    torch.testing.assert_close(log_det, their_log_det.expand(2))  # theirs is 0-d
     ours.load_state_dict(ActNorm((4, 1, 1)).state_dict())
     assert not ours.initialised
     ours.inverse(x)
@@ -135,3 +137,50 @@ def test_glow_steps_and_their_networks_use_it():
     step = GlowStep(4, 6, mixing="qr", net_actnorm=True)
     inner = [m for m in step.modules() if isinstance(m, nf.flows.ActNorm)]
     assert len(inner) == 3 and all(isinstance(m, ActNorm) for m in inner)
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+@pytest.mark.parametrize(
+    "shape, x",
+    [
+        ((3, 1, 1), torch.randn(4, 1, 2, 2)),  # would broadcast to (4, 3, 2, 2)
+        ((3, 1, 1), torch.randn(4, 3, 2)),  # 3-d
+        ((3, 1, 1), torch.randn(4, 3, 2, 2, 1)),
+        ((3, 2, 2), torch.randn(4, 3, 1, 1)),  # would broadcast
+    ],
+)
+def test_a_mismatched_shape_is_a_value_error(direction, shape, x):
+    layer = ActNorm(shape)
+    with pytest.raises(ValueError, match=r"expects a tensor of shape \(batch, 3, "):
+        getattr(layer, direction)(x)
+    assert not layer.initialised
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+@pytest.mark.parametrize("initialised", [False, True])
+def test_a_wrong_dtype_is_a_type_error(direction, initialised):
+    layer = ActNorm((3, 1, 1))
+    if initialised:
+        layer.inverse(torch.randn(4, 3, 2, 2))
+    with pytest.raises(TypeError, match="float32 and float64"):
+        getattr(layer, direction)(torch.ones(4, 3, 2, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="torch.float32 parameters but got a torch.float64"):
+        getattr(layer, direction)(torch.randn(4, 3, 2, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shape, x_shape", [((3, 1, 1), (5, 3, 2, 4)), ((3, 2, 2), (5, 3, 2, 2))])
+def test_log_det_has_the_batch_shape_and_context_is_accepted(shape, x_shape):
+    layer = ActNorm(shape)
+    x = torch.randn(x_shape)
+    layer.inverse(x)
+    with torch.no_grad():
+        layer.s.add_(0.1 * torch.randn_like(layer.s))  # away from the initial values
+    z, log_det = layer.inverse(x, context=torch.zeros(5, 2))
+    back, back_log_det = layer.forward(z, context=torch.zeros(5, 2))
+    torch.testing.assert_close(back, x)
+    assert log_det.shape == back_log_det.shape == (5,)
+    # brute force: the Jacobian of an elementwise map is diagonal
+    jacobian = torch.autograd.functional.jacobian(lambda v: layer.inverse(v[None])[0][0], x[0])
+    dense = jacobian.reshape(x[0].numel(), x[0].numel()).double()
+    torch.testing.assert_close(log_det, torch.linalg.slogdet(dense)[1].float().expand(5))
+    torch.testing.assert_close(back_log_det, -log_det)

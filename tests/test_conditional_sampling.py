@@ -103,3 +103,41 @@ def test_unconditional_model_returns_no_labels():
         x, log_q, y = model.sample_with_labels(3)
     assert y is None and x.shape == (3, 1, 4, 4)
     assert class_labels(model, 3) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32])
+def test_labels_of_any_integer_dtype_are_used_as_int64(model, dtype):
+    y = torch.tensor([7, 3, 0, 9])
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.log_prob(x, y.to(dtype)), model.log_prob(x, y))
+        torch.manual_seed(1)
+        samples, _, labels = model.sample_with_labels(4, y.to(dtype))
+    assert labels.dtype == torch.int64 and (labels == y).all()
+    assert (latent_classes(model, samples) == y).all()
+
+
+def test_empty_labels_are_refused(model):
+    with pytest.raises(ValueError, match="at least one"):
+        model.sample_with_labels(1, y=torch.empty(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least one"):
+        model.sample_with_labels(1, y=torch.empty(0, NUM_CLASSES, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        [0.0] * NUM_CLASSES,  # all zero
+        [1.0, -0.5] + [0.0] * (NUM_CLASSES - 2),  # a negative weight
+        [-0.1] * NUM_CLASSES,
+    ],
+)
+def test_class_weight_rows_must_be_non_negative_with_a_positive_sum(model, row):
+    y = torch.ones(3, NUM_CLASSES, dtype=torch.float64) / NUM_CLASSES
+    y[1] = torch.tensor(row, dtype=torch.float64)
+    with pytest.raises(ValueError, match="non-negative with a positive sum"):
+        model.sample_with_labels(3, y)
+    with pytest.raises(ValueError, match="non-negative with a positive sum"):
+        model.log_prob(torch.rand(3, 1, 8, 8, dtype=torch.float64), y)
+    with torch.no_grad():  # valid weights still work
+        model.log_prob(torch.rand(3, 1, 8, 8, dtype=torch.float64), y.abs() + 0.1)

@@ -12,6 +12,7 @@ pytest.importorskip("nflows")
 from nflows.distributions import StandardNormal  # noqa: E402
 from nflows.flows import Flow  # noqa: E402
 from nflows.transforms import (  # noqa: E402
+    AffineCouplingTransform,
     CompositeTransform,
     MultiscaleCompositeTransform,
     SqueezeTransform,
@@ -171,15 +172,52 @@ def test_named_adapters_pass_their_arguments_on():
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
-def test_adapters_refuse_a_context_they_cannot_use(adapter):
-    """nflows passes a context to every transform when log_prob or sample get one; the
-    unconditional layers must say so instead of returning what they return without it."""
-    transform = adapter(4)
+def test_adapters_ignore_a_context_as_nflows_unconditional_transforms_do(adapter):
+    """nflows' CompositeTransform passes a conditional model's context to every transform."""
+    transform = randomize(adapter(4))
     x = torch.randn(2, 4, 6, 6)
     for direction in (transform, transform.inverse):
-        with pytest.raises(ValueError, match=f"{adapter.__name__} is unconditional"):
-            direction(x, context=torch.zeros(2, 3))
-        assert direction(x, context=None)[0].shape == x.shape
+        with torch.no_grad():
+            with_context = direction(x, context=torch.zeros(2, 3))
+            without = direction(x, context=None)
+        torch.testing.assert_close(with_context, without)
+
+
+class ContextConvNet(torch.nn.Module):
+    """A coupling network of nflows' interface, net(identity half, context): the context
+    (batch, features) enters as constant extra channels."""
+
+    def __init__(self, in_channels, out_channels, context_features):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels + context_features, out_channels, 3, padding=1)
+
+    def forward(self, inputs, context):
+        planes = context[:, :, None, None].expand(-1, -1, *inputs.shape[2:])
+        return self.conv(torch.cat([inputs, planes], 1))
+
+
+def test_conditional_nflows_flow_with_adapters():
+    context_features = 3
+    coupling = AffineCouplingTransform(
+        torch.tensor([1, 1, -1, -1]),
+        lambda c_in, c_out: ContextConvNet(c_in, c_out, context_features),
+    )
+    transform = CompositeTransform([coupling, QR1x1Transform(4), EmergingConv2dTransform(4)])
+    flow = randomize(Flow(transform, StandardNormal([4, 6, 6])))
+    x, context = torch.randn(5, 4, 6, 6), torch.randn(5, context_features)
+    with torch.no_grad():
+        z, log_det = transform(x, context=context)
+        x_back, log_det_back = transform.inverse(z, context=context)
+        torch.testing.assert_close(x_back, x, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(log_det_back, -log_det, atol=1e-4, rtol=1e-4)
+        # the context matters (through the coupling) and log_prob is the change of variables
+        other, _ = transform(x, context=context + 1)
+        assert not torch.allclose(other, z)
+        log_p = flow.log_prob(x, context=context)
+        base = StandardNormal([4, 6, 6]).log_prob(z)
+        torch.testing.assert_close(log_p, base + log_det)
+        samples = flow.sample(2, context=context)
+        assert samples.shape == (5, 2, 4, 6, 6)
 
 
 def test_adapters_have_the_layers_signatures():

@@ -207,3 +207,9 @@ def test_widest_within_budget_equals_a_linear_scan():
     assert widest_within_budget(build, 10**9, 12) == 12
     with pytest.raises(ValueError, match="even width 1"):
         widest_within_budget(build, 10, 16)
+
+
+@pytest.mark.parametrize("model", [None, [nn.Linear(2, 2)], torch.zeros(3)])
+def test_count_parameters_of_a_non_module_is_a_type_error(model):
+    with pytest.raises(TypeError, match="nn.Module"):
+        count_parameters(model)

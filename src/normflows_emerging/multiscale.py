@@ -28,8 +28,9 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
     Its methods are MultiscaleFlow's; before any layer runs, ``log_prob``, ``forward``,
     ``forward_kld``, ``inverse_and_log_det``, ``forward_and_log_det`` and ``sample`` check the
     images and latents (shape, dtype and device those of the model's parameters, at least one
-    example, all values finite), the class labels (integer indices in [0, num_classes) or
-    finite class weights, on the model's device) and the sampling temperature (a finite
+    example, all values finite), the class labels (integer indices in [0, num_classes) of any
+    integer dtype, used as int64, or finite class weights, non-negative with a positive sum per
+    row, on the model's device; at least one) and the sampling temperature (a finite
     number > 0), so a wrong input is reported in the model's terms and no layer (e.g. an
     ActNorm's data-dependent initialisation, which a float64, empty or NaN batch would corrupt
     for good) sees it.
@@ -97,13 +98,17 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         if not torch.compiler.is_compiling() and not torch.isfinite(x).all():
             raise ValueError(f"model expects finite {what}, got inf or NaN values")
 
-    def _check_labels(self, y: Any, batch: int | None) -> None:
+    def _check_labels(self, y: Any, batch: int | None) -> torch.Tensor | None:
         """Labels: None for an unconditional model; class indices of shape (batch,) or class
-        weights of shape (batch, num_classes) otherwise (``batch`` None: any length)."""
+        weights of shape (batch, num_classes) otherwise (``batch`` None: any length >= 1).
+
+        Returns:
+          ``y``, integer class indices converted to int64 (normflows' scatter takes only int64)
+        """
         if not self.class_cond:
             if y is not None:
                 raise ValueError("model is not class-conditional: y must be None")
-            return
+            return None
         if not isinstance(y, torch.Tensor):
             raise TypeError(
                 f"class-conditional model needs labels y as a torch.Tensor, got {type(y).__name__}"
@@ -124,19 +129,27 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             )
         if weights:
             self._check_values("class weights y", y)
-            return
+            if not torch.compiler.is_compiling() and bool(  # one read of a device value
+                ((y < 0).any(dim=1) | (y.sum(dim=1) <= 0)).any()
+            ):
+                raise ValueError(
+                    "class weights y must be non-negative with a positive sum in every row"
+                )
+            return y
+        if y.shape[0] == 0:
+            raise ValueError("model expects labels y for at least one example, got empty labels")
         device = next(self.parameters(), y).device
         if y.device != device:
             raise ValueError(f"model has parameters on {device} but got labels y on {y.device}")
         if (
             not torch.compiler.is_compiling()
-            and y.numel()
             and bool(((y < 0) | (y >= self.num_classes)).any())  # one read of a device value
         ):
             raise ValueError(
                 f"class labels y must lie in [0, {self.num_classes}), got values from "
                 f"{int(y.min())} to {int(y.max())}"
             )
+        return y.long()
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Log-density of images, shape (batch,); see ``normflows.MultiscaleFlow.log_prob``.
@@ -147,7 +160,7 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             model (see the class docstring)
         """
         self._check_images(x)
-        self._check_labels(y, x.shape[0])
+        y = self._check_labels(y, x.shape[0])
         return super().log_prob(x, y)
 
     def inverse_and_log_det(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -216,7 +229,8 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
 
         Returns:
           images (num_samples, *input_shape), log q of shape (num_samples,) and the labels: ``y``
-          as given, the drawn class indices (shape (num_samples,), int64, on the model's device)
+          as given (integer class indices as int64), the drawn class indices (shape
+          (num_samples,), int64, on the model's device)
           or None for a model that is not class-conditional
 
         Raises:
@@ -237,7 +251,7 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
                 f"temperature must be a finite number > 0 or None, got {temperature!r}"
             )
         if y is not None:
-            self._check_labels(y, None if num_samples == 1 else num_samples)
+            y = self._check_labels(y, None if num_samples == 1 else num_samples)
         elif self.class_cond:
             device = next(self.parameters(), torch.empty(0)).device
             y = torch.randint(self.num_classes, (num_samples,), device=device)

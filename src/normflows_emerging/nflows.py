@@ -35,9 +35,10 @@ class FlowTransform(Transform):
 
     ``forward`` calls the flow's ``inverse`` (density direction) and ``inverse`` its ``forward``
     (sampling direction); log-determinants are the flow's, broadcast to shape (batch,). The
-    wrapped layers are unconditional: a ``context`` other than None is refused with a
-    ``ValueError`` rather than silently ignored (nflows passes one only when ``log_prob`` or
-    ``sample`` is given one).
+    wrapped layers are unconditional: ``context`` is accepted and ignored, as nflows' own
+    unconditional transforms do, since nflows' ``CompositeTransform`` passes the context of a
+    conditional model to every transform (condition the transforms around the adapter, e.g.
+    a coupling network, on it).
     """
 
     def __init__(self, flow: Flow):
@@ -63,15 +64,11 @@ class FlowTransform(Transform):
 
         Args:
           inputs: data, shape (batch, ...)
-          context: must be None (the transform is unconditional)
+          context: ignored (the transform is unconditional)
 
         Returns:
           outputs and log|det d outputs/d inputs| of shape (batch,)
-
-        Raises:
-          ValueError: for a ``context`` other than None
         """
-        self._refuse_context(context)
         return _per_example(*self.flow.inverse(inputs))
 
     def inverse(
@@ -81,24 +78,12 @@ class FlowTransform(Transform):
 
         Args:
           inputs: latents, shape (batch, ...)
-          context: must be None (the transform is unconditional)
+          context: ignored (the transform is unconditional)
 
         Returns:
           outputs and log|det d outputs/d inputs| of shape (batch,)
-
-        Raises:
-          ValueError: for a ``context`` other than None
         """
-        self._refuse_context(context)
         return _per_example(*self.flow(inputs))
-
-    def _refuse_context(self, context: Any) -> None:
-        if context is not None:
-            raise ValueError(
-                f"{type(self).__name__} is unconditional and takes no context, got a "
-                f"{type(context).__name__}; condition the transforms around it instead "
-                "(e.g. nflows' coupling networks) or pass context=None"
-            )
 
 
 def _per_example(

@@ -153,7 +153,12 @@ def count_parameters(model: nn.Module) -> ParameterCount:
 
     Returns:
       :class:`ParameterCount`
+
+    Raises:
+      TypeError: if ``model`` is not an ``nn.Module``
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"count_parameters expects an nn.Module, got {type(model).__name__}")
     seen = set()
     total = used = redundant = 0
     for module in model.modules():

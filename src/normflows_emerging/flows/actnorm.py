@@ -6,6 +6,8 @@ from __future__ import annotations
 import normflows as nf
 import torch
 
+from .utils import SUPPORTED_DTYPES
+
 
 class ActNorm(nf.flows.ActNorm):
     """``normflows.flows.ActNorm`` (Glow's activation normalisation, Kingma & Dhariwal 2018,
@@ -24,6 +26,12 @@ class ActNorm(nf.flows.ActNorm):
     Whether the layer is initialised is a Python flag that follows the ``data_dep_init_done``
     buffer (set by the initialisation and by ``load_state_dict``), so a call reads no device
     value (no CUDA synchronisation); the initialisation itself reads one.
+
+    Input: (batch, *shape) where an axis of size 1 in ``shape`` may have any size (it is
+    averaged over by the initialisation), e.g. (batch, C, H, W) for shape (C, 1, 1), of the
+    parameters' dtype (float32 or float64) and device. log_det has shape (batch,), like every
+    other layer's; normflows' models add it to their (batch,) log-densities. ``context`` is
+    accepted for normflows' interface and ignored (the layer is unconditional).
     """
 
     def __init__(self, shape, min_std: float = 1e-3):
@@ -73,19 +81,82 @@ class ActNorm(nf.flows.ActNorm):
         self.data_dep_init_done.fill_(1.0)
         self.initialised = True
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check_input(self, z: torch.Tensor) -> None:
+        """Raise unless ``z`` is a (batch, *shape) tensor of the parameters' dtype and device.
+
+        Raises:
+          TypeError: not a tensor, not float32/float64, or another dtype than the parameters'
+          ValueError: a shape that does not match ``shape`` (no silent broadcasting) or another
+            device than the parameters'
+        """
+        name = type(self).__name__
+        shape = tuple(self.s.shape[1:])
+        expected = ", ".join("*" if size == 1 else str(size) for size in shape)
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"{name} expects a torch.Tensor, got {type(z).__name__}")
+        if z.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} supports float32 and float64 tensors only, got {z.dtype}")
+        if z.dim() != self.s.dim() or any(
+            size != 1 and z.shape[axis] != size for axis, size in enumerate(shape, 1)
+        ):
+            raise ValueError(
+                f"{name} of shape {shape} expects a tensor of shape (batch, {expected}) "
+                f"(* any size), got shape {tuple(z.shape)}"
+            )
+        if z.dtype != self.s.dtype:
+            raise TypeError(
+                f"{name} has {self.s.dtype} parameters but got a {z.dtype} input; convert one "
+                f"of them (e.g. layer.to({z.dtype}) or x.to({self.s.dtype}))"
+            )
+        if z.device != self.s.device:
+            raise ValueError(
+                f"{name} has parameters on {self.s.device} but got an input on {z.device}; "
+                f"move one of them (e.g. layer.to(x.device))"
+            )
+
+    def _log_det(self, z: torch.Tensor) -> torch.Tensor:
+        """log|det| of the sampling direction, shape (batch,): sum(s) times the number of
+        positions s is shared over (host-side sizes only)."""
+        positions = 1
+        for axis in self.batch_dims[1:]:
+            positions *= z.shape[axis]
+        return (positions * self.s.sum()).expand(z.shape[0]).clone()
+
+    def forward(
+        self, z: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling direction ``z exp(s) + t`` (see the class docstring); the first batch
-        initialises the layer so that it is mapped to zero mean, unit scale."""
+        initialises the layer so that it is mapped to zero mean, unit scale.
+
+        Returns:
+          output of z's shape and log|det| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: see :meth:`_check_input`; ValueError for an empty or non-finite
+            first batch
+        """
+        self._check_input(z)
         if not self.initialised:
             self._initialise(z)
             # normflows' forward rule: the first batch comes out standardised
             self.s.data.neg_()
             self.t.data.mul_(-torch.exp(self.s.data))
-        return nf.flows.AffineConstFlow.forward(self, z)
+        return z * torch.exp(self.s) + self.t, self._log_det(z)
 
-    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(
+        self, z: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Density direction ``(z - t) exp(-s)`` (see the class docstring); the first batch
-        initialises the layer so that it comes out with zero mean, unit scale."""
+        initialises the layer so that it comes out with zero mean, unit scale.
+
+        Returns:
+          output of z's shape and log|det| of shape (batch,)
+
+        Raises:
+          TypeError, ValueError: see :meth:`_check_input`; ValueError for an empty or non-finite
+            first batch
+        """
+        self._check_input(z)
         if not self.initialised:
             self._initialise(z)
-        return nf.flows.AffineConstFlow.inverse(self, z)
+        return (z - self.t) * torch.exp(-self.s), -self._log_det(z)

@@ -92,14 +92,31 @@ def register_backend(
         orientation as ``causal_kernel()`` returns them, ``weight_inverse`` (C, C, 1, 1) or
         None), for inputs the layer has checked; see :func:`fused_emerging_step`
 
+    An ``unavailable_reason`` that raises counts as unavailable (its error is named in the
+    warning of :func:`inverse_backend`).
+
     Raises:
       ValueError: ``name`` is taken or empty
+      TypeError: ``solve``, ``unavailable_reason`` or ``emerging_step`` (when given) is not
+        callable, or ``default_for`` is not a tuple of str
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"a backend name must be a non-empty string, got {name!r}")
     if name in _BACKENDS:
         raise ValueError(f"a solve backend named {name!r} is registered already")
-    _BACKENDS[name] = _Backend(solve, tuple(default_for), unavailable_reason, emerging_step)
+    for label, function in (("solve", solve), ("unavailable_reason", unavailable_reason)):
+        if not callable(function):
+            raise TypeError(f"{label} must be callable, got {type(function).__name__}")
+    if emerging_step is not None and not callable(emerging_step):
+        raise TypeError(
+            f"emerging_step must be callable or None, got {type(emerging_step).__name__}"
+        )
+    if not isinstance(default_for, tuple) or not all(isinstance(d, str) for d in default_for):
+        raise TypeError(
+            f"default_for must be a tuple of device type names such as ('cpu',), "
+            f"got {default_for!r}"
+        )
+    _BACKENDS[name] = _Backend(solve, default_for, unavailable_reason, emerging_step)
 
 
 def backend_names() -> tuple[str, ...]:
@@ -148,7 +165,10 @@ def inverse_backend(device="cpu"):
     device_type = torch.device(device).type
     for name, backend in reversed(_BACKENDS.items()):
         if device_type in backend.default_for:
-            reason = backend.unavailable_reason()
+            try:
+                reason = backend.unavailable_reason()
+            except Exception as error:  # a broken availability check must not break sampling
+                reason = f"Its availability check raised {type(error).__name__}: {error}"
             if reason is None:
                 return name
             warnings.warn(
