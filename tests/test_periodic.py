@@ -320,6 +320,8 @@ def tensors_held_by(cache):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple, set)):
             stack.extend(item)
+        elif hasattr(item, "__slots__"):
+            stack.extend(getattr(item, name) for name in item.__slots__ if hasattr(item, name))
     return found
 
 

@@ -44,7 +44,21 @@ BAD_INPUTS = [
         torch.randint(0, 3, (2, 2, 2, 2)),
         1,
         TypeError,
-        "floating-point",
+        "float32 or float64 tensor, got dtype torch.int64",
+    ),
+    (  # issue 27: torch's own NotImplementedError ("triangular_solve_cpu") came out before
+        torch.randn(1, 2, 3, 3).half(),
+        random_causal_kernel(2, 2, torch.float32).half(),
+        1,
+        TypeError,
+        "float32 or float64 tensor, got dtype torch.float16",
+    ),
+    (
+        torch.randn(1, 2, 3, 3).bfloat16(),
+        random_causal_kernel(2, 2, torch.float32).bfloat16(),
+        1,
+        TypeError,
+        "float32 or float64 tensor, got dtype torch.bfloat16",
     ),
     (
         torch.randn(1, 2, 3, 3),

@@ -8,8 +8,8 @@ import torch.autograd.forward_ad as forward_ad
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from brute_force import perturb_
+from dispatch_count import accelerator_path
 from normflows_emerging import EmergingConv2d, PeriodicConv2d, QR1x1, SquareAutoregressiveConv2d
-from normflows_emerging.flows.cache import ValueKeyedCache
 
 
 def make_periodic():
@@ -304,41 +304,50 @@ def test_vmap_over_stacked_parameters_in_eval_mode(make):
         torch.testing.assert_close((outputs[i], log_dets[i]), (output, log_det))
 
 
-class HalfFillDetector(dict):
-    """A cache entry that fails the test when a write leaves a result without its partner.
-
-    Threads sharing a layer read entries while another thread fills them: two separate writes
-    once made concurrent PeriodicConv2d sampling raise KeyError('log_det').
-    """
-
-    PARTNERS = (("kernel", "log_d_sum"), ("khat_inv", "log_det"))
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        for first, second in self.PARTNERS:
-            assert first not in self or second in self, f"{first!r} stored before {second!r}"
+OPTIMIZERS = [
+    (optimizer, options)
+    for optimizer in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad)
+    for options in ({"fused": True}, {"foreach": True}, {"foreach": False})
+]
 
 
+@pytest.mark.parametrize("make", LAYERS.values(), ids=LAYERS.keys())
 @pytest.mark.parametrize(
-    "make", [make_autoregressive, make_periodic], ids=["autoregressive", "periodic"]
+    "optimizer, options", OPTIMIZERS, ids=lambda v: getattr(v, "__name__", None) or str(v)
 )
-def test_cache_entries_are_filled_in_one_write(make, monkeypatch):
-    original = ValueKeyedCache.entry
-
-    def entry(cache, *args, **kwargs):
-        found = original(cache, *args, **kwargs)
-        if found or isinstance(found, HalfFillDetector):
-            return found
-        detector = cache._entries[args[1]] = HalfFillDetector()
-        return detector
-
-    monkeypatch.setattr(ValueKeyedCache, "entry", entry)
+def test_cache_is_fresh_after_any_optimizer_step_on_the_accelerator_path(make, optimizer, options):
+    """Fused optimizers bump no version counter (issue 27: eval outputs off by 1-30% after one
+    step); on the GPU path the caches compare no values, so the optimizer step hooks must say."""
     layer = make().eval()
-    z = torch.randn(1, 4, 5, 5, dtype=torch.float64)
-    with torch.no_grad():
-        sampled = layer(z)  # the sampling entries first: periodic's log-det is not there yet
-        density = layer.inverse(z)
-    torch.testing.assert_close((sampled, density), fresh_outputs(layer, z, z))
+    z = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    step = optimizer(layer.parameters(), lr=0.05, **options)
+    for p in layer.parameters():
+        p.grad = torch.randn_like(p)
+    with accelerator_path(), torch.no_grad():
+        before = layer(z), layer.inverse(x)  # fills the cache
+        step.step()
+        after = layer(z), layer.inverse(x)
+    torch.testing.assert_close(after, fresh_outputs(layer, z, x))
+    assert not torch.allclose(after[0][0], before[0][0])
+
+
+@pytest.mark.parametrize("make", LAYERS.values(), ids=LAYERS.keys())
+def test_parameters_viewing_a_flat_vector_are_not_cached_on_the_accelerator_path(make):
+    """After ``vector_to_parameters(vec, ...)`` the parameters are views of ``vec``; in-place
+    updates of ``vec`` bump no counter the parameters share (issue 27: 0.79 off on
+    EmergingConv2d)."""
+    layer = make().eval()
+    vec = parameters_to_vector(layer.parameters()).clone()
+    vector_to_parameters(vec, layer.parameters())
+    z = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    with accelerator_path(), torch.no_grad():
+        before = layer(z), layer.inverse(x)
+        vec.add_(0.05 * torch.randn_like(vec))
+        after = layer(z), layer.inverse(x)
+    torch.testing.assert_close(after, fresh_outputs(layer, z, x))
+    assert not torch.allclose(after[0][0], before[0][0])
 
 
 def test_emerging_sampling_runs_hooks_of_its_sublayers():

@@ -7,6 +7,7 @@ glow = build_glow((3, 32, 32), 3, 8, lambda c: normflows.flows.GlowBlock(c, 256)
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from numbers import Integral, Real
@@ -223,9 +224,11 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         so an image mixes classes and its log q matches none), so ``log_q`` equals
         ``log_prob(x, y)`` at temperature 1.
 
-        ``temperature`` (None: 1) scales the base distributions' standard deviations for this
-        call only; it is reset even when a layer raises. ``log_q`` is then the density of the
-        tempered distribution.
+        ``temperature`` (None: the base distributions' own, normally 1) scales the base
+        distributions' standard deviations for this call only: it travels down the call to
+        shallow copies of the base distributions and is never set on the model, so calls on the
+        same model in other threads keep their own temperatures. ``log_q`` is then the density
+        of the tempered distribution.
 
         Returns:
           images (num_samples, *input_shape), log q of shape (num_samples,) and the labels: ``y``
@@ -255,13 +258,32 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         elif self.class_cond:
             device = next(self.parameters(), torch.empty(0)).device
             y = torch.randint(self.num_classes, (num_samples,), device=device)
-        if temperature is None:
-            return (*self._finite_samples(*super().sample(num_samples, y), 1.0), y)
-        self.set_temperature(float(temperature))
-        try:
-            return (*self._finite_samples(*super().sample(num_samples, y), temperature), y)
-        finally:
-            self.reset_temperature()
+        x, log_q = self._sample(num_samples, y, temperature)
+        return (*self._finite_samples(x, log_q, 1.0 if temperature is None else temperature), y)
+
+    def _sample(
+        self, num_samples: int, y: torch.Tensor | None, temperature: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``normflows.MultiscaleFlow.sample`` with the temperature handed to the base
+        distributions of this call only (normflows sets it on the model and resets it after,
+        so a concurrent call on the same model would sample at this call's temperature)."""
+        log_q = 0
+        for level, base in enumerate(self.q0):
+            base = _at_temperature(base, temperature)
+            z_, log_q_ = base(num_samples, y) if self.class_cond else base(num_samples)
+            if level == 0:
+                log_q, z = log_q_, z_
+            else:
+                log_q = log_q + log_q_
+                z, log_det = self.merges[level - 1]([z, z_])
+                log_q = log_q - log_det
+            for flow in self.flows[level]:
+                z, log_det = flow(z)
+                log_q = log_q - log_det
+        if self.transform is not None:
+            z, log_det = self.transform(z)
+            log_q = log_q - log_det
+        return z, log_q
 
     @staticmethod
     def _finite_samples(
@@ -282,6 +304,28 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
                 f"parameters cannot sample)"
             )
         return x, log_p
+
+
+def _at_temperature(
+    base: nf.distributions.BaseDistribution, temperature: float | None
+) -> nf.distributions.BaseDistribution:
+    """``base``, or for a temperature a shallow copy of it with that ``temperature`` attribute
+    (normflows' base distributions read it when sampling): the copy shares the parameters, so
+    gradients and ``torch.func.functional_call`` reach the model's own.
+
+    Raises:
+      NotImplementedError: if ``base`` has no ``temperature`` attribute (as normflows does)
+    """
+    if temperature is None:
+        return base
+    if not hasattr(base, "temperature"):
+        raise NotImplementedError(
+            f"the base distribution {type(base).__name__} does not support temperature "
+            f"annealed sampling (it has no temperature attribute)"
+        )
+    tempered = copy.copy(base)
+    tempered.temperature = float(temperature)
+    return tempered
 
 
 def _min_image_size(step: nf.flows.Flow) -> int:

@@ -3,10 +3,15 @@ value once initialised."""
 
 from __future__ import annotations
 
+import threading
+
 import normflows as nf
 import torch
 
 from .utils import SUPPORTED_DTYPES
+
+# Initialisations are rare (once per layer): one lock for all ActNorms keeps them picklable.
+_INITIALISATION_LOCK = threading.Lock()
 
 
 class ActNorm(nf.flows.ActNorm):
@@ -55,10 +60,22 @@ class ActNorm(nf.flows.ActNorm):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.initialised = bool(self.data_dep_init_done > 0)
 
+    def _initialise_once(self, z: torch.Tensor, sampling: bool) -> None:
+        """Initialise from ``z`` unless another call (in any thread) has done it already.
+
+        Check and initialisation are one step under a lock, and the flag is set only once ``s``
+        and ``t`` hold their final values: two threads' first calls never both initialise, nor
+        does one of them run with half-set values.
+        """
+        with _INITIALISATION_LOCK:
+            if not self.initialised:
+                self._initialise(z, sampling)
+
     @torch.no_grad()
-    def _initialise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Set ``s`` and ``t`` for the density direction from the first batch; return the
-        per-channel mean and log-scale used.
+    def _initialise(self, z: torch.Tensor, sampling: bool) -> None:
+        """Set ``s`` and ``t`` from the first batch: the density direction maps it to zero mean
+        and unit scale per channel, or with ``sampling`` the sampling direction does (normflows'
+        two rules).
 
         Raises:
           ValueError: if the batch is empty or holds inf or NaN values
@@ -76,6 +93,8 @@ class ActNorm(nf.flows.ActNorm):
         else:
             std = z.std(dim=self.batch_dims, keepdim=True)
             log_scale = torch.where(std >= self.min_std, torch.log(std + 1e-6), 0.0)
+        if sampling:  # normflows' forward rule: the first batch comes out standardised
+            log_scale, mean = -log_scale, mean * -torch.exp(-log_scale)
         self.s.data.copy_(log_scale)
         self.t.data.copy_(mean)
         self.data_dep_init_done.fill_(1.0)
@@ -137,10 +156,7 @@ class ActNorm(nf.flows.ActNorm):
         """
         self._check_input(z)
         if not self.initialised:
-            self._initialise(z)
-            # normflows' forward rule: the first batch comes out standardised
-            self.s.data.neg_()
-            self.t.data.mul_(-torch.exp(self.s.data))
+            self._initialise_once(z, sampling=True)
         return z * torch.exp(self.s) + self.t, self._log_det(z)
 
     def inverse(
@@ -158,5 +174,5 @@ class ActNorm(nf.flows.ActNorm):
         """
         self._check_input(z)
         if not self.initialised:
-            self._initialise(z)
+            self._initialise_once(z, sampling=False)
         return (z - self.t) * torch.exp(-self.s), -self._log_det(z)

@@ -10,7 +10,7 @@ from torch import nn
 from ..solve import solve_autoregressive
 from .arguments import check_bool, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
-from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, cached
 from .precision import full_precision
 from .solver import autoregressive_solvers, check_solver, chosen_backend
 from .utils import (
@@ -128,17 +128,13 @@ class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
     def _kernel_and_log_d_sum(self):
         """``causal_kernel()`` and ``log_d.sum()``; in eval mode without gradients to the
         parameters, computed once for as long as the parameters keep their values."""
-        parameters = self.kernel_parameters()
-        entry = {}
-        if reusable(self, parameters):
-            entry = self._cache.entry(
-                parameters, torch.is_inference_mode_enabled(), constants=self.constants()
-            )
-        if "kernel" not in entry:
+
+        def compute():
             log_d = self.log_d
-            # one update: another thread sharing the layer never sees a kernel without its log-det
-            entry.update(kernel=self._assemble(log_d), log_d_sum=log_d.sum())
-        return entry["kernel"], entry["log_d_sum"]
+            return {"kernel": self._assemble(log_d), "log_d_sum": log_d.sum()}
+
+        found = cached(self, self.kernel_parameters(), "kernel", compute, self.constants())
+        return found["kernel"], found["log_d_sum"]
 
     @staticmethod
     def _log_det(log_d_sum, x):

@@ -1,45 +1,63 @@
 """Results derived from parameters, reused while the parameters stay unchanged."""
 
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
-import torch.autograd.forward_ad as forward_ad
 
 from ..solve import device
+from ..solve.transforms import under_transform
+from .optimizer_steps import optimizer_steps
 
 
 class ValueKeyedCache:
-    """Per-key dictionaries that are dropped as soon as the watched tensors change.
+    """Results computed from tensors, dropped as soon as the tensors may have changed.
 
-    Freshness is decided without reading device values, so a lookup never synchronises with a
-    GPU. Each watched tensor is remembered by a detached alias that the cache holds (so its
-    storage stays allocated and no new tensor can take its address; CPU and CUDA memory share
-    one address space), its data pointer, shape, strides and dtype, and its version counter
-    (shared with the alias). That sees:
+    :meth:`get` returns the results for a key, computing them when the cache holds none that is
+    fresh. Freshness is decided without reading device values, so a lookup never synchronises
+    with a GPU. Each watched tensor is remembered by a detached alias that the cache holds (so
+    its storage stays allocated and no new tensor can take its address; CPU and CUDA memory
+    share one address space), its data pointer, shape, strides and dtype, and its version
+    counter (shared with the alias). The results are dropped after:
 
-    * in-place changes of the tensor (``p.copy_``, ``p.lerp_``, optimiser steps,
-      ``load_state_dict``, in-place changes of a constant buffer), which bump the version;
+    * in-place changes of a tensor (``p.copy_``, ``p.lerp_``, plain and ``foreach`` optimizer
+      steps, ``load_state_dict``, in-place changes of a constant buffer), which bump its version;
     * replacement (``p.data = t``, ``vector_to_parameters``, ``module.to()``, a new buffer),
-      which changes the data pointer, never back to the old one while the alias is held.
+      which changes the data pointer, never back to the old one while the alias is held;
+    * any optimizer step in the process (torch's global step hooks, see
+      :mod:`~normflows_emerging.flows.optimizer_steps`): ``fused=True`` optimizers write the
+      parameters without bumping their versions;
+    * ``train()`` and ``eval()`` of the layer (:class:`DropsCacheOnModeChange`).
 
-    Writes through ``.data`` (``p.data.copy_(t)``, ``p.data.add_(t)``) bump no counter that
-    the parameter shares. CPU tensors of the ``tensors`` argument are therefore also compared
-    value by value, as bytes (a memory read; about 3x faster than ``torch.equal`` on float
-    tensors), which catches these writes too. On an accelerator (see
-    :func:`normflows_emerging.solve.device.on_accelerator`) values are not compared: there a
-    write through ``.data``, or an in-place change of an inference tensor (which has no version
-    counter) inside ``torch.inference_mode``, is NOT seen. After such a write call the layer's
-    ``train()`` or ``eval()``: every layer with a cache drops it when its mode is set.
+    A parameter that does not own its storage (a view into a larger buffer, as
+    ``vector_to_parameters`` and flattened-parameter optimizers leave it: writes to that buffer
+    bump no counter the parameter shares) is never cached on an accelerator. Writes through
+    ``.data`` (``p.data.copy_(t)``, ``p.data.add_(t)``) also bump no counter the parameter
+    shares: CPU tensors of the ``tensors`` argument are therefore also compared value by value,
+    as bytes (a memory read, about 3x faster than ``torch.equal`` on float tensors). On an
+    accelerator (see :func:`normflows_emerging.solve.device.on_accelerator`) values are not
+    compared: there a write through ``.data``, or an in-place change of an inference tensor
+    (which has no version counter) inside ``torch.inference_mode``, is NOT seen; call the
+    layer's ``train()`` or ``eval()`` after one.
 
     Constant buffers (``constants``: masks that follow from the constructor's arguments) are
     watched by identity and version only, also on the CPU (nothing should write to a constant
     through ``.data``); inference tensors among them are compared by value on the CPU.
+
+    Threads sharing a layer share its cache: the freshness check and the lookup are one step
+    under the cache's lock, and a caller uses either results it found fresh or results it
+    computed itself, which are stored only if the tensors did not change meanwhile.
 
     Pickling or copying a cache gives an empty one (identities mean nothing in another
     process, and cached results do not belong in a saved model).
     """
 
     def __init__(self):
-        self._watches = None
-        self._entries = {}
+        self._lock = threading.Lock()
+        self._state = None
 
     def __getstate__(self):
         return {}
@@ -49,38 +67,63 @@ class ValueKeyedCache:
 
     def clear(self) -> None:
         """Forget everything."""
-        self._watches = None
-        self._entries.clear()
+        with self._lock:
+            self._state = None
 
-    def entry(self, tensors, key, constants=()) -> dict:
-        """The dictionary for ``key``, emptied first if ``tensors`` changed since the last call.
+    def get(
+        self,
+        tensors: Sequence[torch.Tensor],
+        key: Any,
+        compute: Callable[[], dict],
+        constants: Sequence[torch.Tensor] = (),
+    ) -> dict:
+        """The results for ``key``: cached ones computed from the current ``tensors``, else
+        ``compute()``, stored for later calls.
 
         Args:
-          tensors: sequence of tensors the cached results are computed from (parameters)
+          tensors: tensors the results are computed from (parameters)
           key: hashable description of everything else the results depend on
+          compute: returns the results as a dictionary, computed from the current tensors
           constants: tensors the results depend on that are never meant to change (see above)
 
-        Callers fill the dictionary with one ``update`` of all the keys they compute together:
-        other threads sharing the layer may read it in between.
+        Returns:
+          the results; never change the dictionary or its tensors (other callers share them)
         """
-        watched = list(tensors) + list(constants)
-        if not self._holds(watched):
-            self._entries.clear()
-            by_value = [True] * len(tensors) + [False] * len(constants)
-            self._watches = [_Watch(t, values) for t, values in zip(watched, by_value)]
-        return self._entries.setdefault(key, {})
+        watched = (*tensors, *constants)
+        with self._lock:
+            state = self._state
+            if state is None or not state.holds(watched):
+                state = self._state = _State(watched, len(tensors))
+            found = state.entries.get(key)
+        if found is not None:
+            return found
+        results = compute()
+        with self._lock:
+            if self._state is state and state.holds(watched):
+                state.entries.setdefault(key, results)
+        return results
 
-    def _holds(self, watched) -> bool:
-        watches = self._watches
-        if watches is None or len(watches) != len(watched):
+
+class _State:
+    """The watched tensors, the optimizer-step count and the entries computed from them."""
+
+    __slots__ = ("watches", "steps", "entries")
+
+    def __init__(self, watched, num_by_value):
+        self.steps = optimizer_steps()
+        self.watches = [_Watch(t, i < num_by_value) for i, t in enumerate(watched)]
+        self.entries = {}
+
+    def holds(self, watched) -> bool:
+        if self.steps != optimizer_steps() or len(self.watches) != len(watched):
             return False
-        return all(watch.sees_unchanged(t) for watch, t in zip(watches, watched))
+        return all(watch.sees_unchanged(t) for watch, t in zip(self.watches, watched))
 
 
 class _Watch:
     """What a cache remembers of one tensor; see :class:`ValueKeyedCache`."""
 
-    __slots__ = ("alias", "pointer", "layout", "version", "view", "values")
+    __slots__ = ("alias", "pointer", "layout", "version", "view", "values", "verifiable")
 
     def __init__(self, tensor: torch.Tensor, by_value: bool):
         alias = tensor.detach()  # shares storage and version counter; held: the address stays
@@ -90,14 +133,17 @@ class _Watch:
         inference = alias.is_inference()
         self.version = None if inference else alias._version
         self.view = self.values = None
+        on_accelerator = device.on_accelerator(alias)
         by_value = (by_value or inference) and alias.dtype in _NUMPY_DTYPES
-        if by_value and not device.on_accelerator(alias):
+        if by_value and not on_accelerator:
             self.view = alias.numpy()  # a view of the same memory as the tensor
             self.values = self.view.tobytes()
+        # Writes to a storage shared with a larger buffer bump no counter this tensor shares.
+        self.verifiable = self.values is not None or _owns_storage(alias)
 
     def sees_unchanged(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is the remembered tensor, unchanged (reads no device value)."""
-        if tensor.data_ptr() != self.pointer:
+        if not self.verifiable or tensor.data_ptr() != self.pointer:
             return False
         if (tensor.shape, tensor.stride(), tensor.dtype) != self.layout:
             return False
@@ -105,6 +151,11 @@ class _Watch:
             return False
         # same memory as the alias, so its numpy view reads the tensor's current values
         return self.values is None or self.view.tobytes() == self.values
+
+
+def _owns_storage(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` spans its whole storage (no other tensor can write there unseen)."""
+    return tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
 
 
 _NUMPY_DTYPES = frozenset(
@@ -123,24 +174,25 @@ def reusable(module: torch.nn.Module, tensors) -> bool:
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    return not _carry_derivatives_or_batches(tensors)
+    return not under_transform(*tensors)
 
 
-def _carry_derivatives_or_batches(tensors) -> bool:
-    """Whether a tensor carries a forward-mode tangent or is wrapped by a torch.func transform.
+def cached(
+    module: torch.nn.Module,
+    tensors: Sequence[torch.Tensor],
+    key: Any,
+    compute: Callable[[], dict],
+    constants: Sequence[torch.Tensor] = (),
+) -> dict:
+    """``compute()``, through the module's ``_cache`` when :func:`reusable` allows it.
 
-    Per-tensor tests only inside a dual level or a transform (about 5 us per call otherwise, a
-    few percent of a batch-1 sample); torch has no public test for either, so these are the
-    ones torch.func and ``forward_ad.unpack_dual`` use.
+    The key also holds whether inference mode is on (results made there are inference tensors,
+    which autograd refuses outside it).
     """
-    functorch = torch._C._functorch
-    if functorch.peek_interpreter_stack() is not None and any(
-        functorch.is_functorch_wrapped_tensor(t) for t in tensors
-    ):
-        return True
-    return forward_ad._current_level >= 0 and any(
-        forward_ad.unpack_dual(t).tangent is not None for t in tensors
-    )
+    if not reusable(module, tensors):
+        return compute()
+    key = (torch.is_inference_mode_enabled(), key)
+    return module._cache.get(tensors, key, compute, constants)
 
 
 class DropsCacheOnModeChange:

@@ -195,30 +195,31 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
             tensors += self.one_by_one.matrix_parameters()
         if not reusable(self, tensors):
             return None
-        plan = self._cache.entry(
+        return self._cache.get(
             tensors,
             torch.is_inference_mode_enabled(),
+            self._compute_plan,
             constants=self.causal.constants() + self.anticausal.constants(),
         )
-        if not plan:
-            with torch.no_grad():
-                causal_kernel = self.causal.causal_kernel()
-                anticausal_kernel = self.anticausal.causal_kernel()
-                log_det_per_pixel = self.causal.log_d.sum() + self.anticausal.log_d.sum()
-                weight = weight_inverse = None
-                if self.one_by_one is not None:
-                    weight = self.one_by_one.weight()
-                    weight_inverse = self.one_by_one.weight_inverse()[:, :, None, None]
-                    log_det_per_pixel = log_det_per_pixel + self.one_by_one.log_s.sum()
-                plan.update(
-                    causal_kernel=causal_kernel,
-                    anticausal_kernel=anticausal_kernel,
-                    causal_density_kernel=self.causal.density_kernel(causal_kernel, weight),
-                    anticausal_density_kernel=self.anticausal.density_kernel(anticausal_kernel),
-                    weight_inverse=weight_inverse,
-                    log_det_per_pixel=log_det_per_pixel,
-                )
-        return plan
+
+    @torch.no_grad()
+    def _compute_plan(self) -> dict:
+        causal_kernel = self.causal.causal_kernel()
+        anticausal_kernel = self.anticausal.causal_kernel()
+        log_det_per_pixel = self.causal.log_d.sum() + self.anticausal.log_d.sum()
+        weight = weight_inverse = None
+        if self.one_by_one is not None:
+            weight = self.one_by_one.weight()
+            weight_inverse = self.one_by_one.weight_inverse()[:, :, None, None]
+            log_det_per_pixel = log_det_per_pixel + self.one_by_one.log_s.sum()
+        return dict(
+            causal_kernel=causal_kernel,
+            anticausal_kernel=anticausal_kernel,
+            causal_density_kernel=self.causal.density_kernel(causal_kernel, weight),
+            anticausal_density_kernel=self.anticausal.density_kernel(anticausal_kernel),
+            weight_inverse=weight_inverse,
+            log_det_per_pixel=log_det_per_pixel,
+        )
 
     def extra_repr(self):
         return (

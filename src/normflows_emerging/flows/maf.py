@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
 
+from ..solve.transforms import under_transform
 from .arguments import check_bool, check_positive_int
 from .precision import full_precision
 from .solver import check_solver, chosen_backend
@@ -293,7 +294,16 @@ class MaskedAffineAutoregressiveConv2d(Flow):
                 if c + 1 < num_channels:
                     pre = pre + x_c[..., None] * centre_in[c]
             # The last channel never enters the centre tap of layer 1, so h is already final.
-            x_map.index_copy_(1, centre, torch.stack(solved, dim=-1))
-            h_map.index_copy_(1, centre, h)
+            x_map = _write_pixels(x_map, centre, torch.stack(solved, dim=-1))
+            h_map = _write_pixels(h_map, centre, h)
         x = x_map.view(batch, height + 1, padded_width, num_channels)[:, 1:, 1:-1]
         return x.permute(0, 3, 1, 2).contiguous(), log_det
+
+
+def _write_pixels(pixel_map: torch.Tensor, centre: torch.Tensor, values: torch.Tensor):
+    """``pixel_map`` with ``values`` written at the flat pixel indices ``centre`` (dimension 1):
+    in place, except under a torch.func transform, where the values may carry a batch dimension
+    (vmap over parameters) that the map does not have."""
+    if under_transform(values):
+        return pixel_map.index_copy(1, centre, values)
+    return pixel_map.index_copy_(1, centre, values)

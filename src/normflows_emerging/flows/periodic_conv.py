@@ -14,8 +14,9 @@ from normflows.flows import Flow
 from torch import nn
 
 from ..solve import device
+from ..solve.transforms import under_transform
 from .arguments import check_bool, check_odd_int, check_positive_int
-from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, cached
 from .precision import full_precision
 from .utils import check_finite_output, check_image, empty_result, is_empty
 
@@ -147,65 +148,61 @@ class PeriodicConv2d(DropsCacheOnModeChange, Flow):
         paired = logabsdet[:, 1 : (width + 1) // 2].sum()
         return logabsdet.sum() + paired
 
-    def _use_cache(self):
-        return reusable(self, [self.weight])
-
-    def _cache_entry(self, x):
-        """Cache entry (a dict) for the size of ``x`` and inference mode, for the kernel values."""
-        key = (x.shape[2], x.shape[3], torch.is_inference_mode_enabled())
-        return self._cache.entry([self.weight], key)
-
     def _log_det(self, x, khat=None):
         """log|det| as a 0-d tensor in x's dtype; reuses the eval cache when allowed."""
         height, width = x.shape[2], x.shape[3]
-        entry = self._cache_entry(x) if self._use_cache() else {}
-        if "log_det" not in entry:
-            if khat is None:
-                khat = self.spectrum(height, width)
-            entry["log_det"] = self._log_abs_det(khat, width).to(x.dtype)
-        return entry["log_det"]
+
+        def compute():
+            spectrum = self.spectrum(height, width) if khat is None else khat
+            return {"log_det": self._log_abs_det(spectrum, width).to(x.dtype)}
+
+        return cached(self, [self.weight], (height, width, "log_det"), compute)["log_det"]
 
     def _inverse_spectrum(self, x):
         """(K̂⁻¹ in x's complex dtype, its ``_real_block``, log|det| in x's dtype), cached in eval
         mode."""
+        found = cached(
+            self,
+            [self.weight],
+            (x.shape[2], x.shape[3], "inverse"),
+            lambda: self._compute_inverse_spectrum(x),
+        )
+        return found["khat_inv"], found["khat_inv_block"], found["log_det"]
+
+    def _compute_inverse_spectrum(self, x):
         height, width = x.shape[2], x.shape[3]
-        entry = self._cache_entry(x) if self._use_cache() else {}
-        if "khat_inv" not in entry:
-            khat = self.spectrum(height, width)
-            khat_inv, info = torch.linalg.inv_ex(khat)
-            with torch.no_grad():
-                # 1-norm condition number (computed in complex128); the sample's relative error
-                # grows like cond * eps of the dtype the sample is computed in.
-                cond = torch.linalg.matrix_norm(khat, ord=1) * torch.linalg.matrix_norm(
-                    khat_inv, ord=1
-                )
-                limit = MAX_RELATIVE_ERROR / torch.finfo(x.dtype).eps
-                bad = (info != 0) | ~(cond <= limit)
-            if device.on_accelerator(bad):
-                # no host read (a synchronisation): the sample comes out NaN instead, which
-                # ImageMultiscaleFlow.sample reports
-                khat_inv = khat_inv.masked_fill(bad[..., None, None], float("nan"))
-            elif bad.any():
-                u, v = (int(i) for i in bad.nonzero()[0])
-                raise torch.linalg.LinAlgError(
-                    f"{type(self).__name__}: the kernel's frequency matrix K̂({u}, {v}) is "
-                    f"singular or too ill-conditioned for {x.dtype} (condition number "
-                    f"{float(cond[u, v]):.3g} > {limit:.3g}) for {height}x{width} images, so the "
-                    f"convolution cannot be inverted accurately"
-                )
-            khat_inv = khat_inv.to(torch.promote_types(x.dtype, torch.complex64))
-            # one update: another thread sharing the layer never sees K̂⁻¹ without the log-det
-            entry.update(
-                khat_inv=khat_inv,
-                khat_inv_block=self._real_block(khat_inv),
-                log_det=self._log_abs_det(khat, width).to(x.dtype),
+        khat = self.spectrum(height, width)
+        khat_inv, info = torch.linalg.inv_ex(khat)
+        with torch.no_grad():
+            # 1-norm condition number (computed in complex128); the sample's relative error
+            # grows like cond * eps of the dtype the sample is computed in.
+            cond = torch.linalg.matrix_norm(khat, ord=1) * torch.linalg.matrix_norm(khat_inv, ord=1)
+            limit = MAX_RELATIVE_ERROR / torch.finfo(x.dtype).eps
+            bad = (info != 0) | ~(cond <= limit)
+        if device.on_accelerator(bad) or under_transform(khat):
+            # no host read (a synchronisation, or a value a transform cannot give): the sample
+            # comes out NaN instead, which ImageMultiscaleFlow.sample reports
+            khat_inv = khat_inv.masked_fill(bad[..., None, None], float("nan"))
+        elif bad.any():
+            u, v = (int(i) for i in bad.nonzero()[0])
+            raise torch.linalg.LinAlgError(
+                f"{type(self).__name__}: the kernel's frequency matrix K̂({u}, {v}) is "
+                f"singular or too ill-conditioned for {x.dtype} (condition number "
+                f"{float(cond[u, v]):.3g} > {limit:.3g}) for {height}x{width} images, so the "
+                f"convolution cannot be inverted accurately"
             )
-        return entry["khat_inv"], entry["khat_inv_block"], entry["log_det"]
+        khat_inv = khat_inv.to(torch.promote_types(x.dtype, torch.complex64))
+        return dict(
+            khat_inv=khat_inv,
+            khat_inv_block=self._real_block(khat_inv),
+            log_det=self._log_abs_det(khat, width).to(x.dtype),
+        )
 
     @staticmethod
     def _real_block(matrices):
         """(U*V, 2C, 2O) real R with ``[Re y, Im y] = [Re x, Im x] @ R[u, v]`` for
         ``y = matrices[u, v] @ x`` (row vectors), from complex matrices of shape (U, V, O, C)."""
+        matrices = matrices.resolve_conj()  # vmap cannot take the imaginary part of a conj view
         a, b = matrices.real.transpose(-1, -2), matrices.imag.transpose(-1, -2)
         block = torch.cat([torch.cat([a, b], -1), torch.cat([-b, a], -1)], -2)
         return block.reshape(-1, block.shape[-2], block.shape[-1])

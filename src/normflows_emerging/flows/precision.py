@@ -11,8 +11,9 @@ So every layer of this package (its ``forward`` and ``inverse``, decorated with
 :func:`full_precision`) computes in its parameters' dtype whatever the global settings:
 
 * on an accelerator, float32 convolutions and matrix products run in IEEE float32 during the
-  call (the flags are process-wide: set for the call and restored after it; CUDA work that other
-  threads queue during the call also runs without TF32);
+  call. The flags are process-wide: TF32 is turned off when the first layer call (in any
+  thread) starts and the user's settings come back when the last one ends (see
+  :func:`ieee_float32`); CUDA work that other threads queue meanwhile also runs without TF32;
 * under ``torch.autocast`` (CUDA float16/bfloat16, CPU bfloat16) the layer runs with autocast
   off, returns its output and log-det in its own dtype (float32), equal to its result outside
   autocast. An input that autocast lowered to float16/bfloat16 (say a coupling's output) is
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 
 import torch
 
@@ -39,18 +41,51 @@ _LOWER_PRECISION = (torch.float16, torch.bfloat16)
 def ieee_float32():
     """Inside, float32 convolutions (cuDNN) and matrix products (cuBLAS) run in full float32.
 
-    Set through torch's older switches (``torch.backends.cudnn.allow_tf32``,
+    The TF32 flags are process-wide, and several threads may be inside layer calls at once, so
+    this is a lock-protected, reference-counted switch: the first block to enter (in any thread)
+    saves the user's settings and turns TF32 off, the last one to leave restores them. TF32
+    stays off from the first entry to the last exit, in every interleaving of any number of
+    threads, and the user's settings come back exactly (unless the user changed them while a
+    block was open: then the user's newer settings are kept). CUDA work that other threads
+    queue while a layer call is running also runs without TF32.
+
+    The flags are set through torch's older switches (``torch.backends.cudnn.allow_tf32``,
     ``torch.backends.cuda.matmul.allow_tf32``), which keep the older and the newer
     (``fp32_precision``) settings consistent: torch refuses a CUDA matrix product when the two
     disagree. Every setting is restored on exit, also when the block raises.
     """
-    saved = _settings()
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    _enter_ieee_float32()
     try:
         yield
     finally:
-        _restore(saved)
+        _leave_ieee_float32()
+
+
+_switch_lock = threading.Lock()
+_holders = 0  # blocks inside ieee_float32, in all threads
+_user_settings = None  # the settings the first block found, restored by the last one
+_ieee_settings = None  # the settings the first block made, to see whether the user changed them
+
+
+def _enter_ieee_float32():
+    global _holders, _user_settings, _ieee_settings
+    with _switch_lock:
+        if _holders == 0:
+            _user_settings = _settings()
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+            _ieee_settings = _settings()
+        _holders += 1
+
+
+def _leave_ieee_float32():
+    global _holders, _user_settings, _ieee_settings
+    with _switch_lock:
+        _holders -= 1
+        if _holders == 0:
+            if _settings() == _ieee_settings:
+                _restore(_user_settings)
+            _user_settings = _ieee_settings = None
 
 
 def _settings():

@@ -8,9 +8,10 @@ from normflows.flows import Flow
 from torch import nn
 
 from ..solve import device
+from ..solve.transforms import under_transform
 from .arguments import check_int, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
-from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, cached
 from .precision import full_precision
 from .utils import check_finite_output, check_image, empty_result, is_empty
 
@@ -71,9 +72,10 @@ class QR1x1(DropsCacheOnModeChange, Flow):
         Each vector is divided by its largest magnitude before it is normalised, so tiny or
         huge vectors neither underflow nor overflow. A zero vector defines no reflection (and
         no limit: the reflection depends on its direction), so it is an error, as is a
-        non-finite one. Checked on the CPU only: on an accelerator (reading a value would
-        synchronise the host with the device) and under ``torch.compile`` (a data-dependent
-        branch breaks the graph) such a vector makes W NaN instead.
+        non-finite one. Checked in eager CPU calls only: on an accelerator (reading a value would
+        synchronise the host with the device), under ``torch.compile`` (a data-dependent branch
+        breaks the graph) and under ``torch.func`` transforms (which cannot branch on a value)
+        such a vector makes W NaN instead.
 
         Raises:
           torch.linalg.LinAlgError: if a reflection vector is zero or has inf/NaN entries (CPU)
@@ -82,7 +84,11 @@ class QR1x1(DropsCacheOnModeChange, Flow):
         if self.num_reflections == 0:
             return eye
         largest = self.reflections.abs().amax(dim=1, keepdim=True)
-        if not (device.on_accelerator(largest) or torch.compiler.is_compiling()):
+        if not (
+            device.on_accelerator(largest)
+            or torch.compiler.is_compiling()
+            or under_transform(largest)
+        ):
             self._check_reflections(largest)
         scaled = self.reflections / largest
         u = scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
@@ -122,18 +128,13 @@ class QR1x1(DropsCacheOnModeChange, Flow):
 
     def _matrix(self, name):
         """W or W^-1, the cached tensor itself in eval mode: only for use inside the package."""
-        parameters = self.matrix_parameters()
-        entry = {}
-        if reusable(self, parameters):
-            entry = self._cache.entry(parameters, torch.is_inference_mode_enabled())
-        if name not in entry:
-            if name == "weight":
-                entry[name] = self.orthogonal() @ self.triangular()
-            else:
-                entry[name] = torch.linalg.solve_triangular(
-                    self.triangular(), self.orthogonal().T, upper=True
-                )
-        return entry[name]
+        found = cached(self, self.matrix_parameters(), name, lambda: {name: self._compute(name)})
+        return found[name]
+
+    def _compute(self, name):
+        if name == "weight":
+            return self.orthogonal() @ self.triangular()
+        return torch.linalg.solve_triangular(self.triangular(), self.orthogonal().T, upper=True)
 
     def log_det(self, x: torch.Tensor) -> torch.Tensor:
         """log|det| of the density pass for inputs shaped like x: H * W * sum(log_s), (batch,)."""

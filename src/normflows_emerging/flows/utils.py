@@ -18,6 +18,7 @@ import torch
 from normflows.flows import Invertible1x1Conv
 
 from ..solve import device
+from ..solve.transforms import under_transform
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -74,13 +75,14 @@ def empty_result(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_finite_output(output: torch.Tensor, given: torch.Tensor, layer: str) -> None:
-    """Raise if a sampling step turned a finite input into a non-finite output (CPU only).
+    """Raise if a sampling step turned a finite input into a non-finite output (eager CPU calls).
 
     One reduction and one Python float in the common case (the sum of a finite output is finite
     unless it overflows; only then are the elements looked at). On an accelerator (see
     :func:`normflows_emerging.solve.device.on_accelerator`) nothing is checked: reading the
     result would synchronise the host with the device once per layer. There a layer returns the
-    inf/NaN values, and ``ImageMultiscaleFlow.sample`` checks its samples once per call.
+    inf/NaN values, and ``ImageMultiscaleFlow.sample`` checks its samples once per call. Under
+    ``torch.func`` transforms (which cannot read a value) nothing is checked either.
 
     Args:
       output: the layer's output
@@ -90,7 +92,7 @@ def check_finite_output(output: torch.Tensor, given: torch.Tensor, layer: str) -
     Raises:
       torch.linalg.LinAlgError: if ``output`` has inf or NaN entries while ``given`` has none
     """
-    if device.on_accelerator(output):
+    if device.on_accelerator(output) or under_transform(output):
         return
     with torch.no_grad():
         if math.isfinite(output.sum().item()):

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from .checks import check_solve_inputs
 from .naive import solve_naive
+from .transforms import under_transform
 from .wavefront import solve_wavefront
 
 __all__ = [
@@ -183,13 +184,14 @@ def inverse_backend(device="cpu"):
 def fused_emerging_step(name: str | None, z: torch.Tensor) -> EmergingStep | None:
     """The fused sampling step of backend ``name`` (None: :func:`inverse_backend` of z's device)
     for :class:`~normflows_emerging.EmergingConv2d`'s input ``z``, or None when that backend has
-    none or ``z`` needs a gradient (the fused steps have no backward): the layer then runs its
-    two solves and the 1x1 convolution one by one.
+    none, ``z`` needs a gradient or runs under a torch.func transform or forward-mode AD (the
+    fused steps have no backward and take plain tensors only): the layer then runs its two
+    solves and the 1x1 convolution one by one.
 
     Raises:
       ValueError: ``name`` is not a registered backend
     """
-    if torch.is_grad_enabled() and z.requires_grad:
+    if (torch.is_grad_enabled() and z.requires_grad) or under_transform(z):
         return None
     name = name if name is not None else inverse_backend(z.device)
     _check_backend(name)
@@ -202,7 +204,7 @@ def solve_autoregressive(
     """Solve ``causal_conv(x, kernel, dilation) = y`` for ``x``, differentiably.
 
     Args:
-      y: (B, C, H, W) floating-point right-hand side with the bias already subtracted
+      y: (B, C, H, W) float32 or float64 right-hand side with the bias already subtracted
       kernel: (C, C, m, m) causal kernel of y's dtype and device, m >= 1; corner tap
         ``kernel[:, :, m-1, m-1]`` lower-triangular with a non-zero diagonal (entries above the
         diagonal are not read)
@@ -210,17 +212,20 @@ def solve_autoregressive(
       backend: a name from :func:`backend_names` or None for :func:`inverse_backend`
 
     Returns:
-      x of shape (B, C, H, W), contiguous. Gradients with respect to ``y`` and ``kernel`` come from
-      an implicit backward (one transposed solve and one convolution weight gradient); kernel
-      entries the solve does not read get zero gradient. First derivatives only: a backward
-      with ``create_graph=True`` raises RuntimeError.
+      x of shape (B, C, H, W), contiguous. Derivatives of any order, in reverse and forward mode,
+      and under ``torch.func`` transforms (``grad``, ``jacrev``, ``jvp``, ``vmap`` over ``y``
+      and/or ``kernel``): the backward is one transposed solve and one convolution weight
+      gradient, the forward-mode derivative one convolution and one solve, both themselves
+      differentiable; kernel entries the solve does not read get zero derivative.
 
     Raises:
-      TypeError: non-floating ``y``, a kernel of another dtype, a non-int dilation, or a dtype
-        the backend cannot run (compiled: float32 and float64)
+      TypeError: ``y`` or ``kernel`` not float32/float64 (float16 and bfloat16 included: the
+        solves run in full precision only), a kernel of another dtype, a non-int dilation, or a
+        dtype the backend cannot run
       ValueError: wrong shapes, dilation < 1, tensors on different devices, an unknown backend or
         a non-CPU tensor for the compiled backend
-      torch.linalg.LinAlgError: a zero on the corner tap's diagonal
+      torch.linalg.LinAlgError: a zero on the corner tap's diagonal (checked on the CPU, outside
+        torch.func transforms)
     """
     name = backend if backend is not None else inverse_backend(y.device)
     _check_backend(name)
@@ -230,37 +235,47 @@ def solve_autoregressive(
     # Every non-corner tap lies at least `dilation` pixels away along some axis, so any dilation
     # >= max(H, W) reads the same pixels (none): capping it keeps paddings and offsets small.
     dilation = min(dilation, max(y.shape[2], y.shape[3]))
-    if torch.is_grad_enabled() and (y.requires_grad or kernel.requires_grad):
-        return _AutoregressiveSolve.apply(y, kernel, dilation, name)
-    return _BACKENDS[name].solve(y, kernel, dilation)
+    return _solve(y, kernel, dilation, name)
+
+
+def _solve(y, kernel, dilation, backend):
+    """The backend's solve of checked inputs; through :class:`_AutoregressiveSolve` when a
+    derivative or a transform needs it (the plain call skips autograd's bookkeeping)."""
+    if (torch.is_grad_enabled() and (y.requires_grad or kernel.requires_grad)) or under_transform(
+        y, kernel
+    ):
+        return _AutoregressiveSolve.apply(y, kernel, dilation, backend)
+    return _BACKENDS[backend].solve(y, kernel, dilation)
 
 
 class _AutoregressiveSolve(torch.autograd.Function):
-    """x = A^-1 y for the causal convolution A; backward without unrolling the solve."""
+    """x = A^-1 y for the causal convolution A: derivatives without unrolling the solve.
+
+    Every derivative is written with :func:`_solve` and convolutions, so it is differentiable
+    again (higher orders) and runs under torch.func transforms; the ``vmap`` rule folds a
+    vmapped batch of right-hand sides into the batch of one solve (one solve per kernel when
+    the kernel is vmapped too).
+    """
 
     @staticmethod
-    def forward(ctx, y, kernel, dilation, backend):
-        x = _BACKENDS[backend].solve(y, kernel, dilation)
-        ctx.save_for_backward(x, kernel)
+    def forward(y, kernel, dilation, backend):
+        return _BACKENDS[backend].solve(y, kernel, dilation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, kernel, dilation, backend = inputs
+        ctx.save_for_backward(output, kernel)
+        ctx.save_for_forward(output, kernel)
         ctx.dilation, ctx.backend = dilation, backend
-        return x
 
     @staticmethod
     def backward(ctx, grad_x):
-        if torch.is_grad_enabled():
-            # once_differentiable alone only fails when grad_x itself needs a gradient; otherwise
-            # second derivatives would come back silently missing (None or zero).
-            raise RuntimeError(
-                "solve_autoregressive (the sampling direction of the autoregressive layers) has "
-                "no second derivatives: backward with create_graph=True through it is not "
-                "supported"
-            )
         x, kernel = ctx.saved_tensors
         dilation = ctx.dilation
         # grad_y = A^-T grad_x. A^T is anti-causal; mirrored in channels and space it is the causal
         # convolution with the kernel transposed in (out, in) and reversed in both channel axes.
         adjoint = kernel.transpose(0, 1).flip(0, 1)
-        grad_y = _BACKENDS[ctx.backend].solve(grad_x.flip(1, 2, 3), adjoint, dilation).flip(1, 2, 3)
+        grad_y = _solve(grad_x.flip(1, 2, 3), adjoint, dilation, ctx.backend).flip(1, 2, 3)
         grad_kernel = None
         if ctx.needs_input_grad[1]:
             # dx = -A^-1 (dA) x, so dL/dK = -(weight gradient of the convolution of x, at grad_y).
@@ -268,9 +283,39 @@ class _AutoregressiveSolve(torch.autograd.Function):
             grad_kernel = -torch.nn.grad.conv2d_weight(
                 F.pad(x, (pad, 0, pad, 0)), kernel.shape, grad_y, dilation=dilation
             )
-            # The solve never reads the corner tap above its diagonal: those entries get zero.
-            grad_kernel[:, :, -1, -1] = grad_kernel[:, :, -1, -1].tril()
+            grad_kernel = _zero_unread(grad_kernel)
         return grad_y, grad_kernel, None, None
+
+    @staticmethod
+    def jvp(ctx, y_tangent, kernel_tangent, _dilation, _backend):
+        x, kernel = ctx.saved_tensors
+        # dx = A^-1 (dy - (dA) x)
+        rhs = torch.zeros_like(x) if y_tangent is None else y_tangent
+        if kernel_tangent is not None:
+            pad = ctx.dilation * (kernel.shape[-1] - 1)
+            rhs = rhs - F.conv2d(
+                F.pad(x, (pad, 0, pad, 0)), _zero_unread(kernel_tangent), dilation=ctx.dilation
+            )
+        return _solve(rhs, kernel, ctx.dilation, ctx.backend)
+
+    @staticmethod
+    def vmap(info, in_dims, y, kernel, dilation, backend):
+        y_dim, kernel_dim = in_dims[:2]
+        y = y.movedim(y_dim, 0) if y_dim is not None else y.expand(info.batch_size, *y.shape)
+        if kernel_dim is None:
+            x = _solve(y.flatten(0, 1), kernel, dilation, backend)
+            return x.unflatten(0, (info.batch_size, -1)), 0
+        kernel = kernel.movedim(kernel_dim, 0)
+        solved = [_solve(y[i], kernel[i], dilation, backend) for i in range(info.batch_size)]
+        return torch.stack(solved), 0
+
+
+def _zero_unread(kernel_derivative: torch.Tensor) -> torch.Tensor:
+    """``kernel_derivative`` with the corner tap's entries above the diagonal set to zero: the
+    solve never reads them (out of place, so that it stays differentiable and vmappable)."""
+    taps = kernel_derivative.flatten(2)
+    corner = taps.select(2, -1).tril()
+    return torch.select_scatter(taps, corner, 2, -1).view_as(kernel_derivative)
 
 
 register_backend("torch", solve_wavefront)

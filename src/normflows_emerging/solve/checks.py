@@ -4,17 +4,22 @@ import torch
 
 from . import device
 
+# The dtypes every solve takes (torch has no triangular solve in float16/bfloat16).
+SOLVE_DTYPES = (torch.float32, torch.float64)
+
 
 def check_solve_inputs(y: torch.Tensor, kernel: torch.Tensor, dilation: int) -> None:
     """Raise a clear error unless ``(y, kernel, dilation)`` describe a solvable causal convolution.
 
     Args:
-      y: should be a floating-point tensor of shape (B, C, H, W), C >= 1
+      y: should be a float32 or float64 tensor of shape (B, C, H, W), C >= 1
       kernel: should be a tensor of shape (C, C, m, m), m >= 1, with y's dtype and device
       dilation: should be a positive ``int``
 
     Raises:
-      TypeError: a non-tensor, a non-floating ``y``, a kernel of another dtype, a non-int dilation
+      TypeError: a non-tensor, a ``y`` that is not float32/float64 (the solves run in full
+        precision only: torch has no triangular solve in float16/bfloat16), a kernel of another
+        dtype, a non-int dilation
       ValueError: wrong shapes, dilation < 1, or tensors on different devices
     """
     if not isinstance(y, torch.Tensor) or not isinstance(kernel, torch.Tensor):
@@ -22,8 +27,8 @@ def check_solve_inputs(y: torch.Tensor, kernel: torch.Tensor, dilation: int) -> 
             f"y and kernel must be torch.Tensors, got {type(y).__name__} and "
             f"{type(kernel).__name__}"
         )
-    if not y.is_floating_point():
-        raise TypeError(f"y must be a floating-point tensor, got dtype {y.dtype}")
+    if y.dtype not in SOLVE_DTYPES:
+        raise TypeError(f"y must be a float32 or float64 tensor, got dtype {y.dtype}")
     if kernel.dtype != y.dtype:
         raise TypeError(f"kernel must have y's dtype {y.dtype}, got {kernel.dtype}")
     if y.dim() != 4 or y.shape[1] < 1:
