@@ -85,7 +85,7 @@ def test_per_flow_errors_locate_the_bad_layer_of_a_multiscale_model():
     bad.load_state_dict(ill.state_dict())
     model.train()
     errors = inverse_error(model, x)
-    assert model.training  # modes restored
+    assert model.training  # nothing on the model changed
     assert errors["worst_flow"] == "flows.1.1"
     assert errors["flows"]["flows.1.1"] > 1e-2
     assert all(e < 1e-4 for name, e in errors["flows"].items() if name != "flows.1.1")

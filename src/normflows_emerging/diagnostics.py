@@ -18,7 +18,6 @@ import warnings
 import torch
 
 from .errors import NonFiniteError
-from .modes import eval_mode
 
 # Round-trip error (in data units: images scaled to [0, 1)) above which a model is reported as
 # numerically non-invertible; a quarter of one 8-bit intensity level.
@@ -64,8 +63,9 @@ def inverse_error(model, x) -> dict:
 
     Each flow's error is ``max |flow.forward(flow.inverse(h)) - h|`` on the input ``h`` it gets
     on the way from ``x`` to the latents (in the units of that input); the model's is
-    ``max |forward(inverse(x)) - x|`` in data units. The model is run in eval mode and its
-    previous modes restored.
+    ``max |forward(inverse(x)) - x|`` in data units. The model runs in the mode it is in, and
+    nothing on it is changed (so the check is safe while other threads use the model); put a
+    model whose flows behave differently in training (dropout, batch norm) in eval mode first.
 
     A round trip that cannot be completed is infinitely wrong (error ``inf``): a direction that
     raises ``torch.linalg.LinAlgError`` (a layer of this package whose solve overflows) or
@@ -88,16 +88,15 @@ def inverse_error(model, x) -> dict:
         raise TypeError(
             f"expected a normflows MultiscaleFlow or NormalizingFlow, got {type(model).__name__}"
         )
-    with eval_mode(model):
-        flow_errors = _per_flow_errors(model, x)
-        model_error = math.inf
-        with _failure_is_infinite():
-            z, _ = model.inverse_and_log_det(x)
-            latents = z if isinstance(z, (list, tuple)) else [z]
-            # the model refuses non-finite latents; the round trip is lost either way
-            if all(torch.isfinite(part).all() for part in latents):
-                x_again, _ = model.forward_and_log_det(z)
-                model_error = _max_abs(x_again - x)
+    flow_errors = _per_flow_errors(model, x)
+    model_error = math.inf
+    with _failure_is_infinite():
+        z, _ = model.inverse_and_log_det(x)
+        latents = z if isinstance(z, (list, tuple)) else [z]
+        # the model refuses non-finite latents; the round trip is lost either way
+        if all(torch.isfinite(part).all() for part in latents):
+            x_again, _ = model.forward_and_log_det(z)
+            model_error = _max_abs(x_again - x)
     worst = max(flow_errors, key=flow_errors.get) if flow_errors else None
     return {"model": model_error, "flows": flow_errors, "worst_flow": worst}
 

@@ -35,6 +35,7 @@ from ..diagnostics import (
     warn_if_not_invertible,
 )
 from ..likelihood import bits_per_dim_from_nll
+from ..modes import eval_mode
 from .batches import BatchOrder
 from .checkpoint import (
     CHECKPOINT,
@@ -286,11 +287,10 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
             if rank == 0:
                 eval_start = time.perf_counter()
                 rng = rng_state(order, step)  # before the evaluation draws from it
-                errors = (
-                    inverse_error(model, probe)
-                    if is_checkable(model)
-                    else {"model": None, "worst_flow": None}
-                )
+                errors = {"model": None, "worst_flow": None}
+                if is_checkable(model):
+                    with eval_mode(model):
+                        errors = inverse_error(model, probe)
                 last = {
                     "step": step,
                     "train_bpd": statistics.fmean(train_bpds) if train_bpds else None,
