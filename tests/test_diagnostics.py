@@ -190,3 +190,23 @@ def test_training_a_model_that_cannot_be_checked_records_none(tmp_path):
     last = fit(model, train_set, test_set, config, tmp_path / "run", progress=False)
     assert last["step"] == 2 and last["inverse_error"] is None
     assert last["inverse_error_worst_flow"] is None
+
+
+def test_inverse_error_changes_no_mode_while_it_runs(monkeypatch):
+    """Another thread training the same model must not see it switched to eval mode (issue 27):
+    the check runs in the model's own mode."""
+    model = build_multiscale_flow((1, 8, 8), 2, 1, 4, mixing="emerging")
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        model(x, None)
+    model.train()
+    seen = []
+    inverse = EmergingConv2d.inverse
+
+    def recording_inverse(self, *args, **kwargs):
+        seen.append(model.training and self.training)
+        return inverse(self, *args, **kwargs)
+
+    monkeypatch.setattr(EmergingConv2d, "inverse", recording_inverse)
+    inverse_error(model, x)
+    assert seen and all(seen)
