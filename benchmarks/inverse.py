@@ -23,14 +23,13 @@ import argparse
 import functools
 import os
 import sys
-import time
 
 import torch
 
 from machine import cpu_model
 from normflows_emerging import SquareAutoregressiveConv2d, _solve, inverse_backend, use_backend
 from normflows_emerging.solve import solve_autoregressive
-from timing import benchmark, print_table, write_json
+from timing import CLOCKS, benchmark, print_table, write_json
 
 CASES = [
     (channels, side, size, batch)
@@ -39,9 +38,6 @@ CASES = [
     for batch in (1, 16, 64)
 ] + [(96, 32, 2, 16)]
 NAIVE_CASE = (48, 4, 2, 1)
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 def sample_with(layer, y, backend):
