@@ -72,7 +72,9 @@ function check(path) {
 
 
 def docs_sources():
-    return [
+    """The files the site is built from (not Python's bytecode caches, which any run that
+    imports a benchmark module rewrites)."""
+    sources = [
         ROOT / "mkdocs.yml",
         ROOT / "README.md",
         ROOT / "CHANGELOG.md",
@@ -81,6 +83,7 @@ def docs_sources():
         *(ROOT / "src").rglob("*.py"),
         *(ROOT / "benchmarks").rglob("*"),
     ]
+    return [path for path in sources if "__pycache__" not in path.parts]
 
 
 def chromium():

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from normflows_emerging import __version__
-from normflows_emerging import app as app_package
-from normflows_emerging.app import cli
+from normflows_emerging.app import cli, extras
 from normflows_emerging.app.data import sources
 from normflows_emerging.app.run_folder import prepare_run_folder
 
@@ -80,12 +79,56 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"normflows-emerging {__version__}"
 
 
-def test_version_without_the_train_extra(monkeypatch, capsys):
-    monkeypatch.setattr(app_package, "missing_train_modules", lambda: ["tqdm"])
-    assert app_package.main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"normflows-emerging {__version__}"
-    assert app_package.main(["train", "--out", "x"]) == 2  # the rest still needs the extra
-    assert "normflows-emerging[train]" in capsys.readouterr().err
+# Runs the command line in a fresh interpreter where tqdm and matplotlib cannot be imported (a
+# None entry in sys.modules makes an import fail and find_spec find nothing), as without the
+# train extra.
+WITHOUT_TRAIN_EXTRA = (
+    "import sys\n"
+    "sys.modules['tqdm'] = sys.modules['matplotlib'] = None\n"
+    "from normflows_emerging.app import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def without_train_extra(*argv, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TRAIN_EXTRA, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"]])
+def test_help_and_version_without_the_train_extra(argv):
+    """Issue 24: without the extra even --help exited 2."""
+    done = without_train_extra(*argv)
+    assert done.returncode == 0, done.stderr
+    assert (__version__ in done.stdout) if argv == ["--version"] else ("usage:" in done.stdout)
+
+
+def test_a_command_without_the_train_extra_names_a_pip_command_that_works(tmp_path):
+    """Issue 24: the hint was `pip install "normflows-emerging[train]"`, which fails (the package
+    is on no index); naming the extra's packages works from a clone and from a wheel."""
+    done = without_train_extra("train", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "needs tqdm and matplotlib (the train extra)" in line
+    assert line.endswith(": pip install tqdm matplotlib scikit-learn")
+    assert "normflows-emerging[" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_extras_of_the_hints_are_pyproject_s():
+    """The packages the hints name are the extras that pyproject.toml declares."""
+    tomllib = pytest.importorskip("tomllib")
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for extra, packages in extras.EXTRAS.items():
+        assert tuple(declared["optional-dependencies"][extra]) == packages, extra
+    assert set(extras.COMMAND_LINE_MODULES) <= set(extras.EXTRAS["train"])
 
 
 # --mixing-arg ----------------------------------------------------------------------------------

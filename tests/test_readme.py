@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -71,7 +73,47 @@ def test_readme_is_short_and_undated():
 def test_markdown_table_cells():
     assert tables.markdown_table(
         ["a", "b"], [[63124.99, None], [0.072051, "x"], [3000, 4.8e-07]]
-    ) == ("| a | b |\n|---|---|\n| 63,125 |  |\n| 0.0721 | x |\n| 3,000 | 4.8e-07 |")
+    ) == ("| a | b |\n|---|---|\n| 63,125 |  |\n| 0.0721 | x |\n| 3,000 | 4.80e-07 |")
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (2.9012, "2.90"),
+        (2.9213, "2.92"),
+        (3.0, "3.00"),
+        (123.4, "123"),
+        (999.96, "1,000"),
+        (16, "16"),
+        (5000, "5,000"),
+        (True, "True"),
+        (0.0, "0.00"),
+    ],
+)
+def test_cells_keep_three_significant_digits(value, text):
+    """The long-run table showed 2.9 beside 2.92 (issue 24): a float keeps its trailing zeros."""
+    assert tables.cell(value) == text
+
+
+def test_machine_line_says_what_is_not_recorded(tmp_path, monkeypatch):
+    """maf.json's line read "? logical CPUs" (issue 24); a file whose rows record their thread
+    count is named by it, not by the writing process's count."""
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    machine = {
+        "cpu_model": None,
+        "instruction_set": None,
+        "logical_cpus": None,
+        "torch": "2.14.1",
+        "torch_threads": 2,
+        "note": "not recorded by this run",
+    }
+    rows = [{"threads": 1}, {"threads": 1}]
+    (tmp_path / "a.json").write_text(json.dumps({"machine": machine, "rows": rows}))
+    line = tables.machine_line("a.json")
+    assert "?" not in line and "logical CPUs not recorded" in line
+    assert "torch 2.14.1 with 1 thread;" in line
+    (tmp_path / "b.json").write_text(json.dumps({"machine": machine, "rows": [{"x": 1}]}))
+    assert "torch 2.14.1 with 2 threads;" in tables.machine_line("b.json")
 
 
 def test_every_results_file_records_the_machine():

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from ..likelihood import bits_per_dim_from_nll
@@ -200,6 +199,8 @@ def save_image_grid(images, path, titles=None):
       ValueError: for a ``path`` refused by :func:`check_png_path`
       NonFiniteError: if an image holds a NaN or an infinity (nothing is written)
     """
+    from matplotlib.figure import Figure  # the train extra's, imported where a PNG is drawn
+
     check_png_path(path)
     if not all(torch.isfinite(batch).all() for batch in images):
         raise NonFiniteError(f"not writing {path}: the images hold NaN or infinite values")

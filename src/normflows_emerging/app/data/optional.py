@@ -6,6 +6,7 @@ import importlib
 from types import ModuleType
 
 from ..errors import MissingDependencyError
+from ..extras import install_command
 
 
 def import_optional(module: str, package: str, needed_by: str) -> ModuleType:
@@ -27,5 +28,5 @@ def import_optional(module: str, package: str, needed_by: str) -> ModuleType:
     except ImportError as err:
         raise MissingDependencyError(
             f"{needed_by} needs {package}, which is not installed: pip install {package} "
-            "(or pip install normflows-emerging[data] for every dataset)"
+            f"(or, for every dataset: {install_command('data')})"
         ) from err
