@@ -124,6 +124,8 @@ def site(tmp_path_factory):
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # a quiet build prints nothing: no warning, no output of an executed page (issue 24)
+    assert not (done.stdout + done.stderr).strip(), done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
 

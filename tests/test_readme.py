@@ -10,6 +10,8 @@ or of a script in this repository (``python examples/compare.py ...``) may only 
 most 8 KB and holds no dates: the rest lives in the docs.
 """
 
+import importlib.util
+import inspect
 import json
 import os
 import re
@@ -232,3 +234,66 @@ def test_command_parsing_finds_programs_and_flags():
         (["-m", "normflows_emerging", "train"], ["--dataset", "--steps"]),
         (["-m", "normflows_emerging", "train"], ["--lr"]),
     ]
+
+
+def ci_module(name):
+    """A module of ``.ci/`` (not a package: loaded from its file)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / ".ci" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CPU_TORCH = (
+    "python3 -m venv .venv && .venv/bin/pip install torch torchvision "
+    "--index-url https://download.pytorch.org/whl/cpu"
+)
+
+
+def test_two_commands_install_what_they_run_with_the_cpu_torch_first():
+    """Issue 24: the one command installed the whole CI tool set (6.2 GB with PyPI's CUDA torch)
+    for a main job that needs the examples extra; nothing said how to get the CPU-only torch.
+    CI runs these blocks as written (.ci/run_readme.py)."""
+    main_job, tests = ci_module("run_readme").readme_commands()
+    for block in (main_job, tests):
+        assert block.splitlines()[0] == CPU_TORCH
+    assert main_job.splitlines()[1] == (
+        '.venv/bin/pip install -e ".[examples]" && .venv/bin/python examples/compare.py'
+    )
+    assert tests.splitlines()[1] == '.venv/bin/pip install -e ".[test]" && .venv/bin/pytest -q'
+    text = README.read_text()
+    section = text[text.index("## Run the main job and the tests") :]
+    assert re.search(r"about \d+ minutes on 2 cores", section.split("```bash")[2]), (
+        "the README states how long the tests take"
+    )
+
+
+def test_readme_names_the_files_the_main_job_writes():
+    """Issue 24: the README called benchmarks/results/compare.json "that command's results
+    file"; examples/compare.py writes OUT/results.json (OUT = runs/compare)."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    out = inspect.signature(compare.run).parameters["out"].default
+    text = README.read_text()
+    for name in ("results.md", "results.json"):
+        assert f"{out}/{name}" in text or f"`{name}`" in text
+    assert f"{out}/results.json" in text
+    assert "that command's results file" not in text
+
+
+def test_ci_runs_the_readme_and_every_extra_alone():
+    """CI runs the README's commands, builds the docs from the docs extra alone and checks every
+    other extra in a fresh environment of its own."""
+    tomllib = pytest.importorskip("tomllib")
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+    check_extras = ci_module("check_extras")
+    assert set(check_extras.CHECKS) | set(check_extras.ELSEWHERE) == extras
+    assert not set(check_extras.CHECKS) & set(check_extras.ELSEWHERE)
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "python3 .ci/run_readme.py" in script and ".ci/check_extras.py" in script
+    assert 'pip install --quiet -e ".[docs]"' in script and "mkdocs build --strict" in script
