@@ -357,3 +357,46 @@ def test_sample_grids_are_torchvision_grids_where_it_is_installed(monkeypatch):
     )
     assert torch.equal(evaluation.tile_images(images, padding=2), with_torchvision)
     assert len(calls) == 1
+
+
+class _TorchvisionForAnotherTorch(types.ModuleType):
+    """What ``torchvision.utils`` is where PyPI's CUDA torchvision sits beside a CPU-only torch:
+    its import fails with a RuntimeError."""
+
+    def __getattr__(self, name):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+
+def test_sample_grids_do_not_need_a_torchvision_that_imports(monkeypatch):
+    """A torchvision built for another torch raised at the first sample grid, ending training;
+    the grid is laid out by hand instead (the same grid)."""
+    pytest.importorskip("torchvision.utils")
+    from normflows_emerging.app import evaluation
+
+    images = torch.rand(5, 3, 4, 6)
+    expected = evaluation.tile_images(images, padding=2)
+    monkeypatch.setitem(
+        sys.modules, "torchvision.utils", _TorchvisionForAnotherTorch("torchvision.utils")
+    )
+    assert torch.equal(evaluation.tile_images(images, padding=2), expected)
+
+
+def test_a_dataset_package_that_fails_to_import_is_one_line(tmp_path, monkeypatch):
+    """A dataset's package that is installed but raises on import (a torchvision for another
+    torch) is the user's to fix: one line naming it, not a traceback."""
+    from normflows_emerging.app.data.optional import import_optional
+    from normflows_emerging.app.errors import MissingDependencyError
+
+    (tmp_path / "brokenvision").mkdir()
+    (tmp_path / "brokenvision" / "__init__.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MissingDependencyError) as caught:
+        import_optional("brokenvision", "brokenvision", "the cifar10 dataset")
+    message = str(caught.value)
+    assert message.startswith(
+        "the cifar10 dataset needs brokenvision, which is installed but fails to import "
+        "(RuntimeError: operator torchvision::nms does not exist); reinstall a brokenvision "
+        f"built for the torch installed here (torch {torch.__version__})"
+    )

@@ -263,7 +263,7 @@ def test_two_commands_install_what_they_run_with_the_cpu_torch_first():
     assert tests.splitlines()[1] == '.venv/bin/pip install -e ".[test]" && .venv/bin/pytest -q'
     text = README.read_text()
     section = text[text.index("## Run the main job and the tests") :]
-    assert re.search(r"about \d+ minutes on 2 cores", section.split("```bash")[2]), (
+    assert re.search(r"about \d+ minutes on 2 cores", section.split("```bash")[1]), (
         "the README states how long the tests take"
     )
 
