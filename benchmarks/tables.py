@@ -94,14 +94,16 @@ def load(name: str) -> dict:
 
 
 def cell(value) -> str:
-    """A table cell: 3 significant digits, thousands separated, empty for a missing value."""
+    """A table cell: an int in full, a float to 3 significant digits (trailing zeros kept, so
+    2.90 stands beside 2.92), thousands separated, empty for a missing value."""
     if value is None:
         return ""
     if isinstance(value, (bool, str)):
         return str(value)
-    if abs(value) >= 1000:
+    text = f"{value:#.3g}"  # "#" keeps trailing zeros (and a point: "123.")
+    if isinstance(value, int) or "e+" in text:  # ints, and 999.96 (3 digits: 1.00e+03)
         return f"{value:,.0f}"
-    return f"{value:.3g}"
+    return text.rstrip(".")
 
 
 def markdown_table(columns: list, rows: list) -> str:
@@ -134,14 +136,22 @@ def speed_tables() -> dict:
 
 
 def machine_line(name: str) -> str:
-    """Where the results of ``name`` were measured: CPU model, instruction set, threads, torch."""
-    machine = load(name)["machine"]
+    """Where the results of ``name`` were measured: CPU model, instruction set, logical CPUs,
+    torch and its threads (the rows' own ``threads`` where they record them, else the thread
+    count of the process that wrote the file); what a file does not record is said to be so."""
+    results = load(name)
+    machine = results["machine"]
     isa = machine.get("instruction_set")
+    cpus = machine.get("logical_cpus")
+    rows = results.get("rows", [])
+    threads = sorted({row["threads"] for row in rows if isinstance(row, dict) and "threads" in row})
+    threads = threads or [machine.get("torch_threads")]
     parts = [
         f"CPU: {machine.get('cpu_model') or 'not recorded'}",
         "vector instructions: " + (", ".join(isa) if isa else "not recorded"),
-        f"{machine.get('logical_cpus') or '?'} logical CPUs",
-        f"torch {machine.get('torch')} with {machine.get('torch_threads')} thread(s)",
+        f"{cpus} logical CPUs" if cpus else "logical CPUs not recorded",
+        f"torch {machine.get('torch')} with {' and '.join(map(str, threads))} "
+        f"thread{'' if threads == [1] else 's'}",
     ]
     if machine.get("note"):
         parts.append(machine["note"])
@@ -170,7 +180,7 @@ def comparison_table(name: str = "compare.json") -> str:
             difference = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
         cells = [
             row["mixing"],
-            f"{row['parameters_effective']:,}",
+            f"{row['degrees_of_freedom']:,}",
             f"{row['test_bpd_mean']:.3f} ± {row['test_bpd_std']:.3f}",
             difference,
             row.get("verdict", "baseline"),

@@ -2,9 +2,9 @@
 
 Trains one multiscale model per mixing layer and seed and evaluates each on the held-out test
 split. By default every model's coupling width (``--hidden-channels``) is shrunk until it has no
-more *effective* trainable parameters than the 1x1 baseline (the paper's "correcting for the
-increase in parameters"; they are degrees of freedom: entries a mask or triangle discards and
-directions that leave a layer unchanged are not counted, see ``normflows_emerging.parameters``).
+more *degrees of freedom* than the 1x1 baseline (the paper's "correcting for the increase in
+parameters": entries a mask or triangle discards and directions that leave a layer unchanged are
+not counted, see ``normflows_emerging.parameters``).
 For each mixing the table gives the mean ± standard deviation
 of the test bits/dim over the seeds and the *paired* difference to 1x1 (a seed fixes the data
 order, the dequantisation noise and the initialisation seed, so seed s of every mixing sees the
@@ -107,7 +107,7 @@ def matched_widths(config, mixings, input_shape):
             dataclasses.replace(config, mixing=mixing, hidden_channels=width), input_shape
         )
 
-    budget = count_parameters(build(BASELINE, config.hidden_channels)).effective
+    budget = count_parameters(build(BASELINE, config.hidden_channels)).degrees_of_freedom
     widths = {}
     for mixing in mixings:
         try:
@@ -150,19 +150,23 @@ def sampling_ms_per_image(model, num_samples, device, seed, backend=None):
 
 
 def train_and_evaluate(
-    config, run_dir, device, naive_timing, progress, overwrite=False, num_samples=16
+    config, run_dir, device, naive_timing, progress, overwrite=False, num_samples=16, label=None
 ):
     """Train one run, evaluate it on the test split and time its sampling.
 
+    ``label`` prefixes its progress bar or lines (None: ``"train <mixing>"``).
+
     Returns:
       dict: mixing, seed, hidden_channels, test_bpd, inverse_error, parameters_total,
-      parameters_effective, train_seconds, sample_ms (list, one per timed block; empty, with
+      degrees_of_freedom, train_seconds, sample_ms (list, one per timed block; empty, with
       the reason in sampling_error, when the model cannot sample) and with ``naive_timing``
       naive_sample_ms
     """
     # refused here first: the comparison cannot --resume, so the message offers --overwrite only
     prepare_run_folder(run_dir, overwrite=overwrite, remove=False, resumable=False)
-    last = training.train(config, run_dir, device, progress=progress, overwrite=overwrite)
+    last = training.train(
+        config, run_dir, device, progress=progress, overwrite=overwrite, progress_label=label
+    )
     checkpoint = run_dir / CHECKPOINT
     result = evaluate_checkpoint(checkpoint, device=device)
     model, _ = load_checkpoint(checkpoint, device)
@@ -174,7 +178,7 @@ def train_and_evaluate(
         "test_bpd": result["test_bpd"],
         "inverse_error": result["inverse_error"],
         "parameters_total": count.total,
-        "parameters_effective": count.effective,
+        "degrees_of_freedom": count.degrees_of_freedom,
         "train_seconds": last["seconds"],
     }
     backends = {"sample_ms": None, **({"naive_sample_ms": "naive"} if naive_timing else {})}
@@ -197,8 +201,11 @@ def compare_mixings(
     progress=True,
     match_budget=True,
     overwrite=False,
+    label="",
 ):
     """Train and evaluate every mixing with every seed.
+
+    Each run's progress is labelled ``<label>run k of N: <mixing>, seed <seed>``.
 
     Args:
       config: ``TrainConfig`` shared by all runs (its ``mixing`` and ``seed`` are replaced, and
@@ -209,9 +216,10 @@ def compare_mixings(
       device: device to train on
       naive_timing: also time sampling with the naive solve backend
       progress: show progress bars
-      match_budget: shrink each mixing's ``hidden_channels`` to the 1x1 model's effective
-        parameter count (see :func:`matched_widths`)
+      match_budget: shrink each mixing's ``hidden_channels`` to the 1x1 model's degrees of
+        freedom (see :func:`matched_widths`)
       overwrite: replace earlier runs in ``out`` (otherwise a run folder in the way is refused)
+      label: prefix of every run's progress label (e.g. ``"depth 4: "``)
 
     Returns:
       list of run dicts (see :func:`train_and_evaluate`), mixing-major
@@ -223,21 +231,22 @@ def compare_mixings(
     else:
         widths = dict.fromkeys(mixings, config.hidden_channels)
     runs = []
-    for mixing in mixings:
-        for seed in seeds:
-            run_config = dataclasses.replace(
-                config, mixing=mixing, seed=seed, hidden_channels=widths[mixing]
+    plan = [(mixing, seed) for mixing in mixings for seed in seeds]
+    for number, (mixing, seed) in enumerate(plan, 1):
+        run_config = dataclasses.replace(
+            config, mixing=mixing, seed=seed, hidden_channels=widths[mixing]
+        )
+        runs.append(
+            train_and_evaluate(
+                run_config,
+                Path(out) / f"{mixing}-seed{seed}",
+                device,
+                naive_timing,
+                progress,
+                overwrite,
+                label=f"{label}run {number} of {len(plan)}: {mixing}, seed {seed}",
             )
-            runs.append(
-                train_and_evaluate(
-                    run_config,
-                    Path(out) / f"{mixing}-seed{seed}",
-                    device,
-                    naive_timing,
-                    progress,
-                    overwrite,
-                )
-            )
+        )
     return runs
 
 
@@ -249,7 +258,7 @@ def summarize(runs):
 
     Returns:
       list of dicts (in the runs' mixing order): mixing, seeds, hidden_channels,
-      parameters_effective, parameters_total, test_bpd_mean, test_bpd_std, and, when 1x1 was
+      degrees_of_freedom, parameters_total, test_bpd_mean, test_bpd_std, and, when 1x1 was
       run: difference (mean, low, high of the 95% interval, seeds) and verdict; sample_ms_median
       and sample_ms_iqr (over every timed block of every seed that can sample; None when none
       can) and sample_ms_failed_runs (seeds whose model cannot sample), likewise
@@ -266,7 +275,7 @@ def summarize(runs):
             "mixing": mixing,
             "seeds": [run["seed"] for run in group],
             "hidden_channels": group[0]["hidden_channels"],
-            "parameters_effective": group[0]["parameters_effective"],
+            "degrees_of_freedom": group[0]["degrees_of_freedom"],
             "parameters_total": group[0]["parameters_total"],
             "test_bpd_mean": statistics.fmean(bpds),
             "test_bpd_std": statistics.stdev(bpds) if len(bpds) > 1 else None,
@@ -324,7 +333,7 @@ def markdown_table(rows):
     header = [
         "mixing",
         "hidden",
-        "parameters (degrees of freedom / stored)",
+        "degrees of freedom / parameters stored",
         "test bits/dim",
         f"Δ vs {BASELINE} [95% CI]",
         "verdict",
@@ -346,7 +355,7 @@ def markdown_table(rows):
         cells = [
             row["mixing"],
             str(row["hidden_channels"]),
-            f"{row['parameters_effective']:,} / {row['parameters_total']:,}",
+            f"{row['degrees_of_freedom']:,} / {row['parameters_total']:,}",
             bpd,
             difference,
             verdict,
@@ -461,7 +470,7 @@ def sweep_depths(
     Each depth gets its own comparison in ``out/depth-<d>`` (see :func:`write_comparison`);
     then OUT/depths.md tabulates the gain of each mixing over 1x1 (1x1 minus the mixing's
     bits/dim, positive: the mixing is better) with its 95% interval against the 1x1 model's
-    effective parameter count, and OUT/depths.png plots it.
+    degrees of freedom, and OUT/depths.png plots it.
 
     Returns:
       the markdown of OUT/depths.md
@@ -480,6 +489,7 @@ def sweep_depths(
             progress,
             match_budget,
             overwrite,
+            label=f"depth {depth} ({len(results) + 1} of {len(depths)}): ",
         )
         write_comparison(depth_out, depth_config, mixings, seeds, device, match_budget, runs)
         results.append((depth, summarize(runs)))
@@ -512,7 +522,7 @@ def depth_table(results):
                     gain += f" [{-d['high']:+.3f}, {-d['low']:+.3f}]"
             lines.append(
                 f"| {depth} | {row['mixing']} | {row['hidden_channels']} | "
-                f"{row['parameters_effective']:,} | {row['test_bpd_mean']:.3f} | {gain} "
+                f"{row['degrees_of_freedom']:,} | {row['test_bpd_mean']:.3f} | {gain} "
                 f"| {row.get('verdict', 'baseline')} |"
             )
     return "\n".join(lines) + "\n"
@@ -528,7 +538,7 @@ def plot_depths(out, results, title):
         for depth, rows in results:
             by_name = {row["mixing"]: row for row in rows}
             d = by_name[mixing]["difference"]
-            sizes.append(by_name[BASELINE]["parameters_effective"])
+            sizes.append(by_name[BASELINE]["degrees_of_freedom"])
             gains.append(-d["mean"])
             errors.append(
                 [0.0, 0.0] if d["seeds"] < 2 else [d["high"] - d["mean"], d["mean"] - d["low"]]
@@ -614,7 +624,7 @@ def build_parser(
         action=argparse.BooleanOptionalAction,
         default=match_budget,
         help=f"shrink each mixing's --hidden-channels to the {BASELINE} model's "
-        f"effective parameter count (default: {match_budget})",
+        f"degrees of freedom (default: {match_budget})",
     )
     parser.add_argument(
         "--depths",
@@ -696,6 +706,17 @@ def run(
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(text)
+    out = Path(args.out)
+    if args.depths:
+        print(
+            f"Written: {out / 'depths.md'}, {out / 'depths.png'} and one comparison per depth in "
+            f"{out / 'depth-*'}/"
+        )
+    else:
+        print(
+            f"Written: {out / 'results.md'} (this table), {out / 'results.json'}, "
+            f"{out / 'curves.png'}"
+        )
     return text
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from normflows_emerging.app.checkpoint import CHECKPOINT
 from normflows_emerging.app.cli import (
     USER_ERRORS,
     CommandLineParser,
@@ -60,7 +61,11 @@ def example_parser(
     )
     if resume:
         existing.add_argument(
-            "--resume", action="store_true", help="continue from OUT/checkpoint.pt"
+            "--resume",
+            action="store_true",
+            help="continue from OUT/checkpoint.pt with its settings (the training flags given "
+            "may change only --steps, --eval-every, --eval-batch-size, --workers, --data-root "
+            "and --download)",
         )
     parser.set_defaults(resume=False)
     add_threads_argument(parser)
@@ -80,8 +85,14 @@ def parse_config(
       argv: command-line arguments (None: ``sys.argv[1:]``)
 
     Returns:
-      (parsed arguments, ``TrainConfig``); a bad flag, or ``--device cuda`` where CUDA is not
-      available, exits with status 2 and a one-line message
+      (parsed arguments, ``TrainConfig``: with ``--resume`` the settings of OUT/checkpoint.pt,
+      changed by the flags given, see :func:`~normflows_emerging.app.cli.config_from_args`); a
+      bad flag, or ``--device cuda`` where CUDA is not available, exits with status 2 and a
+      one-line message
+
+    Raises:
+      IncompatibleResumeError, FileNotFoundError, CheckpointError: with ``--resume``, for a
+        flag that changes a setting of the run or a missing or unusable checkpoint
     """
     args = parser.parse_args(argv)
     try:
@@ -89,7 +100,8 @@ def parse_config(
     except ValueError as err:
         parser.error(f"--device {args.device}: {err}")
     torch.set_num_threads(args.threads)
-    return args, config_from_args(args, parser, defaults)
+    resume_from = Path(args.out) / CHECKPOINT if args.resume else None
+    return args, config_from_args(args, parser, defaults, resume_from=resume_from)
 
 
 def run_example(main: Callable, argv: list | None = None) -> int:

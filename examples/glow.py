@@ -83,18 +83,21 @@ def main(argv=None):
         help="replace the GlowBlocks' 1x1 convolutions with this mixing layer",
     )
     args, config = parse_config(parser, DEFAULTS, argv)
-    config = dataclasses.replace(config, mixing=args.swap_mixing or DEFAULTS.mixing)
+    # the mixing swapped in: the flag's, or on --resume the checkpoint's (its config.mixing)
+    swap = args.swap_mixing or (config.mixing if config.mixing != DEFAULTS.mixing else None)
+    config = dataclasses.replace(config, mixing=swap or DEFAULTS.mixing)
 
     train_set, test_set = load_datasets(config)
     torch.manual_seed(config.seed)
     model = normflows_glow(
         tuple(train_set[0][0].shape), config.levels, config.flows_per_level, config.hidden_channels
     )
-    if args.swap_mixing:
-        replace_mixing(model, args.swap_mixing)
+    if swap:
+        replace_mixing(model, swap)
     count = count_parameters(model)
     print(
-        f"{count.effective:,} effective ({count.total:,} stored) parameters, mixing {config.mixing}"
+        f"{count.degrees_of_freedom:,} degrees of freedom ({count.total:,} parameters stored), "
+        f"mixing {config.mixing}"
     )
     training.fit(
         model,

@@ -6,7 +6,7 @@ since every element is solved in turn. Emerging convolutions keep most of the ga
 lower sampling cost. The table also times sampling with the naive solves (``--naive-timing``, on by
 default here): the element-by-element solve of the autoregressive convolutions and the
 full-network-per-element solve of the MAF layers, the paper's "naive" column. Each MAF layer
-has its own masked network (96 hidden channels), more effective parameters than a whole 1x1
+has its own masked network (96 hidden channels), more degrees of freedom than a whole 1x1
 model of this size, so budgets are not matched here (``--no-match-budget`` is the default):
 read the bits/dim together with the parameter counts. Defaults: the bundled digits, 3 seeds, a
 few minutes on one CPU thread:

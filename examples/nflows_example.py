@@ -182,7 +182,7 @@ def main(argv=None):
                     model, test_set, device=args.device, seed=config.seed
                 ),
                 "inverse_error": (x_again - x).abs().max().item(),
-                "parameters": count_parameters(model).effective,
+                "degrees_of_freedom": count_parameters(model).degrees_of_freedom,
             }
         )
     )

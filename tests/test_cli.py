@@ -12,9 +12,11 @@ import torch
 from normflows_emerging.app import batches, commands, evaluation
 from normflows_emerging.app import config as config_module
 from normflows_emerging.app import train as training
+from normflows_emerging.app.checkpoint import load_checkpoint
 from normflows_emerging.app.cli import build_parser, main
 from normflows_emerging.app.config import TrainConfig, build_model
 from normflows_emerging.app.errors import MissingDependencyError
+from normflows_emerging.parameters import count_parameters
 
 TINY = [
     "--dataset",
@@ -60,7 +62,7 @@ def test_train_writes_checkpoint_metrics_and_samples(tmp_path, capsys):
         == 0
     )
     captured = capsys.readouterr()
-    assert "bpd=" in captured.err and "loss=" in captured.err  # the progress lines
+    assert " bits/dim" in captured.err and "loss" not in captured.err  # the progress lines
     final = json.loads(captured.out.strip().splitlines()[-1])
 
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
@@ -116,13 +118,86 @@ def test_resume_refuses_other_settings_and_finished_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_train(out, "--steps", "4", "--mixing", "1x1", "--resume")
     assert exc.value.code == 2
-    assert "mixing: checkpoint 'emerging', now '1x1'" in capsys.readouterr().err
+    assert "--mixing 1x1 (the checkpoint's: emerging)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_train(out, "--steps", "2", "--resume")
     assert "already at step 2" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_train(tmp_path / "empty", "--steps", "2", "--resume")
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_resume_takes_the_settings_of_the_checkpoint(tmp_path, capsys):
+    """Issue 24: after `train --levels 1 --flows-per-level 2 --hidden-channels 16 --out X`,
+    `train --steps N --out X --resume` was refused, the flags left out compared through their
+    defaults (levels: checkpoint 1, now 2, ...)."""
+    out = tmp_path / "digits"
+    model_flags = ["--levels", "1", "--flows-per-level", "2", "--hidden-channels", "6"]
+    run = ["train", "--out", str(out), "--no-progress", "--batch-size", "16"]
+    assert main([*run, *model_flags, "--steps", "2", "--eval-every", "2", "--mixing", "qr"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--steps", "3", "--out", str(out), "--resume", "--no-progress"]) == 0
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    config = checkpoint["config"]
+    assert checkpoint["step"] == 3
+    assert (config["levels"], config["flows_per_level"], config["hidden_channels"]) == (1, 2, 6)
+    assert (config["mixing"], config["batch_size"], config["eval_every"]) == ("qr", 16, 2)
+    # flags given with the checkpoint's values are no change; a resumable one changes
+    argv = ["train", "--steps", "4", "--out", str(out), "--resume", "--no-progress"]
+    assert main([*argv, *model_flags, "--mixing", "qr", "--eval-every", "1"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["config"]["eval_every"] == 1
+    capsys.readouterr()
+
+
+def test_resume_names_every_setting_it_cannot_change(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train(out, "--steps", "2") == 0  # TINY: 2 levels, hidden 8, batch 16
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    argv = ["train", "--out", str(out), "--resume", "--steps", "4", "--levels", "1"]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--hidden-channels", "8", "--seed", "3", "--mixing-arg", "kernel_size=5"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "--levels 1 (the checkpoint's: 2)" in err and "--seed 3 (the checkpoint's: 0)" in err
+    assert "--mixing-arg kernel_size=5 (the checkpoint's: none)" in err
+    assert "--hidden-channels" not in err.split("; a resumed run")[0]  # the same value: no change
+    assert "--steps" in err.split("only ")[1]  # what may change
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample"])
+def test_checkpoint_may_be_the_run_folder(trained, tmp_path, capsys, command):
+    """Issue 24: `evaluate --checkpoint runs/digits` said `no checkpoint at runs/digits`."""
+    argv = [command, "--checkpoint", str(trained.parent)]
+    argv += ["--out", str(tmp_path / "s.png"), "--num", "2"] if command == "sample" else []
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    if command == "evaluate":
+        assert json.loads(out)["step"] == 1
+    else:
+        assert (tmp_path / "s.png").is_file()
+    with pytest.raises(SystemExit):
+        main([command, "--checkpoint", str(tmp_path), *argv[3:]])
+    assert f"no checkpoint at {tmp_path}: the folder holds no checkpoint.pt" in (
+        capsys.readouterr().err
+    )
+
+
+def test_evaluate_names_degrees_of_freedom_and_keeps_the_old_keys(trained):
+    """Issue 24: one number had three names; `evaluate` printed "parameters". The old keys stay
+    for one release, and reading them warns."""
+    result = commands.evaluate_checkpoint(trained, timing_repeats=1)
+    model, _ = load_checkpoint(trained)
+    count = count_parameters(model)
+    assert result["degrees_of_freedom"] == count.degrees_of_freedom
+    assert result["parameters_total"] == count.total
+    with pytest.warns(DeprecationWarning, match="'parameters'.*'degrees_of_freedom'"):
+        assert result["parameters"] == count.degrees_of_freedom
+    with pytest.warns(DeprecationWarning, match="'parameters_stored'.*'parameters_total'"):
+        assert result.get("parameters_stored") == count.total
+    assert json.loads(json.dumps(result))["parameters"] == count.degrees_of_freedom
 
 
 def test_non_finite_loss_skips_the_step(tmp_path, capsys, monkeypatch):
@@ -395,9 +470,7 @@ def test_progress_in_a_log_is_plain_lines(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "\r" not in err
-    steps = [
-        line.split(" loss=")[0] for line in err.splitlines() if line.startswith("train qr: step ")
-    ]
+    steps = [line.split(",")[0] for line in err.splitlines() if line.startswith("train qr: step ")]
     assert steps == [f"train qr: step {s}/3" for s in (1, 2, 3)]
 
 

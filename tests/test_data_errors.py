@@ -30,6 +30,10 @@ def test_missing_package(tmp_path, monkeypatch, name, module, package):
         get_dataset(name, "train", root=tmp_path)
     message = str(caught.value)
     assert f"needs {package}, which is not installed: pip install {package} " in message
+    # a command that works from a clone and a wheel (the package is on no index: issue 24)
+    assert message.endswith(
+        "(or, for every dataset: pip install torchvision scikit-learn scikit-image pillow)"
+    )
     assert "\n" not in message and isinstance(caught.value, ImportError)
 
 

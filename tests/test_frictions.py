@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from normflows_emerging import __version__
-from normflows_emerging import app as app_package
-from normflows_emerging.app import cli
+from normflows_emerging.app import cli, extras
 from normflows_emerging.app.data import sources
 from normflows_emerging.app.run_folder import prepare_run_folder
 
@@ -80,12 +79,56 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"normflows-emerging {__version__}"
 
 
-def test_version_without_the_train_extra(monkeypatch, capsys):
-    monkeypatch.setattr(app_package, "missing_train_modules", lambda: ["tqdm"])
-    assert app_package.main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == f"normflows-emerging {__version__}"
-    assert app_package.main(["train", "--out", "x"]) == 2  # the rest still needs the extra
-    assert "normflows-emerging[train]" in capsys.readouterr().err
+# Runs the command line in a fresh interpreter where tqdm and matplotlib cannot be imported (a
+# None entry in sys.modules makes an import fail and find_spec find nothing), as without the
+# train extra.
+WITHOUT_TRAIN_EXTRA = (
+    "import sys\n"
+    "sys.modules['tqdm'] = sys.modules['matplotlib'] = None\n"
+    "from normflows_emerging.app import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def without_train_extra(*argv, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TRAIN_EXTRA, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"]])
+def test_help_and_version_without_the_train_extra(argv):
+    """Issue 24: without the extra even --help exited 2."""
+    done = without_train_extra(*argv)
+    assert done.returncode == 0, done.stderr
+    assert (__version__ in done.stdout) if argv == ["--version"] else ("usage:" in done.stdout)
+
+
+def test_a_command_without_the_train_extra_names_a_pip_command_that_works(tmp_path):
+    """Issue 24: the hint was `pip install "normflows-emerging[train]"`, which fails (the package
+    is on no index); naming the extra's packages works from a clone and from a wheel."""
+    done = without_train_extra("train", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "needs tqdm and matplotlib (the train extra)" in line
+    assert line.endswith(": pip install tqdm matplotlib scikit-learn")
+    assert "normflows-emerging[" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_extras_of_the_hints_are_pyproject_s():
+    """The packages the hints name are the extras that pyproject.toml declares."""
+    tomllib = pytest.importorskip("tomllib")
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for extra, packages in extras.EXTRAS.items():
+        assert tuple(declared["optional-dependencies"][extra]) == packages, extra
+    assert set(extras.COMMAND_LINE_MODULES) <= set(extras.EXTRAS["train"])
 
 
 # --mixing-arg ----------------------------------------------------------------------------------
@@ -105,6 +148,7 @@ def test_a_mixing_argument_the_layer_lacks_names_the_layer(capsys, tmp_path, mon
 
 
 def test_missing_torchvision_data_names_the_flag(tmp_path):
+    pytest.importorskip("torchvision.datasets")  # without it, the message names the package
     with pytest.raises(FileNotFoundError, match="Pass --download"):
         sources.torchvision_dataset("CIFAR10", "train", None, tmp_path / "none", False, None)
 
@@ -314,3 +358,46 @@ def test_sample_grids_are_torchvision_grids_where_it_is_installed(monkeypatch):
     )
     assert torch.equal(evaluation.tile_images(images, padding=2), with_torchvision)
     assert len(calls) == 1
+
+
+class _TorchvisionForAnotherTorch(types.ModuleType):
+    """What ``torchvision.utils`` is where PyPI's CUDA torchvision sits beside a CPU-only torch:
+    its import fails with a RuntimeError."""
+
+    def __getattr__(self, name):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+
+def test_sample_grids_do_not_need_a_torchvision_that_imports(monkeypatch):
+    """A torchvision built for another torch raised at the first sample grid, ending training;
+    the grid is laid out by hand instead (the same grid)."""
+    pytest.importorskip("torchvision.utils")
+    from normflows_emerging.app import evaluation
+
+    images = torch.rand(5, 3, 4, 6)
+    expected = evaluation.tile_images(images, padding=2)
+    monkeypatch.setitem(
+        sys.modules, "torchvision.utils", _TorchvisionForAnotherTorch("torchvision.utils")
+    )
+    assert torch.equal(evaluation.tile_images(images, padding=2), expected)
+
+
+def test_a_dataset_package_that_fails_to_import_is_one_line(tmp_path, monkeypatch):
+    """A dataset's package that is installed but raises on import (a torchvision for another
+    torch) is the user's to fix: one line naming it, not a traceback."""
+    from normflows_emerging.app.data.optional import import_optional
+    from normflows_emerging.app.errors import MissingDependencyError
+
+    (tmp_path / "brokenvision").mkdir()
+    (tmp_path / "brokenvision" / "__init__.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MissingDependencyError) as caught:
+        import_optional("brokenvision", "brokenvision", "the cifar10 dataset")
+    message = str(caught.value)
+    assert message.startswith(
+        "the cifar10 dataset needs brokenvision, which is installed but fails to import "
+        "(RuntimeError: operator torchvision::nms does not exist); reinstall a brokenvision "
+        f"built for the torch installed here (torch {torch.__version__})"
+    )

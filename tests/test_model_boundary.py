@@ -210,3 +210,58 @@ def test_replace_mixing_refuses_levels_too_small_for_the_new_kernel():
     model = build_multiscale_flow((3, 12, 12), 2, 1, 8, mixing="qr")
     replace_mixing(model, "periodic")  # 3x3 at the bottom
     assert torch.isfinite(model.log_prob(torch.rand(2, 3, 12, 12))).all()
+
+
+def normflows_glow_example(input_shape, levels, flows_per_level, hidden_channels):
+    """A Glow laid out by hand as in normflows' own Glow example (nf.MultiscaleFlow)."""
+    channels, height, width = input_shape
+    q0, flows, merges = [], [], []
+    for i in range(levels):
+        flows.append(
+            [
+                nf.flows.GlowBlock(channels * 2 ** (levels + 1 - i), hidden_channels)
+                for _ in range(flows_per_level)
+            ]
+            + [nf.flows.Squeeze()]
+        )
+        factor = 2 ** (levels - i)
+        latent = (channels * factor * (2 if i == 0 else 1), height // factor, width // factor)
+        if i > 0:
+            merges.append(nf.flows.Merge())
+        q0.append(nf.distributions.GlowBase(latent))
+    return nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+
+
+@pytest.mark.filterwarnings("ignore:torch.lu is deprecated")
+def test_replace_mixing_refuses_small_levels_of_a_normflows_multiscale_flow():
+    """Issue 24: a normflows MultiscaleFlow whose deepest level is 2x2 took periodic layers, and
+    failed only at its first log_prob."""
+    torch.manual_seed(0)
+    model = normflows_glow_example((3, 8, 8), 2, 1, 8)
+    before = copy.deepcopy(model.state_dict())
+    modules = [type(m).__name__ for m in model.modules()]
+    with pytest.raises(ValueError, match=r"level 2 \(of 2\) see 2x2 images, but PeriodicConv2d"):
+        replace_mixing(model, "periodic")
+    assert [type(m).__name__ for m in model.modules()] == modules
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    model = normflows_glow_example((3, 12, 16), 2, 1, 8)  # 3x4 at the deepest level
+    replace_mixing(model, "periodic")
+    assert torch.isfinite(model.log_prob(torch.rand(2, 3, 12, 16), None)).all()
+    replace_mixing(normflows_glow_example((3, 8, 8), 2, 1, 8), "emerging")  # any size
+
+
+@pytest.mark.filterwarnings("ignore:torch.lu is deprecated")
+def test_replace_mixing_refuses_a_small_single_scale_normflows_model():
+    model = nf.NormalizingFlow(
+        nf.distributions.DiagGaussian((12, 2, 2)),
+        [nf.flows.GlowBlock(12, 8), nf.flows.ActNorm((12, 1, 1)), nf.flows.GlowBlock(12, 8)],
+    )
+    with pytest.raises(ValueError, match="the steps of the model see 2x2 images"):
+        replace_mixing(model, "periodic")
+    squeezed = nf.NormalizingFlow(  # sampling: 2x2, then a Squeeze makes it 4x4
+        nf.distributions.DiagGaussian((12, 2, 2)),
+        [nf.flows.Squeeze(), nf.flows.GlowBlock(3, 8)],
+    )
+    replace_mixing(squeezed, "periodic")
+    assert torch.isfinite(squeezed.log_prob(torch.rand(2, 3, 4, 4))).all()

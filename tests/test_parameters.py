@@ -56,7 +56,7 @@ def test_autoregressive_conv_counts_match_hand_counts(channels, size):
     count = count_parameters(SquareAutoregressiveConv2d(channels, size=size))
     # weight C*C*m*m (the corner tap's diagonal and upper triangle are masked out), bias, log_d
     assert count.total == channels * channels * size * size + 2 * channels
-    assert count.effective == count.used == count.total - channels * (channels + 1) // 2
+    assert count.degrees_of_freedom == count.used == count.total - channels * (channels + 1) // 2
 
 
 @settings(max_examples=10, deadline=None)
@@ -72,7 +72,9 @@ def test_qr_and_emerging_counts_match_hand_counts(channels):
     # another between the two autoregressive ones: C (C + 1) directions in all
     count = count_parameters(EmergingConv2d(channels, kernel_size=3))
     assert count.used == qr_used + 2 * autoregressive
-    assert count.effective == channels * channels + 2 * autoregressive - channels * (channels + 1)
+    assert count.degrees_of_freedom == channels * channels + 2 * autoregressive - channels * (
+        channels + 1
+    )
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
@@ -126,28 +128,28 @@ def jacobian_rank(layer, channels, size=(5, 6), batch=2, seed=0):
 @pytest.mark.parametrize("mixing", [m for m in mixing_layers() if m != "maf"])
 def test_effective_count_equals_jacobian_rank_for_each_mixing(mixing, channels):
     layer = build_mixing(mixing, channels)
-    assert count_parameters(layer).effective == jacobian_rank(layer, channels)
+    assert count_parameters(layer).degrees_of_freedom == jacobian_rank(layer, channels)
 
 
 @pytest.mark.parametrize("channels, reflections", [(1, 0), (3, 1), (4, 2), (4, 3), (3, 5)])
 def test_qr_degrees_of_freedom_for_any_number_of_reflections(channels, reflections):
     layer = QR1x1(channels, reflections)
-    assert count_parameters(layer).effective == jacobian_rank(layer, channels)
+    assert count_parameters(layer).degrees_of_freedom == jacobian_rank(layer, channels)
 
 
 @pytest.mark.parametrize("one_by_one", ["qr", "plu", "none"])
 @pytest.mark.parametrize("channels, kernel_size", [(2, 3), (3, 5)])
 def test_emerging_degrees_of_freedom(one_by_one, channels, kernel_size):
     layer = EmergingConv2d(channels, kernel_size, one_by_one=one_by_one)
-    assert count_parameters(layer).effective == jacobian_rank(layer, channels, (6, 7))
+    assert count_parameters(layer).degrees_of_freedom == jacobian_rank(layer, channels, (6, 7))
 
 
 @pytest.mark.parametrize("channels, hidden", [(2, 3), (4, 3)])
 def test_coupling_degrees_of_freedom_drop_one_per_hidden_unit(channels, hidden):
     coupling = glow_coupling(channels, hidden, leaky=0.1)  # no dead units on the probe data
     count = count_parameters(coupling)
-    assert count.effective == count.used - 2 * hidden
-    assert count.effective == jacobian_rank(coupling, channels, batch=4)
+    assert count.degrees_of_freedom == count.used - 2 * hidden
+    assert count.degrees_of_freedom == jacobian_rank(coupling, channels, batch=4)
 
 
 @pytest.mark.parametrize("mixing", ["plu", "emerging"])
@@ -163,7 +165,7 @@ def test_effective_count_equals_gradient_brute_force_for_a_whole_model(mixing):
 
     count = count_parameters(model)
     assert count.used == gradient_used_entries(model, loss)
-    assert count.total > count.used > count.effective
+    assert count.total > count.used > count.degrees_of_freedom
 
 
 def test_shared_and_frozen_parameters():
@@ -201,8 +203,10 @@ def test_widest_within_budget_equals_a_linear_scan():
     def build(width):
         return build_multiscale_flow((1, 8, 8), 1, 1, width, mixing="emerging")
 
-    budget = count_parameters(build_multiscale_flow((1, 8, 8), 1, 1, 12, mixing="1x1")).effective
-    scan = max(w for w in range(1, 13) if count_parameters(build(w)).effective <= budget)
+    budget = count_parameters(
+        build_multiscale_flow((1, 8, 8), 1, 1, 12, mixing="1x1")
+    ).degrees_of_freedom
+    scan = max(w for w in range(1, 13) if count_parameters(build(w)).degrees_of_freedom <= budget)
     assert widest_within_budget(build, budget, 12) == scan < 12
     assert widest_within_budget(build, 10**9, 12) == 12
     with pytest.raises(ValueError, match="even width 1"):
@@ -213,3 +217,11 @@ def test_widest_within_budget_equals_a_linear_scan():
 def test_count_parameters_of_a_non_module_is_a_type_error(model):
     with pytest.raises(TypeError, match="nn.Module"):
         count_parameters(model)
+
+
+def test_the_count_is_named_degrees_of_freedom_and_effective_is_deprecated():
+    """Issue 24: one number had three names (effective, degrees of freedom, parameters)."""
+    count = count_parameters(QR1x1(4))
+    assert repr(count) == "ParameterCount(total=36, degrees_of_freedom=16, used=26)"
+    with pytest.warns(DeprecationWarning, match="degrees_of_freedom"):
+        assert count.effective == count.degrees_of_freedom == 16

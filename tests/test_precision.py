@@ -12,8 +12,10 @@ from normflows_emerging import (
     PeriodicConv2d,
     QR1x1,
     SquareAutoregressiveConv2d,
+    build_multiscale_flow,
     use_backend,
 )
+from normflows_emerging.flows.actnorm import ActNorm
 from normflows_emerging.flows.precision import _restore, _settings, ieee_float32
 
 aten = torch.ops.aten
@@ -161,6 +163,21 @@ def test_lower_precision_input_under_autocast_is_taken_as_float32(name):
         torch.testing.assert_close((output, log_det), (want, want_log_det), rtol=0, atol=0)
     with pytest.raises(TypeError, match="float32 and float64"):
         layer(x)
+
+
+@pytest.mark.parametrize("mixing", ["maf", "1x1"])
+def test_a_dtype_that_autocast_lowered_is_named_as_such(mixing):
+    """Issue 24: under autocast, sampling a MAF model was refused with `ActNorm ... got
+    torch.bfloat16` although the user gave float32: normflows' 1x1 convolution ran under
+    autocast. The message says that autocast lowered it."""
+    torch.manual_seed(0)
+    model = build_multiscale_flow((1, 8, 8), 1, 1, 4, mixing=mixing)
+    model.log_prob(torch.rand(2, 1, 8, 8), None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(TypeError, match="torch.autocast .on for cpu. lowered the data"):
+            model.sample(2)
+    with pytest.raises(TypeError, match=r"float64 tensors only, got dtype torch.bfloat16$"):
+        ActNorm((1, 1, 1))(torch.zeros(1, 1, 2, 2, dtype=torch.bfloat16))  # not autocast's
 
 
 def test_autocast_training_gradients_are_float32():

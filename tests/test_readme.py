@@ -10,6 +10,8 @@ or of a script in this repository (``python examples/compare.py ...``) may only 
 most 8 KB and holds no dates: the rest lives in the docs.
 """
 
+import importlib.util
+import inspect
 import json
 import os
 import re
@@ -17,6 +19,8 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -71,7 +75,47 @@ def test_readme_is_short_and_undated():
 def test_markdown_table_cells():
     assert tables.markdown_table(
         ["a", "b"], [[63124.99, None], [0.072051, "x"], [3000, 4.8e-07]]
-    ) == ("| a | b |\n|---|---|\n| 63,125 |  |\n| 0.0721 | x |\n| 3,000 | 4.8e-07 |")
+    ) == ("| a | b |\n|---|---|\n| 63,125 |  |\n| 0.0721 | x |\n| 3,000 | 4.80e-07 |")
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (2.9012, "2.90"),
+        (2.9213, "2.92"),
+        (3.0, "3.00"),
+        (123.4, "123"),
+        (999.96, "1,000"),
+        (16, "16"),
+        (5000, "5,000"),
+        (True, "True"),
+        (0.0, "0.00"),
+    ],
+)
+def test_cells_keep_three_significant_digits(value, text):
+    """The long-run table showed 2.9 beside 2.92 (issue 24): a float keeps its trailing zeros."""
+    assert tables.cell(value) == text
+
+
+def test_machine_line_says_what_is_not_recorded(tmp_path, monkeypatch):
+    """maf.json's line read "? logical CPUs" (issue 24); a file whose rows record their thread
+    count is named by it, not by the writing process's count."""
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    machine = {
+        "cpu_model": None,
+        "instruction_set": None,
+        "logical_cpus": None,
+        "torch": "2.14.1",
+        "torch_threads": 2,
+        "note": "not recorded by this run",
+    }
+    rows = [{"threads": 1}, {"threads": 1}]
+    (tmp_path / "a.json").write_text(json.dumps({"machine": machine, "rows": rows}))
+    line = tables.machine_line("a.json")
+    assert "?" not in line and "logical CPUs not recorded" in line
+    assert "torch 2.14.1 with 1 thread;" in line
+    (tmp_path / "b.json").write_text(json.dumps({"machine": machine, "rows": [{"x": 1}]}))
+    assert "torch 2.14.1 with 2 threads;" in tables.machine_line("b.json")
 
 
 def test_every_results_file_records_the_machine():
@@ -190,3 +234,66 @@ def test_command_parsing_finds_programs_and_flags():
         (["-m", "normflows_emerging", "train"], ["--dataset", "--steps"]),
         (["-m", "normflows_emerging", "train"], ["--lr"]),
     ]
+
+
+def ci_module(name):
+    """A module of ``.ci/`` (not a package: loaded from its file)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / ".ci" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CPU_TORCH = (
+    "python3 -m venv .venv && .venv/bin/pip install torch torchvision "
+    "--index-url https://download.pytorch.org/whl/cpu"
+)
+
+
+def test_two_commands_install_what_they_run_with_the_cpu_torch_first():
+    """Issue 24: the one command installed the whole CI tool set (6.2 GB with PyPI's CUDA torch)
+    for a main job that needs the examples extra; nothing said how to get the CPU-only torch.
+    CI runs these blocks as written (.ci/run_readme.py)."""
+    main_job, tests = ci_module("run_readme").readme_commands()
+    for block in (main_job, tests):
+        assert block.splitlines()[0] == CPU_TORCH
+    assert main_job.splitlines()[1] == (
+        '.venv/bin/pip install -e ".[examples]" && .venv/bin/python examples/compare.py'
+    )
+    assert tests.splitlines()[1] == '.venv/bin/pip install -e ".[test]" && .venv/bin/pytest -q'
+    text = README.read_text()
+    section = text[text.index("## Run the main job and the tests") :]
+    assert re.search(r"about \d+ minutes on 2 cores", section.split("```bash")[1]), (
+        "the README states how long the tests take"
+    )
+
+
+def test_readme_names_the_files_the_main_job_writes():
+    """Issue 24: the README called benchmarks/results/compare.json "that command's results
+    file"; examples/compare.py writes OUT/results.json (OUT = runs/compare)."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    out = inspect.signature(compare.run).parameters["out"].default
+    text = README.read_text()
+    for name in ("results.md", "results.json"):
+        assert f"{out}/{name}" in text or f"`{name}`" in text
+    assert f"{out}/results.json" in text
+    assert "that command's results file" not in text
+
+
+def test_ci_runs_the_readme_and_every_extra_alone():
+    """CI runs the README's commands, builds the docs from the docs extra alone and checks every
+    other extra in a fresh environment of its own."""
+    tomllib = pytest.importorskip("tomllib")
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+    check_extras = ci_module("check_extras")
+    assert set(check_extras.CHECKS) | set(check_extras.ELSEWHERE) == extras
+    assert not set(check_extras.CHECKS) & set(check_extras.ELSEWHERE)
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "python3 .ci/run_readme.py" in script and ".ci/check_extras.py" in script
+    assert 'pip install --quiet -e ".[docs]"' in script and "mkdocs build --strict" in script

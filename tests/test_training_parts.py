@@ -57,7 +57,7 @@ def test_plain_progress_lines_when_not_a_terminal():
     stream = io.StringIO()
     progress = Progress(10, description="train qr", stream=stream, log_every=4)
     for step in range(1, 11):
-        progress.update(step, 1.5, 3.25)
+        progress.update(step, 3.25)
         if step == 5:
             progress.write("step 5: test bits/dim 3.0")
     progress.close()
@@ -65,10 +65,10 @@ def test_plain_progress_lines_when_not_a_terminal():
     assert "\r" not in text
     lines = text.splitlines()
     assert [line.split(" (")[0] for line in lines] == [
-        "train qr: step 4/10 loss=1.50 bpd=3.250",
+        "train qr: step 4/10, 3.250 bits/dim",
         "step 5: test bits/dim 3.0",
-        "train qr: step 8/10 loss=1.50 bpd=3.250",
-        "train qr: step 10/10 loss=1.50 bpd=3.250",
+        "train qr: step 8/10, 3.250 bits/dim",
+        "train qr: step 10/10, 3.250 bits/dim",
     ]
 
 
@@ -81,12 +81,13 @@ def test_bar_on_a_terminal_and_nothing_when_disabled():
     stream = Terminal()
     progress = Progress(3, description="train qr", stream=stream)
     for step in (1, 2, 3):
-        progress.update(step, 1.5, 3.25)
+        progress.update(step, 3.25)
     progress.close()
-    assert "\r" in stream.getvalue() and "bpd=3.250" in stream.getvalue()
+    assert "\r" in stream.getvalue() and "3.250 bits/dim" in stream.getvalue()
+    assert "loss" not in stream.getvalue()  # no nats beside the bits (issue 24)
     quiet = io.StringIO()
     progress = Progress(3, stream=quiet, enabled=False)
-    progress.update(3, 1.0, 2.0)
+    progress.update(3, 2.0)
     progress.write("message")
     assert quiet.getvalue() == "message\n"
 

@@ -269,7 +269,8 @@ def forward_mode_derivative(layer, parameters, tangents, x):
 
 
 # torch.func.jvp through torch.fft uses torch.jit.script internally, which warns on this torch
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+# (a FutureWarning on torch 2.14, a DeprecationWarning on 2.13)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 @pytest.mark.parametrize("make", LAYERS.values(), ids=LAYERS.keys())
 def test_forward_mode_derivatives_with_respect_to_parameters_in_eval_mode(make):
     """Dual (forward-mode) parameters report requires_grad=False: a cached result would drop their

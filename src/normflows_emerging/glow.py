@@ -263,9 +263,11 @@ def replace_mixing(model: nn.Module, name: str, **kwargs: Any) -> nn.Module:
       TypeError: if ``model`` is not a ``torch.nn.Module``, the factory returns no Flow, or a
         GlowBlock's current mixing layer has no int ``num_channels``
       ValueError: if ``model`` contains no GlowBlock or GlowStep, ``name`` is not registered, a
-        GlowBlock is not laid out as [coupling, mixing layer, ActNorm], or (in an
-        ``ImageMultiscaleFlow``) a level's images are smaller than the new layer's
-        ``min_image_size`` (a periodic layer's kernel)
+        GlowBlock is not laid out as [coupling, mixing layer, ActNorm], or a block's images are
+        smaller than the new layer's ``min_image_size`` (a periodic layer's kernel). The image
+        sizes are traced from the base distributions' shapes of a normflows ``NormalizingFlow``
+        or ``MultiscaleFlow`` (``ImageMultiscaleFlow`` included) through ``Squeeze`` and
+        ``Merge``; blocks in other models are not checked
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"replace_mixing expects a torch.nn.Module, got {type(model).__name__}")
@@ -296,26 +298,93 @@ def _safe_actnorm(old: nf.flows.ActNorm) -> ActNorm:
 
 
 def _check_image_sizes(model: nn.Module, blocks: list, layers: list) -> None:
-    """Raise ValueError if, in an ``ImageMultiscaleFlow``, a new layer would see images smaller
-    than its ``min_image_size``, as ``build_glow`` refuses them (else the model fails only at its
-    first ``log_prob``). Other models do not say which image size a block sees: not checked."""
-    from .multiscale import ImageMultiscaleFlow, _min_image_size
+    """Raise ValueError if a new layer would see images smaller than its ``min_image_size``, as
+    ``build_glow`` refuses them (else the model fails only at its first ``log_prob`` or
+    ``sample``). The image size each block sees is traced by :func:`_image_sizes`; a block it
+    cannot place is not checked."""
+    from .multiscale import _min_image_size
 
-    if not isinstance(model, ImageMultiscaleFlow):
-        return
-    seen = {}  # id(block) -> (level, height, width) of the images its steps see
-    levels = len(model.latent_shapes)
-    for level, (flows, shape) in enumerate(zip(model.flows, model.latent_shapes)):
-        for module in flows.modules():
-            seen[id(module)] = (levels - level, shape[1], shape[2])
+    sizes = _image_sizes(model)
     for block, layer in zip(blocks, layers):
-        if id(block) not in seen:
+        if id(block) not in sizes:
             continue
-        level, height, width = seen[id(block)]
+        where, height, width = sizes[id(block)]
         needed = _min_image_size(layer)
         if min(height, width) < needed:
             raise ValueError(
-                f"the steps of level {level} (of {levels}) see {height}x{width} images, but "
-                f"{type(layer).__name__} needs at least {needed}x{needed} (its min_image_size): "
-                f"the model is left as it was"
+                f"{where} see {height}x{width} images, but {type(layer).__name__} needs at least "
+                f"{needed}x{needed} (its min_image_size): the model is left as it was"
             )
+
+
+def _image_sizes(model: nn.Module) -> dict[int, tuple[str, int, int]]:
+    """{id(block): (which blocks, height, width)} of the images the GlowBlocks and GlowSteps of
+    a normflows model see.
+
+    Traced in the sampling direction from the shapes of the base distributions (``shape`` of
+    normflows' ``DiagGaussian``, ``GlowBase``, ``ClassCondDiagGaussian``, ...): a
+    ``NormalizingFlow`` through its flows, a ``MultiscaleFlow`` level by level through its
+    ``Merge``\\ s (deepest level first, as normflows samples). ``Squeeze`` halves the channels
+    and doubles the sides; blocks, ActNorms, 1x1 convolutions, couplings and this package's
+    layers keep the shape. After any other flow the shape is unknown and the blocks there are
+    left out, as are blocks in other models.
+    """
+    sizes: dict[int, tuple[str, int, int]] = {}
+    if isinstance(model, nf.MultiscaleFlow):
+        levels = len(model.q0)
+        shape = None
+        for i, (base, flows) in enumerate(zip(model.q0, model.flows)):
+            latent = _base_shape(base)
+            shape = latent if i == 0 else _merged(model.merges[i - 1], shape, latent)
+            where = f"the steps of level {levels - i} (of {levels})"
+            shape = _trace(flows, shape, where, sizes)
+    elif isinstance(model, nf.NormalizingFlow):
+        _trace(model.flows, _base_shape(model.q0), "the steps of the model", sizes)
+    return sizes
+
+
+def _trace(flows, shape, where, sizes):
+    """Record the (height, width) each block of ``flows`` sees, starting from ``shape``
+    (channels, height, width); return the shape after them (None: unknown)."""
+    for flow in flows:
+        if shape is None:
+            return None
+        channels, height, width = shape
+        if isinstance(flow, (nf.flows.GlowBlock, GlowStep)):
+            sizes[id(flow)] = (where, height, width)
+        elif isinstance(flow, nf.flows.Squeeze):
+            shape = (channels // 4, 2 * height, 2 * width) if channels % 4 == 0 else None
+        elif not (
+            isinstance(flow, _SHAPE_KEEPING_FLOWS)
+            or type(flow).__module__.startswith(f"{__package__}.flows.")
+        ):
+            shape = None
+    return shape
+
+
+# normflows flows whose output has their input's shape
+_SHAPE_KEEPING_FLOWS = (
+    nf.flows.ActNorm,
+    nf.flows.Invertible1x1Conv,
+    nf.flows.AffineCouplingBlock,
+)
+
+
+def _base_shape(base: nn.Module) -> tuple[int, int, int] | None:
+    """The (channels, height, width) a base distribution samples, if it says (else None)."""
+    shape = getattr(base, "shape", None)
+    if isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 3:
+        if all(isinstance(n, Integral) and not isinstance(n, bool) and n > 0 for n in shape):
+            return tuple(int(n) for n in shape)
+    return None
+
+
+def _merged(merge: nn.Module, shape, latent):
+    """The shape after normflows' ``Merge`` of a level's input and its latent (None: unknown)."""
+    if shape is None or latent is None or not isinstance(merge, nf.flows.Merge):
+        return None
+    if merge.mode in ("channel", "channel_inv") and shape[1:] == latent[1:]:
+        return (shape[0] + latent[0], *shape[1:])
+    if "checkerboard" in merge.mode and shape == latent:
+        return (shape[0], shape[1], 2 * shape[2])
+    return None

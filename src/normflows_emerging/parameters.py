@@ -12,10 +12,10 @@ between the 1x1 convolution and the first autoregressive convolution (C(C+1)/2 d
 between the two autoregressive convolutions (C(C+1)/2 with a 1x1 convolution, C without). A
 network with a positively homogeneous activation (``(Leaky)ReLU``) can scale each hidden unit's
 input by a > 0 and its output by 1/a. :func:`count_parameters` reports the stored entries, the
-used ones and the *effective* count, the degrees of freedom: the rank of the Jacobian of a
-layer's outputs (and log-determinant) with respect to its parameters at generic parameter values
-(the tests check it by brute force). The effective count is what the paper's "correcting for the
-increase in parameters" compares. Redundancy across layers (e.g. an ActNorm's scale next to a
+used ones and the *degrees of freedom*: the rank of the Jacobian of a layer's outputs (and
+log-determinant) with respect to its parameters at generic parameter values (the tests check it by
+brute force). The degrees of freedom are what the paper's "correcting for the increase in
+parameters" compares. Redundancy across layers (e.g. an ActNorm's scale next to a
 1x1 convolution that could absorb it) is not removed: each layer is counted on its own. The MAF
 layers are counted by their used entries, an upper bound: their ReLU networks' rescalings and
 the channel mixing their first layer can absorb from the 1x1 convolution before it have no rule
@@ -33,6 +33,7 @@ rule registered with :func:`register_redundancy` (none where no rule is register
 """
 
 import dataclasses
+import warnings
 from typing import Callable
 
 import normflows as nf
@@ -54,15 +55,26 @@ class ParameterCount:
 
     Args:
       total: number of entries of all trainable parameters (each shared tensor once)
-      effective: degrees of freedom: ``used`` minus the directions in them that leave a layer's
-        function unchanged (see the module docstring)
+      degrees_of_freedom: ``used`` minus the directions in them that leave a layer's function
+        unchanged (see the module docstring)
       used: entries the model reads: ``total`` minus the entries that a mask or a triangular part
         discards
     """
 
     total: int
-    effective: int
+    degrees_of_freedom: int
     used: int
+
+    @property
+    def effective(self) -> int:
+        """Deprecated alias of :attr:`degrees_of_freedom` (removed in 0.3)."""
+        warnings.warn(
+            "ParameterCount.effective is deprecated and will be removed in normflows-emerging "
+            "0.3; use ParameterCount.degrees_of_freedom (the same number)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.degrees_of_freedom
 
 
 def register_free_entries(cls: type, rule: FreeEntriesRule) -> None:
@@ -145,7 +157,7 @@ def _mask_buffer_rule(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:
-    """Stored, used and effective (degrees of freedom) trainable parameters of a model.
+    """Stored and used trainable parameters of a model, and its degrees of freedom.
 
     Args:
       model: any ``nn.Module``; parameters with ``requires_grad=False`` are not counted, a
@@ -174,15 +186,14 @@ def count_parameters(model: nn.Module) -> ParameterCount:
 
 
 def widest_within_budget(build: Callable[[int], nn.Module], budget: int, max_width: int) -> int:
-    """The largest width whose model has at most ``budget`` effective parameters (degrees of
-    freedom).
+    """The largest width whose model has at most ``budget`` degrees of freedom.
 
-    Binary search over ``1 .. max_width``, assuming the effective count grows with the width
+    Binary search over ``1 .. max_width``, assuming the degrees of freedom grow with the width
     (true of coupling widths).
 
     Args:
       build: ``build(width)`` returning a model
-      budget: largest allowed effective parameter count
+      budget: largest allowed number of degrees of freedom
       max_width: largest width to consider
 
     Returns:
@@ -191,12 +202,12 @@ def widest_within_budget(build: Callable[[int], nn.Module], budget: int, max_wid
     Raises:
       ValueError: if even width 1 exceeds the budget
     """
-    if count_parameters(build(1)).effective > budget:
-        raise ValueError(f"even width 1 has more than {budget:,} effective parameters")
+    if count_parameters(build(1)).degrees_of_freedom > budget:
+        raise ValueError(f"even width 1 has more than {budget:,} degrees of freedom")
     low, high = 1, max_width  # low fits the budget; the answer lies in low .. high
     while low < high:
         middle = (low + high + 1) // 2
-        if count_parameters(build(middle)).effective <= budget:
+        if count_parameters(build(middle)).degrees_of_freedom <= budget:
             low = middle
         else:
             high = middle - 1

@@ -180,25 +180,40 @@ def save_checkpoint(path, model, optimizer, scheduler, step, config, rng, extra=
     atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
+def checkpoint_file(path) -> Path:
+    """The checkpoint file that ``path`` names: ``path`` itself, or ``checkpoint.pt`` in it when
+    it is a folder (a run's output folder).
+
+    Raises:
+      FileNotFoundError: if there is no such file, or the folder holds no ``checkpoint.pt``
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / CHECKPOINT).is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}: the folder holds no {CHECKPOINT}")
+        return path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return path
+
+
 def read_checkpoint(path) -> dict:
     """Read a checkpoint written by training (its tensors on the CPU).
 
     Args:
-      path: checkpoint file
+      path: checkpoint file, or a run folder (training's output folder) holding ``checkpoint.pt``
 
     Returns:
       the checkpoint dict, with ``config`` as a :class:`~normflows_emerging.app.config.TrainConfig`
 
     Raises:
-      FileNotFoundError: if there is no such file
+      FileNotFoundError: if there is no such file, or the folder holds no ``checkpoint.pt``
       CheckpointError: if the file is truncated or corrupted (every byte is checked against the
         archive's CRCs), is not such a checkpoint (also: an entry of the wrong type, a negative
         step, fewer than 2 intensity levels), has another format version, or holds an invalid
         config (the message names the file)
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    path = checkpoint_file(path)
     try:
         # torch.load does not check the zip archive's CRCs: flipped bytes in a tensor would
         # load as silently wrong weights.
@@ -335,17 +350,18 @@ def load_checkpoint(path, device="cpu"):
     """Read a checkpoint and rebuild its model.
 
     Args:
-      path: checkpoint file
+      path: checkpoint file, or a run folder holding ``checkpoint.pt``
       device: device to put the model on
 
     Returns:
       (model in eval mode, checkpoint dict with ``config`` as a ``TrainConfig``)
 
     Raises:
-      FileNotFoundError: if there is no such file
+      FileNotFoundError: if there is no such file (see :func:`read_checkpoint`)
       CheckpointError: if the file is not a usable checkpoint (see :func:`read_checkpoint`),
         its parameters do not fit the model its config describes or are NaN or infinite
     """
+    path = checkpoint_file(path)
     checkpoint = read_checkpoint(path)
     try:
         model = build_model(checkpoint["config"], checkpoint["input_shape"])

@@ -1,11 +1,16 @@
 """Command line: ``python -m normflows_emerging train|evaluate|sample`` (or ``normflows-emerging``).
 
     normflows-emerging train --dataset digits --mixing emerging --steps 500 --out runs/digits
-    normflows-emerging train ... --out runs/digits --steps 1000 --resume
+    normflows-emerging train --out runs/digits --steps 1000 --resume
     normflows-emerging train ... --out runs/digits --overwrite
-    normflows-emerging evaluate --checkpoint runs/digits/checkpoint.pt
+    normflows-emerging evaluate --checkpoint runs/digits
     normflows-emerging sample --checkpoint runs/digits/checkpoint.pt --num 64 --out samples.png
     normflows-emerging --version
+
+``--resume`` continues the run in ``--out`` with the settings of its checkpoint: the flags given
+may change only :data:`~normflows_emerging.app.config.RESUMABLE_CHANGES` (``--steps``,
+``--eval-every``, ...); a model or data flag given with another value than the checkpoint's is
+refused, naming each. ``--checkpoint`` takes the file or the run folder holding it.
 
 Started with ``torchrun --nproc-per-node N -m normflows_emerging train ...`` the training runs
 in N processes with DistributedDataParallel (``--batch-size`` is per process).
@@ -23,15 +28,18 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 from .. import __version__
 from ..mixing import build_mixing, mixing_layers
+from . import extras
+from .checkpoint import CHECKPOINT, read_checkpoint
 from .commands import MAX_SAMPLE_IMAGES, evaluate_checkpoint, sample_checkpoint
-from .config import MAX_BITS, TrainConfig
+from .config import MAX_BITS, RESUMABLE_CHANGES, TrainConfig
 from .data import dataset_names
-from .errors import MissingDependencyError
+from .errors import IncompatibleResumeError, MissingDependencyError
 from .train import train
 
 # Exceptions that are the user's to fix: bad values (the project's ValueErrors, including
@@ -99,6 +107,10 @@ def _key_value(text):
 def add_config_arguments(parser, defaults=None, exclude=()):
     """Add the flags of the :class:`~normflows_emerging.app.config.TrainConfig` fields to a parser.
 
+    A flag left out leaves no attribute in the parsed namespace (``argparse.SUPPRESS``), so
+    :func:`config_from_args` knows which settings were given: a new run takes the others from
+    ``defaults``, a resumed one from its checkpoint. The help shows the defaults.
+
     Args:
       parser: ``argparse.ArgumentParser`` (or argument group)
       defaults: ``TrainConfig`` whose values are the defaults (None: ``TrainConfig()``)
@@ -121,7 +133,7 @@ def add_config_arguments(parser, defaults=None, exclude=()):
         else:
             default_text = default
         parser.add_argument(
-            flag, default=default, help=f"{helptext} (default: {default_text})", **kwargs
+            flag, default=argparse.SUPPRESS, help=f"{helptext} (default: {default_text})", **kwargs
         )
 
     add("--dataset", "dataset", choices=dataset_names())
@@ -153,7 +165,7 @@ def add_config_arguments(parser, defaults=None, exclude=()):
         parser.add_argument(
             "--download",
             action="store_true",
-            default=defaults.download,
+            default=argparse.SUPPRESS,
             help="let torchvision download cifar10/mnist into the data folder if missing",
         )
     if "mixing_kwargs" not in exclude:
@@ -161,30 +173,77 @@ def add_config_arguments(parser, defaults=None, exclude=()):
             "--mixing-arg",
             type=_key_value,
             action="append",
-            default=[],
+            default=argparse.SUPPRESS,
             metavar="NAME=VALUE",
             help="keyword argument of the mixing layer, e.g. kernel_size=5 "
             f"(repeatable; default: {defaults.mixing_kwargs or 'none'})",
         )
 
 
-def config_from_args(args, parser, defaults=None):
+def config_from_args(args, parser, defaults=None, resume_from=None):
     """The ``TrainConfig`` of parsed :func:`add_config_arguments` flags.
 
     Args:
       args: ``argparse.Namespace``
       parser: the (sub)parser that defined the flags, used to report a bad ``--mixing-arg``
-      defaults: the ``TrainConfig`` given to :func:`add_config_arguments`
+      defaults: the ``TrainConfig`` given to :func:`add_config_arguments`: the settings of a new
+        run that no flag gives
+      resume_from: checkpoint of the run to continue (``--resume``), or None for a new run. The
+        run keeps the checkpoint's settings; the flags given replace those of
+        ``RESUMABLE_CHANGES`` and must repeat the others' values
 
     Returns:
       ``TrainConfig``
+
+    Raises:
+      IncompatibleResumeError: naming each flag given with another value than the checkpoint's
+        setting that it may not change
+      FileNotFoundError, CheckpointError: for a missing or unusable ``resume_from``
     """
-    defaults = defaults or TrainConfig()
-    values = {
-        f.name: getattr(args, f.name, getattr(defaults, f.name))
+    given = given_settings(args, parser)
+    if resume_from is not None:
+        saved = read_checkpoint(resume_from)["config"]
+        changed = [
+            name
+            for name, value in given.items()
+            if name not in RESUMABLE_CHANGES and value != getattr(saved, name)
+        ]
+        if changed:
+            details = ", ".join(
+                f"{_flag(name)} {_shown(given[name])} (the checkpoint's: "
+                f"{_shown(getattr(saved, name))})"
+                for name in changed
+            )
+            may_change = ", ".join(_flag(name) for name in RESUMABLE_CHANGES)
+            raise IncompatibleResumeError(
+                f"cannot resume {resume_from} with other settings: {details}; a resumed run "
+                f"keeps its checkpoint's settings, so leave these flags out (only {may_change} "
+                f"may change), or start afresh with --overwrite"
+            )
+        return dataclasses.replace(saved, **given)
+    values = {**dataclasses.asdict(defaults or TrainConfig()), **given}
+    mixings = getattr(args, "mixings", [values["mixing"]])
+    for mixing in mixings:
+        try:
+            build_mixing(mixing, 4, **values["mixing_kwargs"])
+        except (TypeError, ValueError) as err:
+            parser.error(f"bad --mixing-arg for mixing {mixing!r}: {err}")
+    return TrainConfig(**values)
+
+
+def given_settings(args, parser) -> dict:
+    """The ``TrainConfig`` settings that flags gave: {field name: value}.
+
+    Args:
+      args: ``argparse.Namespace`` of :func:`add_config_arguments` flags
+      parser: the (sub)parser that defined them, used to report a bad ``--mixing-arg``
+    """
+    given = {
+        f.name: getattr(args, f.name)
         for f in dataclasses.fields(TrainConfig)
+        if f.name != "mixing_kwargs" and hasattr(args, f.name)
     }
-    if getattr(args, "mixing_arg", None):
+    if hasattr(args, "mixing_arg"):
         names = [name for name, _ in args.mixing_arg]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -194,14 +253,20 @@ def config_from_args(args, parser, defaults=None):
                 "--mixing-arg num_channels cannot be given: the model sets the number of "
                 "channels of each mixing layer"
             )
-        values["mixing_kwargs"] = dict(args.mixing_arg)
-    mixings = getattr(args, "mixings", [values["mixing"]])
-    for mixing in mixings:
-        try:
-            build_mixing(mixing, 4, **values["mixing_kwargs"])
-        except (TypeError, ValueError) as err:
-            parser.error(f"bad --mixing-arg for mixing {mixing!r}: {err}")
-    return TrainConfig(**values)
+        given["mixing_kwargs"] = dict(args.mixing_arg)
+    return given
+
+
+def _flag(name):
+    """The command-line flag of a ``TrainConfig`` field."""
+    return "--mixing-arg" if name == "mixing_kwargs" else "--" + name.replace("_", "-")
+
+
+def _shown(value):
+    """A setting's value as a user would type it (a mixing-arg dict as NAME=VALUE pairs)."""
+    if isinstance(value, dict):
+        return " ".join(f"{key}={item!r}" for key, item in value.items()) or "none"
+    return str(value)
 
 
 def add_device_argument(parser):
@@ -297,7 +362,8 @@ def build_parser():
     existing.add_argument(
         "--resume",
         action="store_true",
-        help="continue exactly from OUT/checkpoint.pt (same settings; --steps may grow)",
+        help="continue exactly from OUT/checkpoint.pt with its settings; the flags given may "
+        "change only " + ", ".join(_flag(name) for name in RESUMABLE_CHANGES),
     )
     existing.add_argument(
         "--overwrite",
@@ -321,9 +387,14 @@ def build_parser():
         "sampling milliseconds per image (median and "
         "interquartile range over repeated timed draws), the "
         "largest round-trip error on the split's images (with "
-        "a warning above 1e-3), parameters and step.",
+        "a warning above 1e-3), the model's degrees of freedom and "
+        "stored parameters, and the training step.",
     )
-    ev.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
+    ev.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint.pt written by train, or the run folder (--out) holding it",
+    )
     ev.add_argument(
         "--dataset",
         choices=dataset_names(),
@@ -353,7 +424,11 @@ def build_parser():
         description="Draw seeded samples of a checkpoint at a temperature "
         "and save them as one PNG grid; prints the file name.",
     )
-    sa.add_argument("--checkpoint", required=True, help="checkpoint.pt written by train")
+    sa.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint.pt written by train, or the run folder (--out) holding it",
+    )
     sa.add_argument(
         "--num",
         type=_int_in(1, MAX_SAMPLE_IMAGES),
@@ -383,8 +458,16 @@ def main(argv=None):
     Returns:
       exit status 0; errors exit with status 2 and a message
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help and --version need no extra
     parser = args.command_parser
+    missing = extras.missing_command_line_packages()
+    if missing:
+        parser.exit(
+            2,
+            f"{parser.prog}: error: this command needs {' and '.join(missing)} (the train "
+            f"extra), which {'is' if len(missing) == 1 else 'are'} not installed: "
+            f"{extras.install_command('train')}\n",
+        )
     try:
         with threads_set_to(args.threads):
             _run(args, parser)
@@ -397,7 +480,8 @@ def main(argv=None):
 def _run(args, parser):
     """Carry out the parsed command."""
     if args.command == "train":
-        config = config_from_args(args, parser)
+        resume_from = Path(args.out) / CHECKPOINT if args.resume else None
+        config = config_from_args(args, parser, resume_from=resume_from)
         result = train(
             config,
             args.out,

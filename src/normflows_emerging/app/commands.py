@@ -23,6 +23,33 @@ from .train import check_device
 PROBE_IMAGES = 64
 # Most images :func:`sample_checkpoint` puts in one grid (64 x 64 cells; drawn in one batch).
 MAX_SAMPLE_IMAGES = 4096
+# Keys of :func:`evaluate_checkpoint`'s result kept for one release under their 0.1 names
+# (removed in 0.3): old name -> the key that holds the same number.
+DEPRECATED_KEYS = {"parameters": "degrees_of_freedom", "parameters_stored": "parameters_total"}
+
+
+class EvaluationResult(dict):
+    """The dict :func:`evaluate_checkpoint` returns; reading a key of ``DEPRECATED_KEYS``
+    (``result["parameters"]``, ``result.get("parameters")``) warns with a DeprecationWarning
+    naming the key to read instead."""
+
+    def __getitem__(self, key):
+        _warn_if_deprecated(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        _warn_if_deprecated(key)
+        return super().get(key, default)
+
+
+def _warn_if_deprecated(key):
+    if key in DEPRECATED_KEYS:
+        warnings.warn(
+            f"the evaluation key {key!r} is deprecated and will be removed in "
+            f"normflows-emerging 0.3; read {DEPRECATED_KEYS[key]!r} (the same number)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
 
 def evaluate_checkpoint(
@@ -56,8 +83,11 @@ def evaluate_checkpoint(
       the model on the split's first images, data units, ``inf`` when a layer fails),
       ``inverse_error_worst_flow`` (the flow with the largest error) and
       ``inverse_error_worst_flow_value`` (its error on its own input),
-      ``parameters`` and ``step``; a ``NumericalInvertibilityWarning`` when the round-trip
-      error is above ``diagnostics.INVERSE_ERROR_THRESHOLD``
+      ``degrees_of_freedom`` and ``parameters_total`` (see
+      :func:`~normflows_emerging.parameters.count_parameters`; also under their deprecated
+      names ``parameters`` and ``parameters_stored``, whose reading warns) and ``step``; a
+      ``NumericalInvertibilityWarning`` when the round-trip error is above
+      ``diagnostics.INVERSE_ERROR_THRESHOLD``
 
     Raises:
       FileNotFoundError, CheckpointError: for a missing or unusable checkpoint
@@ -101,7 +131,7 @@ def evaluate_checkpoint(
         sampling = dict.fromkeys(("sample_ms_per_image", "sample_ms_per_image_iqr"))
         sampling["sampling_error"] = " ".join(str(err).split())
     count = count_parameters(model)
-    return {
+    values = {
         f"{split}_bpd": evaluate_bpd(
             model, data, config.eval_batch_size, device, config.seed, config.num_classes is not None
         ),
@@ -109,10 +139,12 @@ def evaluate_checkpoint(
         "inverse_error": errors["model"],
         "inverse_error_worst_flow": errors["worst_flow"],
         "inverse_error_worst_flow_value": max(errors["flows"].values()),
-        "parameters": count.effective,
-        "parameters_stored": count.total,
+        "degrees_of_freedom": count.degrees_of_freedom,
+        "parameters_total": count.total,
         "step": checkpoint["step"],
     }
+    values.update({old: values[new] for old, new in DEPRECATED_KEYS.items()})
+    return EvaluationResult(values)
 
 
 def sample_checkpoint(path, out, num_samples=16, temperature=1.0, seed=0, device="cpu") -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from ..likelihood import bits_per_dim_from_nll
@@ -147,7 +146,8 @@ def tile_images(images, padding=1):
     """Arrange a batch of images in a square-ish grid with white gaps.
 
     torchvision's ``make_grid`` does it where torchvision is installed (the ``data`` extra);
-    without it, the same grid is laid out here.
+    without it, or where it does not import (a torchvision built for another torch raises a
+    RuntimeError), the same grid is laid out here.
 
     Args:
       images: float tensor (n, C, H, W) in [0, 1]
@@ -158,9 +158,8 @@ def tile_images(images, padding=1):
     """
     n, channels, height, width = images.shape
     cols = math.ceil(math.sqrt(n))
-    if importlib.util.find_spec("torchvision") is not None:
-        from torchvision.utils import make_grid
-
+    make_grid = _torchvision_make_grid()
+    if make_grid is not None:
         # make_grid leaves 2 * padding between cells and around the grid: the outer half goes;
         # it repeats a single channel three times: one is kept.
         grid = make_grid(images, nrow=cols, padding=2 * padding, pad_value=1.0)[:channels]
@@ -174,6 +173,17 @@ def tile_images(images, padding=1):
     return grid.permute(0, 3, 1, 4, 2).reshape(
         rows * canvas.shape[2], cols * canvas.shape[3], channels
     )
+
+
+def _torchvision_make_grid():
+    """``torchvision.utils.make_grid``, or None where torchvision is absent or fails to import."""
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    try:
+        from torchvision.utils import make_grid
+    except (ImportError, RuntimeError):  # e.g. PyPI's CUDA torchvision beside a CPU-only torch
+        return None
+    return make_grid
 
 
 def check_png_path(path) -> None:
@@ -200,6 +210,8 @@ def save_image_grid(images, path, titles=None):
       ValueError: for a ``path`` refused by :func:`check_png_path`
       NonFiniteError: if an image holds a NaN or an infinity (nothing is written)
     """
+    from matplotlib.figure import Figure  # the train extra's, imported where a PNG is drawn
+
     check_png_path(path)
     if not all(torch.isfinite(batch).all() for batch in images):
         raise NonFiniteError(f"not writing {path}: the images hold NaN or infinite values")

@@ -1,13 +1,12 @@
 """Training progress on stderr: a tqdm bar on a terminal, plain lines in logs.
 
 A carriage-return bar written to a file (CI, ``nohup``, cluster jobs) is hundreds of kilobytes of
-redraws; there a line every ``log_every`` steps says the same.
+redraws; there a line every ``log_every`` steps says the same. Both show the training batch's
+bits/dim, the unit named, e.g. ``train emerging: step 400/1000, 3.804 bits/dim (21.3 steps/s)``.
 """
 
 import sys
 import time
-
-from tqdm.auto import tqdm
 
 # Plain progress lines per run when stderr is not a terminal (about).
 LINES_PER_RUN = 20
@@ -34,22 +33,24 @@ class Progress:
         self.log_every = log_every or max(1, total // LINES_PER_RUN)
         self.bar = None
         if enabled and _is_terminal(self.stream):
+            from tqdm.auto import tqdm  # the train extra's; imported when a bar is shown
+
             self.bar = tqdm(
                 total=total, initial=initial, desc=description, dynamic_ncols=True, file=self.stream
             )
         self._start, self._start_step = time.perf_counter(), initial
 
-    def update(self, step, loss=None, bpd=None):
-        """Step ``step`` is done, with its loss (nats) and bits/dim (None: skipped step)."""
+    def update(self, step, bits_per_dim=None):
+        """Step ``step`` is done, with the bits/dim of its batch (None: a skipped step)."""
         if self.bar is not None:
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.2f}", bpd=f"{bpd:.3f}", refresh=False)
+            if bits_per_dim is not None:
+                self.bar.set_postfix_str(f"{bits_per_dim:.3f} bits/dim", refresh=False)
             self.bar.update()
         elif self.enabled and (step % self.log_every == 0 or step == self.total):
             rate = (step - self._start_step) / max(time.perf_counter() - self._start, 1e-9)
-            values = "" if loss is None else f" loss={loss:.2f} bpd={bpd:.3f}"
+            value = "" if bits_per_dim is None else f", {bits_per_dim:.3f} bits/dim"
             self.stream.write(
-                f"{self.description}: step {step}/{self.total}{values} ({rate:.2f} steps/s)\n"
+                f"{self.description}: step {step}/{self.total}{value} ({rate:.2f} steps/s)\n"
             )
             self.stream.flush()
 

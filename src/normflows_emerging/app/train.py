@@ -132,16 +132,26 @@ def _distributed_setup(device):
     return dist.get_rank(), dist.get_world_size(), device, True
 
 
-def train(config: TrainConfig, out, device="cpu", resume=False, progress=True, overwrite=False):
+def train(
+    config: TrainConfig,
+    out,
+    device="cpu",
+    resume=False,
+    progress=True,
+    overwrite=False,
+    progress_label=None,
+):
     """Train the model a config describes on its dataset (see :func:`fit`).
 
     Args:
       config: :class:`~normflows_emerging.app.config.TrainConfig`
       out: output folder
       device: ``"cpu"``, ``"cuda"`` or a torch.device
-      resume: continue from ``out/checkpoint.pt``
+      resume: continue from ``out/checkpoint.pt`` (``config`` must hold its settings, see
+        :func:`~normflows_emerging.app.config.check_resumable`)
       progress: show progress (a bar on a terminal, plain lines otherwise)
       overwrite: delete a previous run's files in ``out`` first
+      progress_label: prefix of the progress bar and lines (None: ``"train <mixing>"``)
 
     Returns:
       dict of the last evaluation (see :func:`fit`)
@@ -151,7 +161,9 @@ def train(config: TrainConfig, out, device="cpu", resume=False, progress=True, o
     input_shape = tuple(train_set[0][0].shape)
     torch.manual_seed(config.seed)
     model = build_model(config, input_shape)
-    return fit(model, train_set, test_set, config, out, device, resume, progress, overwrite)
+    return fit(
+        model, train_set, test_set, config, out, device, resume, progress, overwrite, progress_label
+    )
 
 
 def fit(
@@ -164,6 +176,7 @@ def fit(
     resume=False,
     progress=True,
     overwrite=False,
+    progress_label=None,
 ):
     """Train a model; evaluate, checkpoint and sample every ``config.eval_every`` steps.
 
@@ -187,8 +200,10 @@ def fit(
       out: output folder
       device: ``"cpu"``, ``"cuda"`` or a torch.device
       resume: continue exactly from ``out/checkpoint.pt``
-      progress: show progress (a bar on a terminal, plain lines otherwise)
+      progress: show progress (a bar on a terminal, plain lines otherwise) with the training
+        batches' bits/dim
       overwrite: delete a previous run's files in ``out`` first
+      progress_label: prefix of the progress bar and lines (None: ``"train <mixing>"``)
 
     Returns:
       dict of the last evaluation: step, train_bpd, test_bpd, inverse_error,
@@ -208,8 +223,19 @@ def fit(
     rank, world_size, device, own_group = _distributed_setup(check_device(device))
     try:
         prepare_run_folder(out, resume, overwrite, remove=rank == 0)
+        label = f"train {config.mixing}" if progress_label is None else progress_label
         result = _fit(
-            model, train_set, test_set, config, out, device, resume, progress, rank, world_size
+            model,
+            train_set,
+            test_set,
+            config,
+            out,
+            device,
+            resume,
+            progress,
+            label,
+            rank,
+            world_size,
         )
         if world_size > 1:
             dist.barrier()
@@ -219,7 +245,9 @@ def fit(
             dist.destroy_process_group()
 
 
-def _fit(model, train_set, test_set, config, out, device, resume, progress, rank, world_size):
+def _fit(
+    model, train_set, test_set, config, out, device, resume, progress, label, rank, world_size
+):
     num_bins = train_set.num_bins
     input_shape = list(train_set[0][0].shape)
     order = BatchOrder(len(train_set), config.batch_size, config.seed, rank, world_size)
@@ -235,7 +263,7 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
         if checkpoint["step"] >= config.steps:
             raise IncompatibleResumeError(
                 f"the checkpoint is already at step {checkpoint['step']}; ask for more steps "
-                f"than that to continue"
+                f"than that (--steps) to continue"
             )
         load_state(model, checkpoint["model"], path)
         load_state(optimizer, checkpoint["optimizer"], path, "optimizer")
@@ -265,7 +293,7 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
     loader = DataLoader(
         train_set, batch_sampler=order.batches(step, config.steps), num_workers=config.workers
     )
-    bar = Progress(config.steps, step, f"train {config.mixing}", progress and rank == 0)
+    bar = Progress(config.steps, step, label, progress and rank == 0)
     start = time.perf_counter() - elapsed
     for images, labels in loader:
         x = order.noisy_batch(images, num_bins, config.seed, step, dtype=dtype).to(device)
@@ -281,7 +309,7 @@ def _fit(model, train_set, test_set, config, out, device, resume, progress, rank
         else:
             train_bpds.append(result[1])
             _check_parameters(model, f"step {step}", out)
-        bar.update(step, *(result or ()))
+        bar.update(step, result and result[1])
         if step % config.eval_every == 0 or step == config.steps:
             seconds = time.perf_counter() - start
             if rank == 0:

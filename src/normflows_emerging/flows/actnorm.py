@@ -8,7 +8,7 @@ import threading
 import normflows as nf
 import torch
 
-from .utils import SUPPORTED_DTYPES
+from .utils import SUPPORTED_DTYPES, unsupported_dtype
 
 # Initialisations are rare (once per layer): one lock for all ActNorms keeps them picklable.
 _INITIALISATION_LOCK = threading.Lock()
@@ -114,7 +114,7 @@ class ActNorm(nf.flows.ActNorm):
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"{name} expects a torch.Tensor, got {type(z).__name__}")
         if z.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} supports float32 and float64 tensors only, got {z.dtype}")
+            raise unsupported_dtype(name, z)
         if z.dim() != self.s.dim() or any(
             size != 1 and z.shape[axis] != size for axis, size in enumerate(shape, 1)
         ):

@@ -40,7 +40,7 @@ def check_image(x: torch.Tensor, num_channels: int, layer: str, like: torch.Tens
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{layer} supports float32 and float64 tensors only, got dtype {x.dtype}")
+        raise unsupported_dtype(layer, x)
     if x.dim() != 4 or x.shape[1] != num_channels:
         raise ValueError(
             f"{layer} expects a tensor of shape (batch, {num_channels}, height, width), "
@@ -61,6 +61,28 @@ def check_image(x: torch.Tensor, num_channels: int, layer: str, like: torch.Tens
             f"{layer} has parameters on {like.device} but got an input on {x.device}; move one "
             f"of them (e.g. layer.to(x.device))"
         )
+
+
+def unsupported_dtype(layer: str, x: torch.Tensor) -> TypeError:
+    """The error for an input of a dtype other than float32/float64; where ``torch.autocast``
+    is on and the dtype is its float16/bfloat16, it says that autocast lowered the input."""
+    message = f"{layer} supports float32 and float64 tensors only, got dtype {x.dtype}"
+    kind = x.device.type
+    if x.dtype in (torch.float16, torch.bfloat16) and _autocast_enabled(kind):
+        message += (
+            f": torch.autocast (on for {kind}) lowered the data to {x.dtype} in a layer before "
+            f"this one that runs under it (e.g. normflows' Invertible1x1Conv or a coupling "
+            f"network); call the model outside autocast, e.g. inside "
+            f"`with torch.autocast({kind!r}, enabled=False):`"
+        )
+    return TypeError(message)
+
+
+def _autocast_enabled(kind: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(kind)
+    except RuntimeError:  # a device type autocast does not have ("meta")
+        return False
 
 
 def is_empty(x: torch.Tensor) -> bool:

@@ -26,8 +26,8 @@ Names (see :func:`dataset_names`):
 
 The test split never shares an image with the train split. When ``root`` is not given, files are
 looked for in ``data/<name>`` below the working directory. torchvision, Pillow, scikit-learn and
-scikit-image are imported only by the datasets that use them (``pip install
-normflows-emerging[data]`` installs them all).
+scikit-image are imported only by the datasets that use them (the ``data`` extra installs them
+all: ``pip install ".[data]"`` from a clone).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import importlib
 from types import ModuleType
 
 from ..errors import MissingDependencyError
+from ..extras import install_command
 
 
 def import_optional(module: str, package: str, needed_by: str) -> ModuleType:
@@ -20,12 +21,26 @@ def import_optional(module: str, package: str, needed_by: str) -> ModuleType:
       the imported module
 
     Raises:
-      MissingDependencyError: when the module cannot be imported
+      MissingDependencyError: when the module cannot be imported: not installed, or installed
+        but failing to import (a RuntimeError: e.g. a torchvision built for another torch)
     """
     try:
         return importlib.import_module(module)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise MissingDependencyError(
+            f"{needed_by} needs {package}, which is installed but fails to import "
+            f"(RuntimeError: {first}); reinstall a {package} built for the torch installed "
+            f"here ({_torch_version()})"
+        ) from err
     except ImportError as err:
         raise MissingDependencyError(
             f"{needed_by} needs {package}, which is not installed: pip install {package} "
-            "(or pip install normflows-emerging[data] for every dataset)"
+            f"(or, for every dataset: {install_command('data')})"
         ) from err
+
+
+def _torch_version() -> str:
+    import torch
+
+    return f"torch {torch.__version__}"
