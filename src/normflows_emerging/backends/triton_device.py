@@ -121,36 +121,33 @@ def block_sizes(
     a time; ``num_warps`` warps of 32 threads, ``maxnreg`` registers each (all of the block's
     registers for the one program: ptxas otherwise keeps room for two programs and spills).
     Per thread, with 255 registers: 4 float32 (2 float64) values of a (pixels, channels)
-    accumulator, 4 times as many of a (pixels, channels, CHUNK) product and of the inverse's
-    block; with 128 registers (16 warps, C > 64) the float32 counts halve, and they halve again
-    with ``wide`` (64-bit offsets, see ``triton_solve.needs_wide_indices``): an offset then
-    takes two registers.
+    accumulator, 4 times as many of a (pixels, channels, CHUNK) product (CHUNK <= 16) and of the
+    inverse's block; with 128 registers (16 warps, C > 64) the float32 counts halve, and all
+    halve with ``wide`` (64-bit offsets, see ``triton_solve.needs_wide_indices``): an offset
+    then takes two registers.
     """
-    if channels > MAX_CHANNELS:
+    max_warps = min(limits.threads, limits.registers // _MIN_REGISTERS_PER_THREAD) // 32
+    if channels > MAX_CHANNELS or max_warps < 1:
         return None
     block_c = _ceil_power_of_2(channels)
-    max_warps = min(limits.threads, limits.registers // _MIN_REGISTERS_PER_THREAD) // 32
     num_warps = min(max(4, min(16, block_c * block_c // (32 * 16))), _floor_power_of_2(max_warps))
-    if num_warps < 1:
-        return None
     threads = 32 * num_warps
     maxnreg = min(limits.registers_per_thread, limits.registers // threads)
-    values = 2 if dtype.itemsize <= 4 and maxnreg >= 255 else 1
-    accumulator = values if wide else 2 * values  # values of a (pixels, channels) tile per thread
+    # values of a (pixels, channels) tile per thread
+    tile = (4 if dtype.itemsize <= 4 and maxnreg >= 255 else 2) // (2 if wide else 1)
     diagonal = _ceil_power_of_2(min(height, width))
-    block_p = max(1, min(diagonal, accumulator * threads // block_c))
-    chunk = max(1, min(block_c, 4 * accumulator * threads // (block_p * block_c)))
-    block_q = max(1, min(_ceil_power_of_2(height * width), accumulator * threads // block_c))
-    block_j = max(1, min(block_c, 4 * accumulator * threads // block_c))
-    blocks = dict(BLOCK_P=block_p, BLOCK_C=block_c, CHUNK=chunk, BLOCK_Q=block_q, BLOCK_J=block_j)
+    block_p = max(1, min(diagonal, tile * threads // block_c))
+    blocks = dict(
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        CHUNK=max(1, min(block_c, 16, 4 * tile * threads // (block_p * block_c))),
+        BLOCK_Q=max(1, min(_ceil_power_of_2(height * width), tile * threads // block_c)),
+        BLOCK_J=max(1, min(block_c, 4 * tile * threads // block_c)),
+    )
     # Smaller tiles until the shared memory fits (only a device with a small budget needs it).
+    tiles = ("BLOCK_P", "BLOCK_Q", "BLOCK_J")
     while shared_memory_bytes(blocks, dtype.itemsize) > limits.shared_memory:
-        if max(block_p, block_q, block_j) == 1:
+        if all(blocks[name] == 1 for name in tiles):
             return None
-        blocks.update(
-            BLOCK_P=max(1, blocks["BLOCK_P"] // 2),
-            BLOCK_Q=max(1, blocks["BLOCK_Q"] // 2),
-            BLOCK_J=max(1, blocks["BLOCK_J"] // 2),
-        )
-        block_p, block_q, block_j = blocks["BLOCK_P"], blocks["BLOCK_Q"], blocks["BLOCK_J"]
+        blocks.update({name: max(1, blocks[name] // 2) for name in tiles})
     return dict(blocks, num_warps=num_warps, maxnreg=maxnreg)

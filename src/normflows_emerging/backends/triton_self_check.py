@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Hashable
 
@@ -146,8 +147,10 @@ def kernel_passed(
             return _use(outcome)
         outcome.done.wait()  # then read its outcome, or check it if that thread gave up
     try:
+        mode = _mode()
         message = _run_check(device, dtype, label, error)
-    except BaseException:  # interrupted, or out of memory: no outcome, the next call checks again
+    except BaseException:  # no outcome (interrupted, out of memory, a CUDA graph being captured,
+        # a bad value of the variable): the next call checks again
         with _lock:
             del outcomes[key]
         pending.done.set()
@@ -155,9 +158,7 @@ def kernel_passed(
     with _lock:
         outcomes[key] = message
     pending.done.set()
-    if message is not None and _mode() == "warn":
-        import warnings
-
+    if message is not None and mode == "warn":
         warnings.warn(message + _FALLBACK_NOTE, RuntimeWarning, stacklevel=3)
     return _use(message)
 
@@ -213,3 +214,16 @@ def _run_check(device, dtype, label, error) -> str | None:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def outcomes() -> list:
+    """The checks this process has run, as ``(device, dtype, variant, message)``: message None
+    when the check passed (``benchmarks/gpu_check.py`` reports them)."""
+    with _lock:
+        tables = list(_outcomes.values())
+    return [
+        (device, dtype, variant, message)
+        for table in tables
+        for (device, dtype, variant), message in list(table.items())
+        if not isinstance(message, _Pending)
+    ]
