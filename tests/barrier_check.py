@@ -106,28 +106,45 @@ def _line_of(text: str, locations: dict) -> int | None:
     return locations.get(match.group(1)) if match else None
 
 
-def _parse(ttgir: str, function: str, locations: dict) -> tuple[list, list]:
+def _parameters(source: str, function: str) -> list:
+    """The run-time parameters of kernel ``function`` in ``source``, in order (the constexpr
+    ones are compiled in)."""
+    tree = ast.parse(source)
+    definition = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
+    return [
+        a.arg
+        for a in definition.args.args
+        if a.annotation is None or "constexpr" not in ast.unparse(a.annotation)
+    ]
+
+
+def _parse(ttgir: str, function: str, locations: dict, parameters: list) -> tuple[list, list]:
     """The body of ``tt.func @function`` as nested ``_Loop``/``_Access``/``"barrier"`` items,
-    and ``(buffers, integer type)`` of every pointer offset that is not a constant."""
+    and ``(buffers, integer type)`` of every pointer offset that is not a constant. Buffers are
+    named by ``parameters`` (triton before 3.5 names the arguments %arg0, %arg1, ...)."""
     lines = ttgir.splitlines()
     constants = set(re.findall(r"(%[\w.]+) = arith\.constant", ttgir))
     offsets = []
     start = next(i for i, line in enumerate(lines) if f"tt.func public @{function}(" in line)
+    arguments = re.findall(r"%(\w+): ([^ ,)]+)", lines[start])
     buffers = {
-        f"%{name}": frozenset([name]) for name in re.findall(r"%(\w+): !tt\.ptr", lines[start])
+        f"%{name}": frozenset([parameter])
+        for (name, kind), parameter in zip(arguments, parameters)
+        if kind.startswith("!tt.ptr")
     }
     root = _Loop(uid=-1)
     stack = [root]
+    outer = []  # the enclosing regions' values: numbered names are reused in sibling regions
     for number, line in enumerate(lines[start + 1 :], start + 1):
         text = line.strip()
         if text.startswith("}"):
             node = stack.pop()
-            if isinstance(node, _Loop) and node is not root:
-                node.line = _line_of(text, locations)
             if text.startswith("} else"):
                 raise NotImplementedError(f"scf.if with an else region at TTGIR line {number}")
             if not stack:
                 break
+            node.line = _line_of(text, locations)
+            buffers = outer.pop()
             continue
         definition = re.match(r"(%[\w.]+) = ([\w.]+)(.*)$", text)
         operation = definition.group(2) if definition else text.split(" ", 1)[0].strip('"')
@@ -164,21 +181,27 @@ def _parse(ttgir: str, function: str, locations: dict) -> tuple[list, list]:
             node = _Loop(uid=number) if operation == "scf.for" else _Loop(uid=-number)
             stack[-1].body.append(node)
             stack.append(node)
+            outer.append(buffers)
+            buffers = dict(buffers)
     return root.body, offsets
 
 
 def _source_facts(source: str):
-    """From the kernels' source: per call line of ``tl.load``/``tl.store`` the function it is in
-    and the names in its pointer expression; per ``for`` line the function and loop variable."""
+    """From the kernels' source: per line of a ``tl.load``/``tl.store`` call the function it is
+    in and the names in its pointer expression; per line of a ``for`` header the function and
+    loop variable. Every line of a call or header counts (triton places an operation on the
+    call's first line or, before 3.5, on its pointer's)."""
     tree = ast.parse(source)
     calls, loops = {}, {}
     for function in (node for node in tree.body if isinstance(node, ast.FunctionDef)):
         for node in ast.walk(function):
             if isinstance(node, ast.Call) and ast.unparse(node.func) in ("tl.load", "tl.store"):
                 names = {n.id for n in ast.walk(node.args[0]) if isinstance(n, ast.Name)}
-                calls[node.lineno] = (function.name, names)
+                for line in range(node.lineno, node.end_lineno + 1):
+                    calls[line] = (function.name, names)
             elif isinstance(node, ast.For) and isinstance(node.target, ast.Name):
-                loops[node.lineno] = (function.name, node.target.id)
+                for line in range(node.lineno, node.body[0].lineno):
+                    loops[line] = (function.name, node.target.id)
     return calls, loops
 
 
@@ -245,7 +268,8 @@ def races(ttgir: str, function: str, source: str, source_path: str) -> list[Race
     separated by a barrier."""
     locations = _locations(ttgir, source_path)
     calls, loops = _source_facts(source)
-    events = list(_trace(_parse(ttgir, function, locations)[0], loops))
+    body = _parse(ttgir, function, locations, _parameters(source, function))[0]
+    events = list(_trace(body, loops))
     found = set()
     barriers_before = 0
     accesses = []  # (access, context, barriers seen before it)
@@ -269,21 +293,22 @@ def races(ttgir: str, function: str, source: str, source_path: str) -> list[Race
     return sorted(found, key=str)
 
 
-def access_count(ttgir: str, function: str, source_path: str) -> int:
+def access_count(ttgir: str, function: str, source: str, source_path: str) -> int:
     """How many loads and stores of kernel ``function`` the checker sees (a test that the TTGIR
     was read at all)."""
 
     def count(body):
         return sum(count(i.body) if isinstance(i, _Loop) else isinstance(i, _Access) for i in body)
 
-    return count(_parse(ttgir, function, _locations(ttgir, source_path))[0])
+    locations = _locations(ttgir, source_path)
+    return count(_parse(ttgir, function, locations, _parameters(source, function))[0])
 
 
-def offset_types(ttgir: str, function: str) -> dict:
+def offset_types(ttgir: str, function: str, source: str) -> dict:
     """Per buffer (pointer argument) of kernel ``function``, the integer types of the offsets
     added to it that are not constants: ``{"x": {"i32"}, ...}``."""
     found = {}
-    for buffers, integer in _parse(ttgir, function, {})[1]:
+    for buffers, integer in _parse(ttgir, function, {}, _parameters(source, function))[1]:
         for buffer in buffers:
             found.setdefault(buffer, set()).add(integer)
     return found

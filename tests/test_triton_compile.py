@@ -58,7 +58,7 @@ def test_wide_indices_compile_to_64_bit_offsets(kernel):
     types = {}
     for wide in (False, True):
         compiled, _, _, _ = compile_launch(kernel, 128, 32, 32, 3, "float64", 80, wide=wide)
-        types[wide] = offset_types(compiled.asm["ttgir"], kernel)
+        types[wide] = offset_types(compiled.asm["ttgir"], kernel, kernels_source())
     biases = {"anticausal_bias", "causal_bias"}
     assert types[True].keys() - biases == types[False].keys() - biases
     assert all(types[True][buffer] == {"i64"} for buffer in types[True].keys() - biases)
@@ -72,4 +72,5 @@ def test_the_barrier_check_reads_the_kernels():
     path = importlib.util.find_spec(KERNELS).origin
     # two solves (source, neighbours, weights, r, its chunks, the inverse, the corner's
     # diagonal and column, the inverse stored) and the 1x1 pass (input, weights, output)
-    assert access_count(compiled.asm["ttgir"], "emerging_step_kernel", path) >= 2 * 10 + 3
+    ttgir, source = compiled.asm["ttgir"], kernels_source()
+    assert access_count(ttgir, "emerging_step_kernel", source, path) >= 2 * 10 + 3

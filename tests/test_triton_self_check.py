@@ -76,7 +76,7 @@ def test_a_wrong_kernel_is_caught_said_once_and_not_used(wrong_bias, monkeypatch
         with pytest.warns(RuntimeWarning, match="self-check") as record:
             first = sample(layer, z, "triton")
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # said once
+            warnings.simplefilter("error", RuntimeWarning)  # said once
             second = sample(layer, z, "triton")
     [message] = [str(w.message) for w in record if "self-check" in str(w.message)]
     assert "the fused emerging step with W^-1 in float32 is off by" in message
@@ -96,7 +96,7 @@ def test_the_solve_variant_passes_on_its_own(wrong_bias):
     kernel = random_causal_kernel(3, 2, torch.float64)
     y = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     with accelerator_path(), warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", RuntimeWarning)
         x = solve_autoregressive(y, kernel, 1, "triton")
     torch.testing.assert_close(x, solve_autoregressive(y, kernel, 1, "torch"))
 
