@@ -1,9 +1,11 @@
 """The Triton kernels without a GPU: interpreted copies (CPU tensors), copies with edited source
 (kernels made wrong on purpose, for the tests), and ahead-of-time compiles for GPUs this machine
 does not have, with ptxas's register and spill counts and Triton's own IR. Used by the tests and
-by ``dispatch_count.py``; run as a script it writes ``results/triton_registers.json``:
+by ``dispatch_count.py``; run as a script it writes ``results/triton_registers.json`` (the
+register, spill and shared-memory counts of every channel block on sm_80, sm_86, sm_89 and
+sm_90) or, with ``--self-check-cost``, ``results/triton_self_check_cost.json``:
 
-    python benchmarks/triton_offline.py
+    python benchmarks/triton_offline.py [--self-check-cost]
 
 Triton decides between interpreting and compiling when the kernels are defined
 (``TRITON_INTERPRET``), so each copy is a fresh import of the module's file under its own name
@@ -222,9 +224,90 @@ REPORT_CASES = (
 )
 
 
-def main():
+def self_check_cost(capability=90, repeats=3):
+    """Seconds per kernel variant and dtype of the triton backend's self-check that can be
+    measured without a GPU: compiling the check's kernel for ``sm_<capability>`` afresh (what a
+    GPU's first use pays once per machine; Triton caches the binary on disk), median of
+    ``repeats``; and running the check in Triton's interpreter (what the test suite pays)."""
+    import statistics
+    import time
+
+    import torch
+
+    from normflows_emerging.backends import triton_solve
+
+    variants = {
+        "solve": ("solve_kernel", {}),
+        "emerging step with W^-1": ("emerging_step_kernel", {"HAS_MIX": True}),
+        "emerging step": ("emerging_step_kernel", {"HAS_MIX": False}),
+    }
+    blocks = dict(triton_solve._CHECK_BLOCKS)
+    options = {name: blocks.pop(name) for name in ("num_warps", "maxnreg")}
+    sizes = dict(C=5, H=4, W=6, dilation=1)  # check_problem's
+    interpreted = load_kernels(True)
+    cpu = torch.device("cpu")
+    rows = []
+    for dtype in ("float32", "float64"):
+        for variant, (kernel, flags) in variants.items():
+            constexprs = dict(SIZE=2, **blocks, WIDE=False, **flags)
+            if kernel == "solve_kernel":
+                del constexprs["BLOCK_Q"]
+            compile_seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                _compile.__wrapped__(
+                    kernel, dtype, tuple(sizes), (), tuple(constexprs.items()),
+                    tuple(options.items()), capability, load_kernels(False),
+                )  # fmt: skip
+                compile_seconds.append(time.perf_counter() - start)
+            torch_dtype = getattr(torch, dtype)
+            start = time.perf_counter()
+            if kernel == "solve_kernel":
+                error = triton_solve._check_solve(interpreted, cpu, torch_dtype, False)
+            else:
+                mix = flags["HAS_MIX"]
+                error = triton_solve._check_step(interpreted, cpu, torch_dtype, mix, False)
+            rows.append(
+                dict(
+                    variant=variant,
+                    dtype=dtype,
+                    target=f"sm_{capability}",
+                    compile_seconds=statistics.median(compile_seconds),
+                    compile_seconds_range=[min(compile_seconds), max(compile_seconds)],
+                    interpreter_seconds=time.perf_counter() - start,
+                    interpreter_error=error,
+                )
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None):
+    import argparse
+
     from timing import print_table, write_json
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--self-check-cost",
+        action="store_true",
+        help="write results/triton_self_check_cost.json instead of the register counts",
+    )
+    args = parser.parse_args(argv)
+    results = pathlib.Path(__file__).parent / "results"
+    if args.self_check_cost:
+        rows = self_check_cost()
+        columns = ["variant", "dtype", "target", "compile_seconds", "interpreter_seconds"]
+        print_table(rows, columns)
+        write_json(
+            str(results / "triton_self_check_cost.json"),
+            rows,
+            what="the triton backend's self-check without a GPU: compiling its kernel ahead of "
+            "time (median of 3, cold) and running it in Triton's interpreter on the CPU",
+            triton=triton.__version__,
+            command="python benchmarks/triton_offline.py --self-check-cost",
+        )
+        return
     rows = []
     for kernel, channels, height, width, size, dtype, wide in REPORT_CASES:
         for capability in CAPABILITIES:
@@ -234,9 +317,8 @@ def main():
             print(f"{len(rows)}/{len(REPORT_CASES) * len(CAPABILITIES)}", rows[-1], flush=True)
     columns = ["kernel", "C", "H", "dtype", "WIDE", "target", "num_warps", "maxnreg"]
     print_table(rows, columns + ["registers", "spill_stores", "spill_loads", "shared"])
-    path = pathlib.Path(__file__).parent / "results" / "triton_registers.json"
     write_json(
-        str(path),
+        str(results / "triton_registers.json"),
         rows,
         what="ptxas -v of the triton backend's kernels compiled ahead of time (no GPU), with "
         "the block sizes the backend picks for NVIDIA's limits of each compute capability",

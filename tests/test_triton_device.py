@@ -1,6 +1,7 @@
 """The triton backend's block sizes follow a device's register and shared-memory budgets, and the
 backend states the oldest triton it runs with. Pure Python: no kernel runs here."""
 
+import pathlib
 import sys
 
 import pytest
@@ -59,10 +60,11 @@ def test_blocks_fit_every_device_in_the_table(channels, height, width, double, w
     # per thread, what the compile tests found to fit without spills
     values = 4 if dtype == torch.float32 and blocks["maxnreg"] >= 255 else 2
     values //= 2 if wide else 1
+    depth = 2 if wide else 4
     assert blocks["BLOCK_P"] * blocks["BLOCK_C"] <= values * threads
     assert blocks["BLOCK_Q"] * blocks["BLOCK_C"] <= values * threads
-    assert blocks["BLOCK_P"] * blocks["BLOCK_C"] * blocks["CHUNK"] <= 4 * values * threads
-    assert blocks["BLOCK_C"] * blocks["BLOCK_J"] <= 4 * values * threads
+    assert blocks["BLOCK_P"] * blocks["BLOCK_C"] * blocks["CHUNK"] <= depth * values * threads
+    assert blocks["BLOCK_C"] * blocks["BLOCK_J"] <= depth * values * threads
     # the same blocks on every device of the table (their budgets are all far above the need)
     for other in LIMITS.values():
         assert block_sizes(channels, height, width, dtype, other, wide) == blocks
@@ -96,3 +98,15 @@ def test_a_missing_triton_is_unavailable(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)
     monkeypatch.setattr(triton_solve, "_import_error", triton_solve._import_error.__wrapped__)
     assert "pip install triton" in triton_solve.unavailable_reason()
+
+
+def test_the_floor_is_the_one_ci_tests():
+    """``MIN_TRITON``, the floor of pyproject's ``triton`` extra and the triton that .ci/run
+    installs for its second run of the triton tests agree."""
+    tomllib = pytest.importorskip("tomllib")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    floor = ".".join(map(str, triton_solve.MIN_TRITON))
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    [requirement] = project["optional-dependencies"]["triton"]
+    assert requirement.startswith(f"triton>={floor};")
+    assert f"\nTRITON_FLOOR={floor}.0\n" in (root / ".ci" / "run").read_text()

@@ -122,9 +122,9 @@ def block_sizes(
     registers for the one program: ptxas otherwise keeps room for two programs and spills).
     Per thread, with 255 registers: 4 float32 (2 float64) values of a (pixels, channels)
     accumulator, 4 times as many of a (pixels, channels, CHUNK) product (CHUNK <= 16) and of the
-    inverse's block; with 128 registers (16 warps, C > 64) the float32 counts halve, and all
-    halve with ``wide`` (64-bit offsets, see ``triton_solve.needs_wide_indices``): an offset
-    then takes two registers.
+    inverse's block; with 128 registers (16 warps, C > 64) the float32 counts halve. With ``wide``
+    (64-bit offsets, see ``triton_solve.needs_wide_indices``: an offset then takes two
+    registers) the accumulator halves, the product and the inverse's block quarter.
     """
     max_warps = min(limits.threads, limits.registers // _MIN_REGISTERS_PER_THREAD) // 32
     if channels > MAX_CHANNELS or max_warps < 1:
@@ -133,16 +133,18 @@ def block_sizes(
     num_warps = min(max(4, min(16, block_c * block_c // (32 * 16))), _floor_power_of_2(max_warps))
     threads = 32 * num_warps
     maxnreg = min(limits.registers_per_thread, limits.registers // threads)
-    # values of a (pixels, channels) tile per thread
+    # values per thread of a (pixels, channels) tile, and of the products and the inverse's
+    # block as many times that
     tile = (4 if dtype.itemsize <= 4 and maxnreg >= 255 else 2) // (2 if wide else 1)
+    depth = 2 if wide else 4
     diagonal = _ceil_power_of_2(min(height, width))
     block_p = max(1, min(diagonal, tile * threads // block_c))
     blocks = dict(
         BLOCK_P=block_p,
         BLOCK_C=block_c,
-        CHUNK=max(1, min(block_c, 16, 4 * tile * threads // (block_p * block_c))),
+        CHUNK=max(1, min(block_c, 16, depth * tile * threads // (block_p * block_c))),
         BLOCK_Q=max(1, min(_ceil_power_of_2(height * width), tile * threads // block_c)),
-        BLOCK_J=max(1, min(block_c, 4 * tile * threads // block_c)),
+        BLOCK_J=max(1, min(block_c, depth * tile * threads // block_c)),
     )
     # Smaller tiles until the shared memory fits (only a device with a small budget needs it).
     tiles = ("BLOCK_P", "BLOCK_Q", "BLOCK_J")
