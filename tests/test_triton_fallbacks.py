@@ -15,7 +15,12 @@ import normflows_emerging.backends.triton_solve as triton_solve  # noqa: E402
 from brute_force import perturb_  # noqa: E402
 from dispatch_count import accelerator_path  # noqa: E402
 from normflows_emerging import EmergingConv2d, use_backend  # noqa: E402
-from normflows_emerging.backends.triton_device import MAX_CHANNELS, DeviceLimits  # noqa: E402
+from normflows_emerging.backends.triton_device import (  # noqa: E402
+    INTERPRETER_LIMITS,
+    MAX_CHANNELS,
+    DeviceLimits,
+    block_sizes,
+)
 from normflows_emerging.solve import solve_autoregressive  # noqa: E402
 from solve_cases import random_causal_kernel  # noqa: E402
 
@@ -121,8 +126,13 @@ def test_when_indices_need_64_bits(sizes, wide):
 
 
 def test_64_bit_indices_give_the_same_values(monkeypatch):
-    """Every call made wide (the limit lowered): the int64 kernels solve alike."""
+    """Every call made wide (the limit lowered): the int64 kernels, with their own (smaller)
+    blocks, solve alike."""
     monkeypatch.setattr(triton_solve, "_INT32_LIMIT", 8)
+    wide = block_sizes(5, 4, 6, torch.float64, INTERPRETER_LIMITS, wide=True)
+    assert wide != block_sizes(5, 4, 6, torch.float64, INTERPRETER_LIMITS)
+    y = torch.empty(2, 5, 4, 6, dtype=torch.float64)
+    assert triton_solve._configuration(y, 3, 2, "solve") == dict(wide, WIDE=True)
     kernel = random_causal_kernel(5, 3, torch.float64)
     y = torch.randn(2, 5, 4, 6, dtype=torch.float64)
     torch.testing.assert_close(

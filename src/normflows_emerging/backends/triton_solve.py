@@ -122,12 +122,19 @@ def needs_wide_indices(channels: int, height: int, width: int, size: int, dilati
     return max(largest, size * dilation * max(height, width)) >= _INT32_LIMIT
 
 
-def _configuration(tensor: torch.Tensor, what: str) -> dict | None:
-    """Block sizes and launch options for ``tensor`` (B, C, H, W), or None (said once) when the
-    kernels cannot take it on its device."""
+_block_sizes = functools.lru_cache(maxsize=256)(block_sizes)  # a few shapes per model
+
+
+def _configuration(tensor: torch.Tensor, size: int, dilation: int, what: str) -> dict | None:
+    """Block sizes, launch options and ``WIDE`` (64-bit indices) for ``tensor`` (B, C, H, W)
+    and ``size`` x ``size`` kernels, or None (said once) when the kernels cannot take it on its
+    device."""
     batch, channels, height, width = tensor.shape
+    wide = needs_wide_indices(channels, height, width, size, dilation)
     limits = device_limits(tensor.device)
-    blocks = block_sizes(channels, height, width, tensor.dtype, limits) if batch < 2**31 else None
+    blocks = None
+    if batch < 2**31:  # the most programs a launch can have
+        blocks = _block_sizes(channels, height, width, tensor.dtype, limits, wide)
     if blocks is None:
         reason = (
             f"more than {MAX_CHANNELS} channels"
@@ -139,7 +146,8 @@ def _configuration(tensor: torch.Tensor, what: str) -> dict | None:
             f"({reason}): it runs the torch wavefront solve, which gives the same values more "
             "slowly"
         )
-    return blocks
+        return None
+    return dict(blocks, WIDE=wide)
 
 
 def _launch(kernel, tensor: torch.Tensor, args: tuple, options: dict) -> None:
@@ -246,11 +254,9 @@ def solve_triton(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> to
     """
     kernels = _kernels(y)
     check_corner_diagonal(kernel)
-    config = _configuration(y, "solve")
+    config = _configuration(y, kernel.shape[-1], dilation, "solve")
     if config is not None:
-        batch, channels, height, width = y.shape
-        wide = needs_wide_indices(channels, height, width, kernel.shape[-1], dilation)
-        config["WIDE"] = wide
+        wide = config["WIDE"]
         verified = triton_self_check.kernel_passed(
             kernels, y.device, y.dtype, ("solve", wide), "the solve",
             functools.partial(_check_solve, kernels, y.device, y.dtype, wide),
@@ -301,11 +307,9 @@ def emerging_step(
         for t in (anticausal_kernel, anticausal_bias, causal_kernel, causal_bias)
     ]
     weight_inverse = None if weight_inverse is None else weight_inverse.detach()
-    config = _configuration(z, "emerging step")
+    config = _configuration(z, causal_kernel.shape[-1], dilation, "emerging step")
     if config is not None:
-        has_mix = weight_inverse is not None
-        wide = needs_wide_indices(channels, height, width, causal_kernel.shape[-1], dilation)
-        config["WIDE"] = wide
+        has_mix, wide = weight_inverse is not None, config["WIDE"]
         label = "the fused emerging step" + (" with W^-1" if has_mix else "")
         verified = triton_self_check.kernel_passed(
             kernels, z.device, z.dtype, ("emerging_step", has_mix, wide), label,
