@@ -294,20 +294,31 @@ def main(argv=None):
         help="write results/triton_self_check_cost.json instead of the register counts",
     )
     args = parser.parse_args(argv)
-    results = pathlib.Path(__file__).parent / "results"
     if args.self_check_cost:
-        rows = self_check_cost()
+        name, rows = "triton_self_check_cost.json", self_check_cost()
         columns = ["variant", "dtype", "target", "compile_seconds", "interpreter_seconds"]
-        print_table(rows, columns)
-        write_json(
-            str(results / "triton_self_check_cost.json"),
-            rows,
-            what="the triton backend's self-check without a GPU: compiling its kernel ahead of "
-            "time (median of 3, cold) and running it in Triton's interpreter on the CPU",
-            triton=triton.__version__,
-            command="python benchmarks/triton_offline.py --self-check-cost",
+        what = (
+            "the triton backend's self-check without a GPU: compiling its kernel ahead of time "
+            "(median of 3, cold) and running it in Triton's interpreter on the CPU"
         )
-        return
+    else:
+        name, rows = "triton_registers.json", register_counts()
+        columns = ["kernel", "C", "H", "dtype", "WIDE", "target", "num_warps", "maxnreg"]
+        columns += ["registers", "spill_stores", "spill_loads", "shared"]
+        what = (
+            "ptxas -v of the triton backend's kernels compiled ahead of time (no GPU), with the "
+            "block sizes the backend picks for NVIDIA's limits of each compute capability"
+        )
+    print_table(rows, columns)
+    command = "python benchmarks/triton_offline.py" + (
+        " --self-check-cost" if args.self_check_cost else ""
+    )
+    path = pathlib.Path(__file__).parent / "results" / name
+    write_json(str(path), rows, what=what, triton=triton.__version__, command=command)
+
+
+def register_counts():
+    """:func:`kernel_report` of every case of ``REPORT_CASES`` on every capability."""
     rows = []
     for kernel, channels, height, width, size, dtype, wide in REPORT_CASES:
         for capability in CAPABILITIES:
@@ -315,16 +326,7 @@ def main(argv=None):
             row = dict(kernel=kernel, C=channels, H=height, W=width, m=size, dtype=dtype)
             rows.append(dict(row, target=f"sm_{capability}", **report))
             print(f"{len(rows)}/{len(REPORT_CASES) * len(CAPABILITIES)}", rows[-1], flush=True)
-    columns = ["kernel", "C", "H", "dtype", "WIDE", "target", "num_warps", "maxnreg"]
-    print_table(rows, columns + ["registers", "spill_stores", "spill_loads", "shared"])
-    write_json(
-        str(results / "triton_registers.json"),
-        rows,
-        what="ptxas -v of the triton backend's kernels compiled ahead of time (no GPU), with "
-        "the block sizes the backend picks for NVIDIA's limits of each compute capability",
-        triton=triton.__version__,
-        command="python benchmarks/triton_offline.py",
-    )
+    return rows
 
 
 if __name__ == "__main__":
