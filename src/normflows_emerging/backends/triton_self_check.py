@@ -50,9 +50,10 @@ def _mode() -> str:
     return value
 
 
-def check_problem(dtype: torch.dtype, device: torch.device):
-    """The fixed problem of the check: ``(z, kernels, biases, weight_inverse)`` of dtype and
-    device, made on the CPU from a private generator (the global random state is untouched).
+def check_problem() -> tuple:
+    """The fixed problem of the check, float64 on the CPU: ``(z, anticausal_kernel,
+    causal_kernel, anticausal_bias, causal_bias, weight_inverse)``, from a private generator
+    (the global random state is untouched).
 
     z is (2, 5, 4, 6): five channels (not a power of two), a non-square image, batch 2; two
     (5, 5, 2, 2) causal kernels whose corner diagonals lie in [1, 1.5] and other taps in
@@ -74,7 +75,7 @@ def check_problem(dtype: torch.dtype, device: torch.device):
     biases = [uniform(channels, low=-1.0, high=1.0) for _ in range(2)]
     weight_inverse = torch.eye(channels, dtype=torch.float64) + uniform(channels, channels)
     z = uniform(2, channels, 4, 6, low=-1.0, high=1.0)
-    return tuple(t.to(device=device, dtype=dtype) for t in (z, *kernels, *biases, weight_inverse))
+    return (z, *kernels, *biases, weight_inverse)
 
 
 def reference_emerging_step(

@@ -205,7 +205,7 @@ _CHECK_BLOCKS = dict(BLOCK_P=2, BLOCK_C=8, CHUNK=2, BLOCK_Q=4, BLOCK_J=4, num_wa
 
 def _check_solve(kernels, device, dtype, wide) -> float:
     """Max |kernel - reference| of the solve on the check problem (one host sync)."""
-    z, kernel = check_problem(torch.float64, torch.device("cpu"))[:2]
+    z, kernel = check_problem()[:2]
     reference = solve_wavefront(z, kernel, 1)
     y, kernel = z.to(device, dtype), kernel.to(device, dtype)
     x = torch.empty_like(y)
@@ -215,8 +215,9 @@ def _check_solve(kernels, device, dtype, wide) -> float:
 
 def _check_step(kernels, device, dtype, has_mix, wide) -> float:
     """Max |kernel - reference| of the fused emerging step on the check problem."""
-    problem = check_problem(torch.float64, torch.device("cpu"))
-    z, anticausal_kernel, causal_kernel, anticausal_bias, causal_bias, weight_inverse = problem
+    z, anticausal_kernel, causal_kernel, anticausal_bias, causal_bias, weight_inverse = (
+        check_problem()
+    )
     weight_inverse = weight_inverse if has_mix else None
     step = (anticausal_kernel, anticausal_bias, causal_kernel, causal_bias)
     reference = reference_emerging_step(z, *step, weight_inverse, 1)
