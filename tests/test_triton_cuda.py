@@ -1,5 +1,6 @@
-"""The triton backend on a CUDA device (skipped without one): solves against a float64
-reference, both flips, batch 1 to 256, the fused EmergingConv2d step, the implicit backward."""
+"""The triton backend on a CUDA device (skipped without one): its self-check passes, solves
+against a float64 reference (C up to 128, either side of every change of block sizes), both
+flips, batch 1 to 256, the fused EmergingConv2d step, the implicit backward."""
 
 import pytest
 import torch
@@ -25,6 +26,32 @@ def test_triton_is_the_cuda_default():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_kernel_passes_its_self_check(dtype):
+    """No warning from the first solve and fused steps of this process, and every check done
+    here passed (a failure would have made the backend use the wavefront, silently to the other
+    tests)."""
+    import warnings
+
+    from normflows_emerging.backends import triton_self_check
+
+    layers = [
+        perturb_(EmergingConv2d(8, 3, one_by_one=mix)).to(dtype).cuda().eval()
+        for mix in ("qr", "none")
+    ]
+    z = torch.randn(2, 8, 6, 7, dtype=dtype, device="cuda")
+    kernel = random_causal_kernel(8, 2, dtype).cuda()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        solve_autoregressive(z, kernel, 1, "triton")
+        for layer in layers:
+            layer(z)
+    outcomes = triton_self_check.outcomes()
+    assert all(message is None for *_, message in outcomes), outcomes
+    checked = {(checked_dtype, variant[0]) for _, checked_dtype, variant, _ in outcomes}
+    assert {(dtype, "solve"), (dtype, "emerging_step")} <= checked
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "batch,channels,height,width,size,dilation",
     [
@@ -36,6 +63,10 @@ def test_triton_is_the_cuda_default():
         (256, 24, 8, 8, 2, 1),
         (7, 48, 4, 4, 2, 1),
         (2, 48, 32, 32, 3, 2),
+        (2, 64, 17, 19, 3, 1),
+        (2, 65, 16, 16, 2, 1),
+        (3, 96, 9, 33, 3, 2),
+        (1, 128, 32, 32, 3, 1),
         (1, 5, 4, 4, 1, 1),
         (2, 130, 3, 3, 2, 1),  # above MAX_CHANNELS: the wavefront
     ],

@@ -1,8 +1,8 @@
 """Faster solve backends, registered with :func:`normflows_emerging.solve.register_backend`.
 
 Importing :mod:`normflows_emerging` imports this package, which registers ``"compiled"`` (the CPU
-default when the Cython extension is built) and ``"triton"`` (the CUDA default when the triton
-package imports; its kernels are loaded on first use).
+default when the Cython extension is built) and ``"triton"`` (the CUDA default when triton 3.4
+or newer imports; its kernels are loaded and checked on first use).
 """
 
 from ..solve import register_backend

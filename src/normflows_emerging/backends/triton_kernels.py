@@ -2,11 +2,21 @@
 
 A program walks its image's anti-diagonals ``i + j = t`` in order. Every tap other than the
 corner reads a pixel of an earlier anti-diagonal, so the pixels of one diagonal are solved
-together (a block of pixels x all channels), then ``tl.debug_barrier()`` (``__syncthreads``) makes
-their values visible to the whole program before the next diagonal reads them. Per diagonal:
-``acc = y - bias - sum_{non-corner taps, c} W[:, c, tap] x[c, neighbour]`` as outer products of
-one input channel at a time (registers hold only the (pixels, channels) accumulator, whatever
-C), then forward substitution over the channels with the corner tap.
+together, a block of pixels x all channels at a time. Per block:
+``r = y - bias - sum_{non-corner taps, c} W[:, c, tap] x[c, neighbour]`` as products of a chunk
+of input channels at a time (registers hold only the (pixels, channels) accumulator and one
+chunk's product, whatever C), then ``x = L^-1 r`` with the inverse of the corner tap ``L``,
+computed once per solve into a per-program workspace.
+
+Values that one thread stores and others read pass through memory, so three
+``tl.debug_barrier()`` (``__syncthreads``) order them: after ``r`` is stored (its chunks are read
+across threads), after those reads (``x`` overwrites ``r``), and after each diagonal (the next
+reads its pixels as neighbours, and after the last one the next pass reads the whole image). The
+corner's inverse needs none of its own: the first block's barrier after ``r`` comes before any
+thread reads it. ``tests/barrier_check.py`` checks this order in the compiled code.
+
+Offsets are int32 unless ``WIDE`` (set by the caller when one can reach 2**31): then the sizes
+are int64 and so is every offset computed from them.
 
 ``flip=True`` layers are solved in the mirrored frame without copying: logical channel ``c``,
 row ``i`` and column ``j`` live at memory channel ``C-1-c``, row ``H-1-i``, column ``W-1-j``.
@@ -30,28 +40,38 @@ def _sum(x, axis: tl.constexpr):
 
 
 @triton.jit
-def _invert_corner(kernel, inverse, C, SIZE: tl.constexpr, BLOCK_C: tl.constexpr):
-    """inverse[o, c] = (L^-1)[o, c] of the corner tap L (lower-triangular), by forward
-    substitution on the identity; ``inverse`` points to this program's (C, C) workspace."""
+def _wide(n):
+    """``n`` as int64: every offset computed from it is then 64-bit."""
+    return n.to(tl.int64)
+
+
+@triton.jit
+def _invert_corner(
+    kernel, inverse, C, SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr
+):
+    """inverse[o, p] = (L^-1)[o, p] of the corner tap L (lower-triangular), ``BLOCK_J`` columns
+    at a time: forward substitution on those columns of the identity, one row per step (rows
+    above the block's first column are zero); ``inverse`` points to this program's (C, C)
+    workspace, written row-major as the solve reads it (after a barrier of the caller's)."""
     corner = SIZE - 1
-    cols = tl.arange(0, BLOCK_C)
-    chans = tl.arange(0, BLOCK_C)
-    chan_mask = chans < C
-    # acc[p, o]: row p solves L x = e_p, so acc[p, o] = (L^-1)[o, p]
-    acc = tl.where(cols[:, None] == chans[None, :], 1.0, 0.0).to(kernel.dtype.element_ty)
-    for c in range(C):
-        diagonal = tl.load(kernel + ((c * C + c) * SIZE + corner) * SIZE + corner)
-        is_c = chans[None, :] == c
-        x_c = _sum(tl.where(is_c, acc, 0.0), axis=1) / diagonal
-        below = tl.load(
-            kernel + ((chans * C + c) * SIZE + corner) * SIZE + corner,
-            mask=chan_mask & (chans > c),
-            other=0.0,
-        )
-        acc = tl.where(is_c, x_c[:, None], acc - x_c[:, None] * below[None, :])
-    mask = (cols < C)[:, None] & chan_mask[None, :]
-    tl.store(inverse + chans[None, :] * C + cols[:, None], acc, mask=mask)
-    tl.debug_barrier()
+    rows = tl.arange(0, BLOCK_C)
+    row_mask = rows < C
+    for j0 in range(0, C, BLOCK_J):
+        cols = j0 + tl.arange(0, BLOCK_J)
+        # acc[o, p]: the right-hand side I[o, p] until row o is solved, then (L^-1)[o, p]
+        acc = tl.where(rows[:, None] == cols[None, :], 1.0, 0.0).to(kernel.dtype.element_ty)
+        for c in range(j0, C):
+            diagonal = tl.load(kernel + ((c * C + c) * SIZE + corner) * SIZE + corner)
+            is_c = rows[:, None] == c
+            x_c = _sum(tl.where(is_c, acc, 0.0), axis=0) / diagonal
+            below = tl.load(
+                kernel + ((rows * C + c) * SIZE + corner) * SIZE + corner,
+                mask=row_mask & (rows > c),
+                other=0.0,
+            )
+            acc = tl.where(is_c, x_c[None, :], acc - below[:, None] * x_c[None, :])
+        mask = row_mask[:, None] & (cols < C)[None, :]
+        tl.store(inverse + rows[:, None] * C + cols[None, :], acc, mask=mask)
 
 
 @triton.jit
@@ -71,10 +91,11 @@ def _solve_image(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
     CHUNK: tl.constexpr,
+    BLOCK_J: tl.constexpr,
 ):
     """dst = solve of (src - bias) for one image; src, dst point to its (C, H, W) planes,
     ``inverse`` to a (C, C) workspace of the program."""
-    _invert_corner(kernel, inverse, C, SIZE, BLOCK_C)
+    _invert_corner(kernel, inverse, C, SIZE, BLOCK_C, BLOCK_J)
     plane = H * W
     corner = SIZE - 1
     chans = tl.arange(0, BLOCK_C)
@@ -116,8 +137,9 @@ def _solve_image(
                 acc = acc - bias_row[None, :]
             # r = y - b - sum over the non-corner taps, CHUNK input channels at a time
             for tap in range(SIZE * SIZE - 1):
-                up = (corner - tap // SIZE) * dilation
-                left = (corner - tap % SIZE) * dilation
+                # taps that reach outside the image are masked; capped, their offsets stay small
+                up = tl.minimum((corner - tap // SIZE) * dilation, H)
+                left = tl.minimum((corner - tap % SIZE) * dilation, W)
                 n_mask = (pix_mask & (rows >= up) & (cols >= left))[:, None]
                 n_pix = pix - step * (up * W + left)
                 for c0 in range(0, C, CHUNK):
@@ -135,7 +157,7 @@ def _solve_image(
                     acc = acc - _sum(x_in[:, None, :] * w_in[None, :, :], axis=2)
             # x = L^-1 r with the corner tap's inverse: r goes through dst to be read in chunks
             tl.store(dst + outputs, acc, mask=mask)
-            tl.debug_barrier()
+            tl.debug_barrier()  # r (and, in the first block, the corner's inverse) stored
             acc = tl.full((BLOCK_P, BLOCK_C), 0, acc.dtype)
             for c0 in range(0, C, CHUNK):
                 in_mask = (chunk < C - c0)[None, :]
@@ -150,7 +172,7 @@ def _solve_image(
                 acc = acc + _sum(r_in[:, None, :] * l_in[None, :, :], axis=2)
             tl.debug_barrier()  # every r read before x overwrites it
             tl.store(dst + outputs, acc, mask=mask)
-        tl.debug_barrier()
+        tl.debug_barrier()  # this diagonal's x stored before the next reads it
 
 
 @triton.jit
@@ -184,14 +206,18 @@ def solve_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
     CHUNK: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """x = solve of y for image ``program_id(0)``; contiguous (B, C, H, W) y and x, a (B, C, C)
-    workspace."""
+    workspace. ``WIDE``: offsets inside an image or kernel may reach 2**31 (int64 indices)."""
+    if WIDE:
+        C, H, W, dilation = _wide(C), _wide(H), _wide(W), _wide(dilation)
     program = tl.program_id(0).to(tl.int64)
     image = program * C * H * W
     _solve_image(
         y + image, x + image, kernel, kernel, workspace + program * C * C, C, H, W, dilation,
-        SIZE, False, False, BLOCK_P, BLOCK_C, CHUNK,
+        SIZE, False, False, BLOCK_P, BLOCK_C, CHUNK, BLOCK_J,
     )  # fmt: skip
 
 
@@ -216,11 +242,16 @@ def emerging_step_kernel(
     BLOCK_C: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK_Q: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """EmergingConv2d's sampling step for image ``program_id(0)``: the anti-causal solve, the
     causal solve, then ``W^-1`` (with ``HAS_MIX``). Two buffers of z's size besides z: with the
     1x1 layer ``out`` holds the anti-causal solution until the causal one (in ``scratch``) has
-    consumed it pixel by pixel, then the mixed result. A (B, C, C) workspace."""
+    consumed it pixel by pixel, then the mixed result. A (B, C, C) workspace. ``WIDE``: as in
+    :func:`solve_kernel`."""
+    if WIDE:
+        C, H, W, dilation = _wide(C), _wide(H), _wide(W), _wide(dilation)
     program = tl.program_id(0).to(tl.int64)
     image = program * C * H * W
     z = z + image
@@ -235,11 +266,11 @@ def emerging_step_kernel(
         second = out
     _solve_image(
         z, first, anticausal_kernel, anticausal_bias, workspace, C, H, W, dilation, SIZE, True,
-        True, BLOCK_P, BLOCK_C, CHUNK,
+        True, BLOCK_P, BLOCK_C, CHUNK, BLOCK_J,
     )  # fmt: skip
     _solve_image(
         first, second, causal_kernel, causal_bias, workspace, C, H, W, dilation, SIZE, False,
-        True, BLOCK_P, BLOCK_C, CHUNK,
+        True, BLOCK_P, BLOCK_C, CHUNK, BLOCK_J,
     )  # fmt: skip
     if HAS_MIX:
         _mix_image(second, out, weight_inverse, C, H * W, BLOCK_Q, BLOCK_C)

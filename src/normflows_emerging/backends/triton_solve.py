@@ -4,7 +4,15 @@ One program per image walks the anti-diagonals (see
 :mod:`normflows_emerging.backends.triton_kernels`), so a whole solve is one kernel launch, and
 :func:`emerging_step` runs an :class:`~normflows_emerging.EmergingConv2d` sampling step (the
 anti-causal solve, the causal solve and ``W^-1``) as one launch too. float32 and float64, any
-kernel size and dilation, up to ``MAX_CHANNELS`` channels (more run the torch wavefront solve).
+kernel size and dilation, up to ``MAX_CHANNELS`` channels.
+
+Where the kernels cannot serve a call they hand it to the torch wavefront solve, which gives the
+same values: more than ``MAX_CHANNELS`` channels or block sizes the device cannot hold
+(:mod:`~normflows_emerging.backends.triton_device`), a launch the device refuses for resources
+(``triton.OutOfResources``), or a kernel that failed its self-check on this device
+(:mod:`~normflows_emerging.backends.triton_self_check`). Each reason is said once, in a
+``RuntimeWarning``. Offsets inside an image or kernel that may reach 2**31 switch the kernels to
+64-bit indices.
 
 The kernels run on CUDA tensors, or on CPU tensors in Triton's interpreter when the environment
 variable ``TRITON_INTERPRET=1`` is set before the first triton solve of the process (Triton reads
@@ -13,36 +21,53 @@ it when the kernels are defined): that is how the tests run them without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
+import re
 import sys
+import threading
+import warnings
 
 import torch
-import torch.nn.functional as F
 
 from ..solve.checks import check_corner_diagonal
 from ..solve.wavefront import solve_wavefront
+from . import triton_self_check
+from .triton_device import MAX_CHANNELS, block_sizes, device_limits
+from .triton_self_check import check_problem, reference_emerging_step
 
 _DTYPES = (torch.float32, torch.float64)
-# Channel counts above this run the torch wavefront solve (the kernels would spill registers).
-MAX_CHANNELS = 128
+# The oldest triton release the tests run (CI installs it next to the newest): triton.knobs,
+# which the ahead-of-time compile tests use, came with 3.4.
+MIN_TRITON = (3, 4)
+# Offsets inside one image or kernel from this size on need 64-bit indices.
+_INT32_LIMIT = 2**31
 
 
 @functools.cache
 def _import_error() -> str | None:
     try:
-        importlib.import_module("triton")
+        triton = importlib.import_module("triton")
     except ImportError as error:
         return (
             f"the triton package does not import ({error}); install it with `pip install "
             "triton` (CUDA builds of torch bring it along), or use the 'torch' backend"
         )
+    version = tuple(int(part) for part in re.findall(r"\d+", triton.__version__)[:2])
+    if version < MIN_TRITON:
+        return (
+            f"triton {triton.__version__} is older than {'.'.join(map(str, MIN_TRITON))}, the "
+            "oldest release the triton backend is tested with; upgrade torch (its CUDA builds "
+            "bring triton along) or triton, or use the 'torch' backend"
+        )
     return None
 
 
 def unavailable_reason() -> str | None:
-    """None when the triton package imports, else why not and what to install (for the registry)."""
+    """None when a recent enough triton package imports, else why not and what to install (for
+    the registry)."""
     return _import_error()
 
 
@@ -77,33 +102,140 @@ def _kernels(tensor: torch.Tensor):
     return importlib.import_module(_KERNELS)
 
 
-def _blocks(channels: int, height: int, width: int, dtype: torch.dtype) -> dict:
-    """Block sizes and warps: BLOCK_P pixels of a diagonal x BLOCK_C channels per step, input
-    channels CHUNK at a time, BLOCK_Q pixels per step of the 1x1 pass. Per thread: at most 16
-    values of the corner's (BLOCK_C, BLOCK_C) inverse while it is computed, 4 float32 (2 float64)
-    values of a (pixels, channels) accumulator, 16 (8) of a (BLOCK_P, BLOCK_C, CHUNK) product
-    (the spill test compiles these sizes for sm_80 and sm_90)."""
+_said = set()
+_said_lock = threading.Lock()
+
+
+def _say_once(message: str) -> None:
+    """A ``RuntimeWarning`` the first time ``message`` comes up in this process."""
+    with _said_lock:
+        if message in _said:
+            return
+        _said.add(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def needs_wide_indices(channels: int, height: int, width: int, size: int, dilation: int) -> bool:
+    """Whether an offset the kernels compute can reach 2**31: inside an image (C*H*W), inside a
+    kernel (C*C*m*m) or a tap's reach (m * dilation * max(H, W)); the kernels then use int64."""
+    largest = max(channels * height * width, channels * channels * size * size)
+    return max(largest, size * dilation * max(height, width)) >= _INT32_LIMIT
+
+
+_block_sizes = functools.lru_cache(maxsize=256)(block_sizes)  # a few shapes per model
+
+
+def _configuration(tensor: torch.Tensor, size: int, dilation: int, what: str) -> dict | None:
+    """Block sizes, launch options and ``WIDE`` (64-bit indices) for ``tensor`` (B, C, H, W)
+    and ``size`` x ``size`` kernels, or None (said once) when the kernels cannot take it on its
+    device."""
+    batch, channels, height, width = tensor.shape
+    wide = needs_wide_indices(channels, height, width, size, dilation)
+    limits = device_limits(tensor.device)
+    blocks = None
+    if batch < 2**31:  # the most programs a launch can have
+        blocks = _block_sizes(channels, height, width, tensor.dtype, limits, wide)
+    if blocks is None:
+        reason = (
+            f"more than {MAX_CHANNELS} channels"
+            if channels > MAX_CHANNELS
+            else f"a batch of 2**31 images or more, or more than {limits.name} allows a block"
+        )
+        _say_once(
+            f"the triton kernels take no {what} with {channels} channels on {tensor.device} "
+            f"({reason}): it runs the torch wavefront solve, which gives the same values more "
+            "slowly"
+        )
+        return None
+    return dict(blocks, WIDE=wide)
+
+
+def _launch(kernel, tensor: torch.Tensor, args: tuple, options: dict) -> None:
+    """Launch ``kernel`` with one program per image of ``tensor``, on its device."""
+    device = tensor.device
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with on_device:
+        # fp fusion (FMA), the default of every triton release so far, named so that a later
+        # default cannot change the kernels' rounding
+        kernel[(tensor.shape[0],)](*args, enable_fp_fusion=True, **options)
+
+
+def _launch_solve(kernels, y, kernel, x, dilation, config) -> None:
+    batch, channels, height, width = y.shape
+    workspace = y.new_empty(batch, channels, channels)
+    options = dict(config, SIZE=kernel.shape[-1])
+    del options["BLOCK_Q"]
+    args = (y, x, kernel, workspace, channels, height, width, dilation)
+    _launch(kernels.solve_kernel, y, args, options)
+
+
+def _launch_step(kernels, z, out, step, weight_inverse, dilation, config) -> None:
+    """The fused step into ``out``; ``step`` = (anticausal kernel, its bias, causal kernel, its
+    bias)."""
+    batch, channels, height, width = z.shape
+    scratch, workspace = torch.empty_like(z), z.new_empty(batch, channels, channels)
+    has_mix = weight_inverse is not None
+    matrix = weight_inverse.reshape(channels, channels).contiguous() if has_mix else z
+    args = (z, out, scratch, workspace, *step, matrix, channels, height, width, dilation)
+    options = dict(config, SIZE=step[0].shape[-1], HAS_MIX=has_mix)
+    _launch(kernels.emerging_step_kernel, z, args, options)
+
+
+def _refused(launch, device: torch.device, what: str) -> bool:
+    """Run ``launch()``; True (said once) when the device refused the kernel for resources
+    (``triton.OutOfResources``, raised before anything runs)."""
     import triton
 
-    values = 2 if dtype.itemsize <= 4 else 1  # float64 takes two registers a value
-    block_c = triton.next_power_of_2(channels)
-    num_warps = max(4, min(16, block_c * block_c // (32 * 16)))
-    threads = 32 * num_warps
-    diagonal = triton.next_power_of_2(min(height, width))
-    block_p = max(1, min(diagonal, 2 * values * threads // block_c))
-    chunk = max(1, min(block_c, 8 * values * threads // (block_p * block_c)))
-    block_q = max(1, min(triton.next_power_of_2(height * width), 2 * values * threads // block_c))
-    # All of the register file for the one program (ptxas otherwise keeps room for two per SM on
-    # sm_80 and spills the float64 step at C = 48).
-    maxnreg = min(255, 65536 // threads)
-    return dict(
-        BLOCK_P=block_p, BLOCK_C=block_c, CHUNK=chunk, BLOCK_Q=block_q, num_warps=num_warps,
-        maxnreg=maxnreg,
-    )  # fmt: skip
+    try:
+        launch()
+    except triton.OutOfResources as error:
+        _say_once(
+            f"{device} refused the triton kernel of the {what} ({error}): the {what} runs the "
+            "torch wavefront solve there, which gives the same values more slowly"
+        )
+        return True
+    return False
+
+
+# Blocks of the self-check: small, so that on its problem (C = 5, 4 x 6 images) every loop of
+# the kernels runs more than once: two pixel blocks per long diagonal, three channel chunks (the
+# last partial), two column blocks of the corner's inverse, masked channels.
+_CHECK_BLOCKS = dict(BLOCK_P=2, BLOCK_C=8, CHUNK=2, BLOCK_Q=4, BLOCK_J=4, num_warps=4, maxnreg=255)
+
+
+def _check_solve(kernels, device, dtype, wide) -> float:
+    """Max |kernel - reference| of the solve on the check problem (one host sync)."""
+    z, kernel = check_problem()[:2]
+    reference = solve_wavefront(z, kernel, 1)
+    y, kernel = z.to(device, dtype), kernel.to(device, dtype)
+    x = torch.empty_like(y)
+    _launch_solve(kernels, y, kernel, x, 1, dict(_CHECK_BLOCKS, WIDE=wide))
+    return (x.double().cpu() - reference).abs().max().item()
+
+
+def _check_step(kernels, device, dtype, has_mix, wide) -> float:
+    """Max |kernel - reference| of the fused emerging step on the check problem."""
+    z, anticausal_kernel, causal_kernel, anticausal_bias, causal_bias, weight_inverse = (
+        check_problem()
+    )
+    weight_inverse = weight_inverse if has_mix else None
+    step = (anticausal_kernel, anticausal_bias, causal_kernel, causal_bias)
+    reference = reference_emerging_step(z, *step, weight_inverse, 1)
+    on_device = [t.to(device, dtype) for t in (z, *step)]
+    matrix = None if weight_inverse is None else weight_inverse.to(device, dtype)
+    out = torch.empty_like(on_device[0])
+    _launch_step(
+        kernels, on_device[0], out, on_device[1:], matrix, 1, dict(_CHECK_BLOCKS, WIDE=wide)
+    )
+    return (out.double().cpu() - reference).abs().max().item()
 
 
 def solve_triton(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """Solve ``causal_conv(x, kernel) = y`` with one Triton launch (one program per image).
+
+    The first call per device and dtype checks the kernel (see
+    :mod:`~normflows_emerging.backends.triton_self_check`); where the kernel cannot serve the
+    call, the torch wavefront solves it (see the module's description).
 
     Args:
       y: (B, C, H, W) right-hand side, bias already subtracted; CUDA (or CPU in the interpreter)
@@ -114,26 +246,29 @@ def solve_triton(y: torch.Tensor, kernel: torch.Tensor, dilation: int = 1) -> to
       x of shape (B, C, H, W), contiguous
 
     Raises:
-      RuntimeError: triton does not import
+      RuntimeError: triton does not import, or is older than 3.4
       ValueError: a CPU tensor outside Triton's interpreter
       TypeError: a dtype other than float32 or float64
-      torch.linalg.LinAlgError: a zero on the corner tap's diagonal
+      torch.linalg.LinAlgError: a zero on the corner tap's diagonal (CPU tensors only)
+      TritonSelfCheckError: the kernel failed its self-check and
+        ``NORMFLOWS_EMERGING_TRITON_CHECK=error``
     """
     kernels = _kernels(y)
-    if y.shape[1] > MAX_CHANNELS:
-        return solve_wavefront(y, kernel, dilation)
     check_corner_diagonal(kernel)
-    y = y.detach().contiguous()
-    kernel = kernel.detach().contiguous()
-    x = torch.empty_like(y)
-    batch, channels, height, width = y.shape
-    workspace = y.new_empty(batch, channels, channels)
-    blocks = _blocks(channels, height, width, y.dtype)
-    del blocks["BLOCK_Q"]
-    kernels.solve_kernel[(batch,)](
-        y, x, kernel, workspace, channels, height, width, dilation, SIZE=kernel.shape[-1], **blocks
-    )
-    return x
+    config = _configuration(y, kernel.shape[-1], dilation, "solve")
+    if config is not None:
+        wide = config["WIDE"]
+        verified = triton_self_check.kernel_passed(
+            kernels, y.device, y.dtype, ("solve", wide), "the solve",
+            functools.partial(_check_solve, kernels, y.device, y.dtype, wide),
+        )  # fmt: skip
+        if verified:
+            y, kernel = y.detach().contiguous(), kernel.detach().contiguous()
+            x = torch.empty_like(y)
+            launch = functools.partial(_launch_solve, kernels, y, kernel, x, dilation, config)
+            if not _refused(launch, y.device, "solve"):
+                return x
+    return solve_wavefront(y, kernel, dilation)
 
 
 def emerging_step(
@@ -146,6 +281,8 @@ def emerging_step(
     dilation: int = 1,
 ) -> torch.Tensor:
     """EmergingConv2d's sampling step in one launch: ``W^-1 A_causal^-1 A_anticausal^-1 z``.
+
+    Checked and handed to the torch wavefront like :func:`solve_triton`.
 
     Args:
       z: (B, C, H, W) input of the step, non-empty
@@ -166,24 +303,24 @@ def emerging_step(
     z = z.detach().contiguous()
     batch, channels, height, width = z.shape
     dilation = min(dilation, max(height, width))
-    if channels > MAX_CHANNELS:
-        x = z - anticausal_bias.view(-1, 1, 1)
-        x = solve_wavefront(x.flip(1, 2, 3), anticausal_kernel, dilation).flip(1, 2, 3)
-        x = solve_wavefront(x - causal_bias.view(-1, 1, 1), causal_kernel, dilation)
-        return (
-            x
-            if weight_inverse is None
-            else F.conv2d(x, weight_inverse.reshape(channels, channels, 1, 1))
-        )
-    out, scratch = torch.empty_like(z), torch.empty_like(z)
-    has_mix = weight_inverse is not None
-    matrix = weight_inverse.detach().reshape(channels, channels).contiguous() if has_mix else z
-    workspace = z.new_empty(batch, channels, channels)
-    kernels.emerging_step_kernel[(batch,)](
-        z, out, scratch, workspace,
-        anticausal_kernel.detach().contiguous(), anticausal_bias.detach().contiguous(),
-        causal_kernel.detach().contiguous(), causal_bias.detach().contiguous(), matrix,
-        channels, height, width, dilation,
-        SIZE=causal_kernel.shape[-1], HAS_MIX=has_mix, **_blocks(channels, height, width, z.dtype),
-    )  # fmt: skip
-    return out
+    step = [
+        t.detach().contiguous()
+        for t in (anticausal_kernel, anticausal_bias, causal_kernel, causal_bias)
+    ]
+    weight_inverse = None if weight_inverse is None else weight_inverse.detach()
+    config = _configuration(z, causal_kernel.shape[-1], dilation, "emerging step")
+    if config is not None:
+        has_mix, wide = weight_inverse is not None, config["WIDE"]
+        label = "the fused emerging step" + (" with W^-1" if has_mix else "")
+        verified = triton_self_check.kernel_passed(
+            kernels, z.device, z.dtype, ("emerging_step", has_mix, wide), label,
+            functools.partial(_check_step, kernels, z.device, z.dtype, has_mix, wide),
+        )  # fmt: skip
+        if verified:
+            out = torch.empty_like(z)
+            launch = functools.partial(
+                _launch_step, kernels, z, out, step, weight_inverse, dilation, config
+            )
+            if not _refused(launch, z.device, "emerging step"):
+                return out
+    return reference_emerging_step(z, *step, weight_inverse, dilation)
