@@ -36,6 +36,7 @@ PAGES = {
     "results/index.html": {"math": 0, "images": 0},
     "speed/index.html": {"math": 0, "images": 1},
     "api/layers/index.html": {"math": 0, "images": 0},
+    "upstream/index.html": {"math": 0, "images": 0},
 }
 CHECK_PAGE = """<!doctype html><html><body><pre id="out">pending</pre><script>
 const pages = %s;
@@ -84,6 +85,7 @@ def docs_sources():
         *(ROOT / "docs").rglob("*"),
         *(ROOT / "src").rglob("*.py"),
         *(ROOT / "benchmarks").rglob("*"),
+        *(ROOT / "upstream").rglob("*"),  # the "Contributing upstream" page counts the patches
     ]
     return [path for path in sources if "__pycache__" not in path.parts]
 
