@@ -7,6 +7,7 @@ glow = build_glow((3, 32, 32), 3, 8, lambda c: normflows.flows.GlowBlock(c, 256)
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from numbers import Integral, Real
@@ -17,6 +18,7 @@ import torch
 
 from .errors import NonFiniteError
 from .flows.arguments import check_positive_int
+from .flows.grouped import grouped_weights
 from .glow import GlowStep
 
 Shape = tuple[int, int, int]
@@ -161,7 +163,8 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         """
         self._check_images(x)
         y = self._check_labels(y, x.shape[0])
-        return super().log_prob(x, y)
+        with self._grouped_weights():
+            return super().log_prob(x, y)
 
     def inverse_and_log_det(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Latents (in ``q0``'s order) and log|det dz/dx|; see ``normflows.MultiscaleFlow``.
@@ -171,7 +174,16 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             (batch, *input_shape) with the model's dtype and device
         """
         self._check_images(x)
-        return super().inverse_and_log_det(x)
+        with self._grouped_weights():
+            return super().inverse_and_log_det(x)
+
+    def _grouped_weights(self):
+        """The layers' parameter-side work batched for this call (see
+        :mod:`normflows_emerging.flows.grouped`); nothing under ``torch.compile``, which fuses
+        it anyway."""
+        if torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        return grouped_weights(self)
 
     def forward_and_log_det(self, z: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images from latents and log|det dx/dz|; see ``normflows.MultiscaleFlow``.
