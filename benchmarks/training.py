@@ -48,7 +48,6 @@ import normflows as nf
 
 from dispatch_count import RESULTS, DispatchCount, accelerator_path, count_launches
 from normflows_emerging import EmergingConv2d, PeriodicConv2d, QR1x1, build_multiscale_flow
-from normflows_emerging.flows.grouped import grouped_weights
 from timing import print_table, timed, write_json
 
 MIXINGS = ("1x1", "qr", "periodic", "emerging")
@@ -116,6 +115,7 @@ def compiled_kernels(model, batch) -> dict:
 
 def layer_counts(mixing, channels=12, size=16, batch=16, group=8) -> dict:
     """Launches of one layer's forward and backward, alone and per layer in a group."""
+    from normflows_emerging import grouped_weights
 
     def counted(layers):
         x = torch.randn(batch, channels, size, size, requires_grad=True)
@@ -232,8 +232,6 @@ def launch_rows(args, shape, levels, steps, hidden) -> list:
 
 
 def main():
-    from dispatch_count import use_interpreted_triton
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--paper", action="store_true", help="3 levels x 32 steps, 512 hidden")
     parser.add_argument("--batch", type=int, nargs="+", default=[16])
@@ -245,7 +243,6 @@ def main():
     parser.add_argument("--no-timing", action="store_true", help="counts only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    use_interpreted_triton()
     shape = (3, 32, 32)
     levels, steps, hidden = (3, 32, 512) if args.paper else (3, 8, 256)
     payload = dict(
