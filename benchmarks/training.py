@@ -21,10 +21,12 @@ qr, periodic and emerging:
 Per mixing layer (C = 12, 16x16, batch 16, forward and backward of a loss on its output and
 log-det): alone, and per layer in a group of 8 of the same shape (as in one level of the model).
 
-Then the CPU training step (log_prob + backward + Adamax step at ``--batch``), timed with
-torch.utils.benchmark in ``--rounds`` interleaved rounds (contenders in rotated order), each
-ratio taken against the 1x1 time of the same round: median and range of the ratios over the
-rounds. ``--device cuda`` times on a GPU instead, eager and compiled, at each ``--batch``.
+Then the CPU training step (log_prob + backward + Adamax step at ``--batch``), timed in
+``--rounds`` interleaved rounds (contenders in rotated order, about ``--min-time`` seconds of
+steps each), each ratio taken against the 1x1 time of the same round: median and range of the
+ratios over the rounds, for wall-clock time and for the thread's CPU time (see
+:func:`per_call`). ``--device cuda`` times on a GPU instead (torch.utils.benchmark), eager and
+compiled, at each ``--batch``.
 
     python benchmarks/training.py [--paper] [--compiled] [--rounds 7] [--threads 1]
     python benchmarks/training.py --device cuda --batch 16 64 --compiled   # on a GPU machine
@@ -40,6 +42,7 @@ import os
 import re
 import statistics
 import sys
+import time
 
 import torch
 
@@ -166,9 +169,23 @@ def step_runner(model, batch, compiled=False):
     return run
 
 
+def per_call(run, device, min_time) -> tuple[float, float | None]:
+    """Seconds per call of ``run()``: wall-clock and, on the CPU, the calling thread's CPU time
+    (with one torch thread all of a step's work runs in it; unlike wall-clock time it leaves
+    out the time other processes hold the core, the noise of a shared machine). On other
+    devices torch.utils.benchmark's wall-clock median (it synchronises) and None."""
+    if device != "cpu":
+        return timed(run, min_time).median, None
+    calls, wall, cpu = 0, time.perf_counter(), time.thread_time()
+    while time.perf_counter() - wall < min_time or calls == 0:
+        run()
+        calls += 1
+    return (time.perf_counter() - wall) / calls, (time.thread_time() - cpu) / calls
+
+
 def step_times(args, shape, levels, steps, hidden) -> list:
     """Rows per (batch, eager/compiled, mixing): median ms per step over the rounds, median
-    and range of the per-round ratios to the 1x1 model."""
+    and range of the per-round ratios to the 1x1 model, wall-clock and (CPU) thread CPU time."""
     modes = [False, True] if args.compiled and args.device != "cpu" else [False]
     runs = {}
     for batch in args.batch:
@@ -183,23 +200,26 @@ def step_times(args, shape, levels, steps, hidden) -> list:
         order = list(runs)
         order = order[round_index % len(order) :] + order[: round_index % len(order)]
         for key in order:
-            seconds[key].append(timed(runs[key], args.min_time).median)
+            seconds[key].append(per_call(runs[key], args.device, args.min_time))
     rows = []
     for (batch, compiled, mixing), values in seconds.items():
-        base = seconds[batch, compiled, "1x1"]
-        ratios = [value / base[i] for i, value in enumerate(values)]
-        rows.append(
-            dict(
-                device=args.device,
-                batch=batch,
-                mode="compiled" if compiled else "eager",
-                mixing=mixing,
-                step_ms=1e3 * statistics.median(values),
-                ratio=statistics.median(ratios),
-                ratio_range=[min(ratios), max(ratios)],
-                rounds=args.rounds,
-            )
+        row = dict(
+            device=args.device,
+            batch=batch,
+            mode="compiled" if compiled else "eager",
+            mixing=mixing,
+            rounds=args.rounds,
         )
+        for clock, index in (("wall", 0), ("cpu", 1)):
+            times = [value[index] for value in values]
+            if times[0] is None:
+                continue
+            base = [value[index] for value in seconds[batch, compiled, "1x1"]]
+            ratios = [t / b for t, b in zip(times, base)]
+            row[f"{clock}_ms"] = round(1e3 * statistics.median(times), 1)
+            row[f"{clock}_ratio"] = round(statistics.median(ratios), 3)
+            row[f"{clock}_ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        rows.append(row)
     return rows
 
 
@@ -260,7 +280,8 @@ def main():
         rows = []
     if not args.no_timing:
         payload["steps"] = step_times(args, shape, levels, steps, hidden)
-        print_table(payload["steps"], ["device", "batch", "mode", "mixing", "step_ms", "ratio"])
+        columns = ["device", "batch", "mode", "mixing", "wall_ms", "wall_ratio", "cpu_ratio"]
+        print_table(payload["steps"], columns)
     suffix = "_paper" if args.paper else ""
     if args.device != "cpu":
         suffix += f"_{args.device}"

@@ -274,6 +274,9 @@ class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
     def _grouped_submodules(self):
         return []
 
+    def _grouped_parameters(self):
+        return self.kernel_parameters()
+
     @staticmethod
     def _derive_group(layers, pixels):
         """Density filter and log-det per image, ``pixels * sum(log_d)``, of each layer in

@@ -196,9 +196,7 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
             if layer is not None
         ):
             return None  # the plan skips the sublayers' calls, so their hooks would not run
-        tensors = self.causal.kernel_parameters() + self.anticausal.kernel_parameters()
-        if self.one_by_one is not None:
-            tensors += self.one_by_one.matrix_parameters()
+        tensors = self._grouped_parameters()
         if not reusable(self, tensors):
             return None
         plan = self._cache.entry(
@@ -237,6 +235,13 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
     def _grouped_submodules(self):
         layers = (self.one_by_one, self.causal, self.anticausal)
         return [layer for layer in layers if layer is not None]
+
+    def _grouped_parameters(self):
+        """The parameters the kernels, W and the log-det are computed from (QR or no 1x1)."""
+        tensors = self.causal.kernel_parameters() + self.anticausal.kernel_parameters()
+        if self.one_by_one is not None:
+            tensors += self.one_by_one.matrix_parameters()
+        return tensors
 
     @staticmethod
     def _derive_group(layers, pixels):

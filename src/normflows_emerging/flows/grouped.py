@@ -103,10 +103,11 @@ def grouped(layer: nn.Module, *args):
 
 def group_key(layer: nn.Module, cls: type, *extra):
     """The key of a group ``layer`` can join: its class, ``extra`` (sizes), and the shape,
-    dtype and device of each parameter; None unless ``layer`` is exactly ``cls``."""
+    dtype and device of each of its ``_grouped_parameters()``; None unless ``layer`` is exactly
+    ``cls``."""
     if type(layer) is not cls:
         return None
-    return (cls, *extra, *((p.shape, p.dtype, p.device) for p in layer.parameters()))
+    return (cls, *extra, *((p.shape, p.dtype, p.device) for p in layer._grouped_parameters()))
 
 
 class _Plan:
@@ -123,7 +124,7 @@ class _Plan:
         group = self._group_of.get(layer)
         if group is None:
             return None
-        parameters = list(layer.parameters())
+        parameters = layer._grouped_parameters()
         if _carry_derivatives_or_batches(parameters):
             return None
         key = (group, args, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
@@ -139,7 +140,7 @@ class _Entry:
 
     def __init__(self, group, args):
         self.results = dict(zip(group, type(group[0])._derive_group(group, *args)))
-        self.stamps = {layer: _stamps(layer.parameters()) for layer in group}
+        self.stamps = {layer: _stamps(layer._grouped_parameters()) for layer in group}
         self.optimizer_steps = _optimizer_steps
 
     def fresh(self, layer, parameters) -> bool:

@@ -284,6 +284,9 @@ class PeriodicConv2d(DropsCacheOnModeChange, Flow):
     def _grouped_submodules(self):
         return []
 
+    def _grouped_parameters(self):
+        return [self.weight]
+
     @staticmethod
     def _derive_group(layers, height, width, dtype):
         """Kernel spectrum (complex128), log|det| (``dtype``) and the :func:`circular_pad`

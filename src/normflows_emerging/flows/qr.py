@@ -82,23 +82,8 @@ class QR1x1(DropsCacheOnModeChange, Flow):
         if self.num_reflections == 0:
             return torch.eye(self.num_channels, dtype=self.upper.dtype, device=self.upper.device)
         largest = largest_entries(self.reflections)
-        self._check_where_cheap(largest)
+        check_reflections([self], self.reflections[None], largest[None])
         return compact_wy_orthogonal(self.reflections, largest)
-
-    def _check_where_cheap(self, largest):
-        """:meth:`_check_reflections`, on the CPU only (see :meth:`orthogonal`)."""
-        if not (device.on_accelerator(largest) or torch.compiler.is_compiling()):
-            self._check_reflections(largest)
-
-    def _check_reflections(self, largest):
-        with torch.no_grad():
-            usable = (largest > 0) & torch.isfinite(self.reflections).all(dim=1, keepdim=True)
-        if not usable.all():
-            index = int((~usable).nonzero()[0, 0])
-            raise torch.linalg.LinAlgError(
-                f"{type(self).__name__}: reflection vector {index} is zero or not finite, so it "
-                f"defines no Householder reflection; reinitialise reflections[{index}]"
-            )
 
     def triangular(self) -> torch.Tensor:
         """R: (C, C) upper-triangular with diagonal exp(log_s)."""
@@ -201,6 +186,9 @@ class QR1x1(DropsCacheOnModeChange, Flow):
     def _grouped_submodules(self):
         return []
 
+    def _grouped_parameters(self):
+        return self.matrix_parameters()
+
     @staticmethod
     def _derive_group(layers, pixels):
         """W and the log-det per image, ``pixels * sum(log_s)``, of each layer in ``layers``
@@ -220,6 +208,30 @@ def largest_entries(reflections: torch.Tensor) -> torch.Tensor:
     scale they are divided by (its exact contribution is zero).
     """
     return reflections.detach().abs().amax(dim=-1, keepdim=True)
+
+
+def check_reflections(layers, reflections: torch.Tensor, largest: torch.Tensor) -> None:
+    """Raise unless every reflection vector of ``layers`` defines a reflection (see
+    :meth:`QR1x1.orthogonal`); on the CPU only, one read of a value for all of them.
+
+    Args:
+      layers: the QR1x1 layers, in the order of the stack
+      reflections: their reflection vectors, stacked, (N, n, C)
+      largest: :func:`largest_entries` of ``reflections``
+
+    Raises:
+      torch.linalg.LinAlgError: naming the first layer's zero or non-finite vector
+    """
+    if device.on_accelerator(largest) or torch.compiler.is_compiling():
+        return
+    with torch.no_grad():
+        usable = (largest > 0) & torch.isfinite(reflections).all(dim=-1, keepdim=True)
+    if not usable.all():
+        layer, index = (int(i) for i in (~usable).nonzero()[0, :2])
+        raise torch.linalg.LinAlgError(
+            f"{type(layers[layer]).__name__}: reflection vector {index} is zero or not finite, "
+            f"so it defines no Householder reflection; reinitialise reflections[{index}]"
+        )
 
 
 def compact_wy_orthogonal(reflections: torch.Tensor, largest: torch.Tensor) -> torch.Tensor:
@@ -254,7 +266,6 @@ def stacked_weights(layers) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         reflections = torch.stack([layer.reflections for layer in layers])
         largest = largest_entries(reflections)
-        for layer, layer_largest in zip(layers, largest.unbind(0)):
-            layer._check_where_cheap(layer_largest)
+        check_reflections(layers, reflections, largest)
         orthogonal = compact_wy_orthogonal(reflections, largest)
     return orthogonal @ upper_triangular(upper, log_s), log_s
