@@ -156,6 +156,10 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Log-density of images, shape (batch,); see ``normflows.MultiscaleFlow.log_prob``.
 
+        The layers of one kind and shape compute their parameter-side work together (see
+        :func:`~normflows_emerging.grouped_weights`), here and in ``forward_kld`` and
+        :meth:`inverse_and_log_det`.
+
         Raises:
           TypeError, ValueError: if ``x`` is not a non-empty finite batch of shape
             (batch, *input_shape) with the model's dtype and device, or ``y`` does not fit the
@@ -179,8 +183,8 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
 
     def _grouped_weights(self):
         """The layers' parameter-side work batched for this call (see
-        :mod:`normflows_emerging.flows.grouped`); nothing under ``torch.compile``, which fuses
-        it anyway."""
+        :mod:`normflows_emerging.flows.grouped`); not under ``torch.compile`` (a context
+        variable cannot be set inside a graph)."""
         if torch.compiler.is_compiling():
             return contextlib.nullcontext()
         return grouped_weights(self)

@@ -37,8 +37,15 @@ was replaced or changed in place (version counter) or any optimizer stepped (fus
 included) since; writes through ``.data`` inside the block are not seen, so wrap one model call,
 not a training loop. Layers whose parameters a ``torch.func`` transform wraps (``vmap`` over
 parameters, ``jvp``/``grad`` through ``functional_call``) compute their own, as do layers under
-``torch.compile``, which fuses the work anyway. If a group's layer does not run inside the block,
-its parameters get a zero gradient instead of none.
+``torch.compile`` (a context variable cannot be set inside a graph; inductor fuses the
+elementwise part of the work). If a group's layer does not run inside the block, its parameters
+get a zero gradient instead of none.
+
+A layer class takes part by defining ``_group_key()`` (:func:`group_key`, or None when the layer
+cannot be grouped now), ``_grouped_parameters()`` (the tensors its derived tensors come from),
+``_grouped_submodules()`` (submodules whose work its group does, which then form no group of
+their own) and a static ``_derive_group(layers, *args)`` returning one entry per layer, which
+the layer's ``inverse`` gets from :func:`grouped`.
 """
 
 from __future__ import annotations
