@@ -49,8 +49,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import normflows as nf
 
+import dispatch_count
 from dispatch_count import RESULTS, DispatchCount, accelerator_path, count_launches
-from normflows_emerging import EmergingConv2d, PeriodicConv2d, QR1x1, build_multiscale_flow
+from normflows_emerging import EmergingConv2d, PeriodicConv2d, QR1x1
 from timing import print_table, timed, write_json
 
 MIXINGS = ("1x1", "qr", "periodic", "emerging")
@@ -63,15 +64,9 @@ LAYERS = {
 
 
 def make_model(mixing, shape, levels, steps, hidden, device="cpu"):
-    """A builder model in training mode, its ActNorms initialised on noise images, parameters
-    off their initial values by 1e-3 (as the sampling benchmarks do)."""
-    torch.manual_seed(0)
-    model = build_multiscale_flow(shape, levels, steps, hidden, mixing=mixing)
-    with torch.no_grad():
-        model.log_prob(torch.rand(4, *shape), None)
-        for p in model.parameters():
-            p.add_(1e-3 * torch.randn_like(p))
-    return model.to(device).train()
+    """``dispatch_count.make_model``'s model (ActNorms initialised, parameters off their
+    initial values by 1e-3) in training mode on ``device``."""
+    return dispatch_count.make_model(mixing, shape, levels, steps, hidden).to(device).train()
 
 
 def loss_and_backward(model, x, grouped=True):

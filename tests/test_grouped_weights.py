@@ -346,6 +346,13 @@ def density(model, x):
         return model(x)
 
 
+def assert_each_close(y, log_det, expected):
+    """Batched outputs and log-dets against one eager (output, log-det) per batch entry."""
+    for index, (expected_y, expected_log_det) in enumerate(expected):
+        torch.testing.assert_close(y[index], expected_y, rtol=1e-7, atol=1e-12)
+        torch.testing.assert_close(log_det[index], expected_log_det, rtol=1e-7, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", FUNC_LAYERS)
 def test_jacrev_and_jvp_with_respect_to_the_input(name):
     model = make_stack(name, count=2, channels=2)
@@ -363,10 +370,7 @@ def test_vmap_over_inputs(name):
     model = make_stack(name, count=2, channels=2)
     xs = torch.randn(3, 2, 2, 4, 3, dtype=torch.float64)
     y, log_det = torch.func.vmap(lambda v: density(model, v))(xs)
-    for index, x in enumerate(xs):
-        expected = model(x)
-        torch.testing.assert_close(y[index], expected[0], rtol=1e-7, atol=1e-12)
-        torch.testing.assert_close(log_det[index], expected[1], rtol=1e-7, atol=1e-12)
+    assert_each_close(y, log_det, [model(x) for x in xs])
 
 
 @pytest.mark.parametrize("name", FUNC_LAYERS)
@@ -387,10 +391,7 @@ def test_vmap_over_stacked_parameters(name):
 
     with accelerator_path():
         y, log_det = torch.func.vmap(member_density)(params, buffers)
-    for index, member in enumerate(members):
-        expected = member(x)
-        torch.testing.assert_close(y[index], expected[0], rtol=1e-7, atol=1e-12)
-        torch.testing.assert_close(log_det[index], expected[1], rtol=1e-7, atol=1e-12)
+    assert_each_close(y, log_det, [member(x) for member in members])
 
 
 @pytest.mark.parametrize("name", FUNC_LAYERS)
