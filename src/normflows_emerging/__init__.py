@@ -17,6 +17,7 @@ from .flows import (
     QR1x1,
     SquareAutoregressiveConv2d,
 )
+from .flows.grouped import grouped_weights
 from .glow import GlowStep, replace_mixing
 from .likelihood import bits_per_dim, bits_per_dim_from_nll
 from .mixing import build_mixing, mixing_layers, register_mixing
@@ -53,6 +54,7 @@ __all__ = [
     "build_mixing",
     "count_parameters",
     "build_multiscale_flow",
+    "grouped_weights",
     "inverse_backend",
     "mixing_layers",
     "register_backend",

@@ -7,6 +7,7 @@ glow = build_glow((3, 32, 32), 3, 8, lambda c: normflows.flows.GlowBlock(c, 256)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ import torch
 
 from .errors import NonFiniteError
 from .flows.arguments import check_positive_int
+from .flows.grouped import grouped_weights
 from .glow import GlowStep
 
 Shape = tuple[int, int, int]
@@ -155,6 +157,10 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Log-density of images, shape (batch,); see ``normflows.MultiscaleFlow.log_prob``.
 
+        The layers of one kind and shape compute their parameter-side work together (see
+        :func:`~normflows_emerging.grouped_weights`), here and in ``forward_kld`` and
+        :meth:`inverse_and_log_det`.
+
         Raises:
           TypeError, ValueError: if ``x`` is not a non-empty finite batch of shape
             (batch, *input_shape) with the model's dtype and device, or ``y`` does not fit the
@@ -162,7 +168,8 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         """
         self._check_images(x)
         y = self._check_labels(y, x.shape[0])
-        return super().log_prob(x, y)
+        with self._grouped_weights():
+            return super().log_prob(x, y)
 
     def inverse_and_log_det(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Latents (in ``q0``'s order) and log|det dz/dx|; see ``normflows.MultiscaleFlow``.
@@ -172,7 +179,16 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             (batch, *input_shape) with the model's dtype and device
         """
         self._check_images(x)
-        return super().inverse_and_log_det(x)
+        with self._grouped_weights():
+            return super().inverse_and_log_det(x)
+
+    def _grouped_weights(self):
+        """The layers' parameter-side work batched for this call (see
+        :mod:`normflows_emerging.flows.grouped`); not under ``torch.compile`` (a context
+        variable cannot be set inside a graph)."""
+        if torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        return grouped_weights(self)
 
     def forward_and_log_det(self, z: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images from latents and log|det dx/dz|; see ``normflows.MultiscaleFlow``.

@@ -10,7 +10,8 @@ from torch import nn
 from ..solve import solve_autoregressive
 from .arguments import check_bool, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
-from .cache import DropsCacheOnModeChange, ValueKeyedCache, cached
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, cached, reusable
+from .grouped import group_key, grouped
 from .precision import full_precision
 from .solver import autoregressive_solvers, check_solver, chosen_backend
 from .utils import (
@@ -123,7 +124,7 @@ class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
         return self._assemble(self.log_d)
 
     def _assemble(self, log_d):
-        return self.weight * self.mask + self.corner_diagonal * log_d.exp()[:, None, None, None]
+        return assemble_kernel(self.weight, log_d, self.mask, self.corner_diagonal)
 
     def _kernel_and_log_d_sum(self):
         """``causal_kernel()`` and ``log_d.sum()``; in eval mode without gradients to the
@@ -181,6 +182,11 @@ class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
         check_image(x, self.num_channels, type(self).__name__, self.weight)
         if is_empty(x):
             return empty_result(x)
+        if premix is None and not reusable(self, self.kernel_parameters()):
+            planned = grouped(self, x.shape[2] * x.shape[3])
+            if planned is not None:
+                density_kernel, log_det = planned
+                return self.convolve(x, density_kernel), log_det.expand(x.shape[0])
         kernel, log_d_sum = self._kernel_and_log_d_sum()
         return self.convolve(x, self.density_kernel(kernel, premix)), self._log_det(log_d_sum, x)
 
@@ -189,12 +195,13 @@ class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
     ) -> torch.Tensor:
         """The filter :meth:`convolve` applies: ``kernel`` (from :meth:`causal_kernel`) reversed
         in all four axes for ``flip=True``, with the (C, C) matrix ``premix`` folded into its
-        input channels (see :meth:`premixed_inverse`)."""
+        input channels (see :meth:`premixed_inverse`). Also for stacks of kernels (..., C, C,
+        m, m) and matrices (..., C, C)."""
         if self.flip:
-            kernel = kernel.flip(0, 1, 2, 3)
+            kernel = kernel.flip(-4, -3, -2, -1)
         if premix is not None:
             # contiguous: a permuted kernel would make conv2d return a channels-last output
-            kernel = torch.einsum("oeab,ec->ocab", kernel, premix).contiguous()
+            kernel = torch.einsum("...oeab,...ec->...ocab", kernel, premix).contiguous()
         return kernel
 
     def convolve(self, x: torch.Tensor, density_kernel: torch.Tensor) -> torch.Tensor:
@@ -257,8 +264,47 @@ class SquareAutoregressiveConv2d(DropsCacheOnModeChange, Flow):
         x = solve_autoregressive(rhs, kernel, self.dilation, chosen_backend(self.solver))
         return x.flip(1, 2, 3) if self.flip else x
 
+    def _group_key(self):
+        return group_key(self, SquareAutoregressiveConv2d, self.size, self.flip)
+
+    def _grouped_submodules(self):
+        return []
+
+    def _grouped_parameters(self):
+        return self.kernel_parameters()
+
+    @staticmethod
+    def _derive_group(layers, pixels):
+        """Density filter and log-det per image, ``pixels * sum(log_d)``, of each layer in
+        ``layers`` (of one shape and orientation), computed together (see
+        :mod:`normflows_emerging.flows.grouped`)."""
+        kernels, log_d = stacked_kernels(layers)
+        filters = layers[0].density_kernel(kernels)
+        return list(zip(filters.unbind(0), (log_d.sum(-1) * pixels).unbind(0)))
+
     def extra_repr(self):
         return (
             f"num_channels={self.num_channels}, size={self.size}, flip={self.flip}, "
             f"dilation={self.dilation}, solver={self.solver!r}"
         )
+
+
+def assemble_kernel(
+    weight: torch.Tensor, log_d: torch.Tensor, mask: torch.Tensor, corner_diagonal: torch.Tensor
+) -> torch.Tensor:
+    """Masked weight with ``exp(log_d)`` on the corner tap's diagonal (causal orientation).
+
+    Args:
+      weight: (..., C, C, m, m)
+      log_d: (..., C)
+      mask, corner_diagonal: a layer's constant buffers, (C, C, m, m)
+    """
+    return weight * mask + corner_diagonal * log_d.exp()[..., None, None, None]
+
+
+def stacked_kernels(layers) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal kernels (N, C, C, m, m) and log_d (N, C) of the autoregressive layers ``layers``
+    (one shape, dtype and device): one batched computation for all of them."""
+    weight = torch.stack([layer.weight for layer in layers])
+    log_d = bounded_log_scale(torch.stack([layer.raw_log_d for layer in layers]))
+    return assemble_kernel(weight, log_d, layers[0].mask, layers[0].corner_diagonal), log_d

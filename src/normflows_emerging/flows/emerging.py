@@ -9,10 +9,11 @@ from torch import nn
 
 from ..solve import fused_emerging_step
 from .arguments import check_odd_int, check_positive_int
-from .autoregressive import SquareAutoregressiveConv2d
+from .autoregressive import SquareAutoregressiveConv2d, stacked_kernels
 from .cache import DropsCacheOnModeChange, ValueKeyedCache, reusable
+from .grouped import group_key, grouped
 from .precision import full_precision
-from .qr import QR1x1
+from .qr import QR1x1, stacked_weights
 from .solver import chosen_backend
 from .utils import check_finite_output, check_image, empty_result, is_empty, plu_1x1_conv
 
@@ -108,6 +109,11 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
             y = self.causal.convolve(x, plan["causal_density_kernel"])
             y = self.anticausal.convolve(y, plan["anticausal_density_kernel"])
             return y, (plan["log_det_per_pixel"] * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+        planned = grouped(self, x.shape[2] * x.shape[3])
+        if planned is not None:
+            causal_filter, anticausal_filter, log_det = planned
+            y = self.causal.convolve(x, causal_filter)
+            return self.anticausal.convolve(y, anticausal_filter), log_det.expand(x.shape[0])
         if isinstance(self.one_by_one, QR1x1):  # folded into the causal kernel: one conv less
             log_det = self.one_by_one.log_det(x)
             # the cached W itself in eval mode: the einsum that folds it in does not change it
@@ -190,9 +196,7 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
             if layer is not None
         ):
             return None  # the plan skips the sublayers' calls, so their hooks would not run
-        tensors = self.causal.kernel_parameters() + self.anticausal.kernel_parameters()
-        if self.one_by_one is not None:
-            tensors += self.one_by_one.matrix_parameters()
+        tensors = self._grouped_parameters()
         if not reusable(self, tensors):
             return None
         return self._cache.get(
@@ -220,6 +224,42 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
             weight_inverse=weight_inverse,
             log_det_per_pixel=log_det_per_pixel,
         )
+
+    def _group_key(self):
+        sublayers = (self.causal, self.anticausal)
+        if any(type(layer) is not SquareAutoregressiveConv2d for layer in sublayers) or (
+            self.one_by_one is not None and type(self.one_by_one) is not QR1x1
+        ):
+            return None
+        return group_key(self, EmergingConv2d, self.kernel_size, self.one_by_one is None)
+
+    def _grouped_submodules(self):
+        layers = (self.one_by_one, self.causal, self.anticausal)
+        return [layer for layer in layers if layer is not None]
+
+    def _grouped_parameters(self):
+        """The parameters the kernels, W and the log-det are computed from (QR or no 1x1)."""
+        tensors = self.causal.kernel_parameters() + self.anticausal.kernel_parameters()
+        if self.one_by_one is not None:
+            tensors += self.one_by_one.matrix_parameters()
+        return tensors
+
+    @staticmethod
+    def _derive_group(layers, pixels):
+        """The two density filters (W folded into the causal one) and the log-det per image
+        of each layer in ``layers`` (of one shape), computed together (see
+        :mod:`normflows_emerging.flows.grouped`); the log-det adds the three layers' terms in
+        the order :meth:`inverse` adds them."""
+        causal, causal_log_d = stacked_kernels([layer.causal for layer in layers])
+        anticausal, anticausal_log_d = stacked_kernels([layer.anticausal for layer in layers])
+        log_det, weight = causal_log_d.sum(-1) * pixels, None
+        if layers[0].one_by_one is not None:
+            weight, log_s = stacked_weights([layer.one_by_one for layer in layers])
+            log_det = log_s.sum(-1) * pixels + log_det
+        log_det = log_det + anticausal_log_d.sum(-1) * pixels
+        causal = layers[0].causal.density_kernel(causal, weight)
+        anticausal = layers[0].anticausal.density_kernel(anticausal)
+        return list(zip(causal.unbind(0), anticausal.unbind(0), log_det.unbind(0)))
 
     def extra_repr(self):
         return (

@@ -17,6 +17,7 @@ from ..solve import device
 from ..solve.transforms import under_transform
 from .arguments import check_bool, check_odd_int, check_positive_int
 from .cache import DropsCacheOnModeChange, ValueKeyedCache, cached
+from .grouped import group_key, grouped
 from .precision import full_precision
 from .utils import check_finite_output, check_image, empty_result, is_empty
 
@@ -133,20 +134,12 @@ class PeriodicConv2d(DropsCacheOnModeChange, Flow):
           complex128 tensor K̂ of shape (H, W // 2 + 1, C, C); for real x with X = rfft2(x),
           ``rfft2(conv(x))[:, :, u, v] = K̂[u, v] @ X[:, :, u, v]`` (bias aside)
         """
-        k = self.kernel_size
-        # Tap (a, d) reads offset (a - p, d - p): place it there on the periodic H x W grid. The
-        # cross-correlation multiplies by exp(+2 pi i (u m / H + v n / W)): the conjugate DFT.
-        grid = F.pad(self.weight.to(torch.float64), (0, width - k, 0, height - k))
-        grid = torch.roll(grid, shifts=(-(k // 2), -(k // 2)), dims=(2, 3))
-        return torch.fft.rfft2(grid).conj().permute(2, 3, 0, 1)
+        return kernel_spectrum(self.weight, height, width)
 
     @staticmethod
     def _log_abs_det(khat, width):
         """Sum of log|det K̂(u, v)| over all H x W frequencies, from the rfft2 half (complex128)."""
-        logabsdet = torch.linalg.slogdet(khat)[1]  # (H, W // 2 + 1)
-        # Columns 1 .. ceil(W/2) - 1 stand for themselves and their conjugate column W - v.
-        paired = logabsdet[:, 1 : (width + 1) // 2].sum()
-        return logabsdet.sum() + paired
+        return spectrum_log_abs_det(khat, width)
 
     def _log_det(self, x, khat=None):
         """log|det| as a 0-d tensor in x's dtype; reuses the eval cache when allowed."""
@@ -265,17 +258,42 @@ class PeriodicConv2d(DropsCacheOnModeChange, Flow):
         method = self.method
         if method == "auto":
             method = "fft" if self._prefer_fft() else "spatial"
+        khat = log_det = index = None
+        if not self._use_cache():
+            planned = grouped(self, x.shape[2], x.shape[3], x.dtype)
+            if planned is not None:
+                khat, log_det, index = planned
         if method == "fft":
-            khat = self.spectrum(x.shape[2], x.shape[3])
+            if khat is None:
+                khat = self.spectrum(x.shape[2], x.shape[3])
             z = self._apply_spectrum(khat.to(torch.promote_types(x.dtype, torch.complex64)), x)
             if self.bias is not None:
                 z = z + self.bias.view(1, -1, 1, 1)
-            log_det = self._log_det(x, khat)
         else:
-            p = self.kernel_size // 2
-            z = F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), self.weight, self.bias)
-            log_det = self._log_det(x)
+            z = F.conv2d(circular_pad(x, self.kernel_size // 2, index), self.weight, self.bias)
+        if log_det is None:
+            log_det = self._log_det(x, khat)
         return z, log_det.repeat(x.shape[0])
+
+    def _group_key(self):
+        return group_key(self, PeriodicConv2d, self.kernel_size)
+
+    def _grouped_submodules(self):
+        return []
+
+    def _grouped_parameters(self):
+        return [self.weight]
+
+    @staticmethod
+    def _derive_group(layers, height, width, dtype):
+        """Kernel spectrum (complex128), log|det| (``dtype``) and the :func:`circular_pad`
+        index for height x width images of each layer in ``layers`` (of one shape), computed
+        together (see :mod:`normflows_emerging.flows.grouped`)."""
+        weight = torch.stack([layer.weight for layer in layers])
+        khat = kernel_spectrum(weight, height, width)
+        log_det = spectrum_log_abs_det(khat, width).to(dtype)
+        index = wrapped_index(height, width, layers[0].kernel_size // 2, weight.device)
+        return [(k, d, index) for k, d in zip(khat.unbind(0), log_det.unbind(0))]
 
     @full_precision
     def forward(
@@ -307,3 +325,69 @@ class PeriodicConv2d(DropsCacheOnModeChange, Flow):
         x = self._apply_spectrum(khat_inv, shifted, khat_inv_block)
         check_finite_output(x, z, type(self).__name__)
         return x, -log_det.repeat(z.shape[0])
+
+
+def kernel_spectrum(weight: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Spectrum of centred k x k kernels (..., C, C, k, k) on the periodic height x width grid,
+    as complex128 (..., height, width // 2 + 1, C, C); see :meth:`PeriodicConv2d.spectrum`.
+
+    Tap (a, d) reads offset (a - p, d - p), p = k // 2, and the cross-correlation multiplies by
+    ``exp(+2 pi i (u (a - p) / H + v (d - p) / W))`` (the conjugate DFT), so the spectrum is
+    the kernel's k^2 taps times a (k^2, H (W // 2 + 1)) matrix of these factors: one real matrix
+    product, forward and backward (an FFT of the zero-padded kernel costs about 3x as much on
+    the CPU, its backward more). Each entry sums k^2 products, as accurate as the FFT (equal to
+    it to about 1e-15, relative).
+    """
+    k = weight.shape[-1]
+    factors = (
+        _phase_factors(height, k, weight.device)[:, None, :, None]
+        * _phase_factors(width, k, weight.device, half=True)[None, :, None, :]
+    )  # (k, k, H, W // 2 + 1)
+    factors = torch.view_as_real(factors).reshape(k * k, -1)  # [Re, Im] interleaved
+    taps = weight.to(torch.float64).flatten(-2)  # (..., C, C, k * k)
+    spectrum = torch.view_as_complex((taps @ factors).unflatten(-1, (height, -1, 2)))
+    return spectrum.movedim((-4, -3), (-2, -1))
+
+
+def _phase_factors(size, k, device, half=False):
+    """``exp(2 pi i f (a - k // 2) / size)`` for taps a (rows) and frequencies f (columns), the
+    first ``size // 2 + 1`` frequencies only if ``half``; complex128. Computed as the conjugate
+    FFT of unit impulses at the taps' offsets, so that they are the FFT's own factors (quarter
+    turns exact: a kernel singular at a frequency gives an exactly singular K̂ there)."""
+    offsets = torch.arange(-(k // 2), k - k // 2, device=device) % size
+    impulses = torch.eye(size, dtype=torch.float64, device=device)[offsets]
+    return (torch.fft.rfft(impulses) if half else torch.fft.fft(impulses)).conj()
+
+
+def spectrum_log_abs_det(khat: torch.Tensor, width: int) -> torch.Tensor:
+    """Sum of log|det K̂(u, v)| over all H x W frequencies from the rfft2 half
+    (..., H, width // 2 + 1, C, C) of :func:`kernel_spectrum`, shape (...)."""
+    logabsdet = torch.linalg.slogdet(khat)[1]  # (..., H, W // 2 + 1)
+    # Columns 1 .. ceil(W/2) - 1 stand for themselves and their conjugate column W - v.
+    paired = logabsdet[..., 1 : (width + 1) // 2].sum((-2, -1))
+    return logabsdet.sum((-2, -1)) + paired
+
+
+def circular_pad(x: torch.Tensor, pad: int, index: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.pad(x, (pad,) * 4, mode="circular")`` for (..., H, W) tensors as one gather (one
+    kernel launch forward and two backward, where ``F.pad`` launches 16 and 17).
+
+    Args:
+      x: tensor (..., H, W)
+      pad: wrapped rows and columns added on each side
+      index: :func:`wrapped_index` for x's size and ``pad``, if the caller has it
+    """
+    if pad == 0:
+        return x
+    height, width = x.shape[-2:]
+    if index is None:
+        index = wrapped_index(height, width, pad, x.device)
+    return x.flatten(-2).index_select(-1, index).unflatten(-1, (height + 2 * pad, width + 2 * pad))
+
+
+def wrapped_index(height: int, width: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Flat indices, ((H + 2 pad) * (W + 2 pad),), into an H x W image of its circularly padded
+    version (see :func:`circular_pad`)."""
+    rows = torch.arange(-pad, height + pad, device=device) % height
+    columns = torch.arange(-pad, width + pad, device=device) % width
+    return (rows[:, None] * width + columns).flatten()

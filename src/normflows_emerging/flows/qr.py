@@ -11,7 +11,8 @@ from ..solve import device
 from ..solve.transforms import under_transform
 from .arguments import check_int, check_positive_int
 from .bounded import accept_unbounded_checkpoints, bounded_log_scale
-from .cache import DropsCacheOnModeChange, ValueKeyedCache, cached
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, cached, reusable
+from .grouped import group_key, grouped
 from .precision import full_precision
 from .utils import check_finite_output, check_image, empty_result, is_empty
 
@@ -80,36 +81,15 @@ class QR1x1(DropsCacheOnModeChange, Flow):
         Raises:
           torch.linalg.LinAlgError: if a reflection vector is zero or has inf/NaN entries (CPU)
         """
-        eye = torch.eye(self.num_channels, dtype=self.upper.dtype, device=self.upper.device)
         if self.num_reflections == 0:
-            return eye
-        largest = self.reflections.abs().amax(dim=1, keepdim=True)
-        if not (
-            device.on_accelerator(largest)
-            or torch.compiler.is_compiling()
-            or under_transform(largest)
-        ):
-            self._check_reflections(largest)
-        scaled = self.reflections / largest
-        u = scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
-        t_inv = (u @ u.T).triu(1) + 0.5 * torch.eye(
-            self.num_reflections, dtype=u.dtype, device=u.device
-        )
-        return eye - u.T @ torch.linalg.solve_triangular(t_inv, u, upper=True)
-
-    def _check_reflections(self, largest):
-        with torch.no_grad():
-            usable = (largest > 0) & torch.isfinite(self.reflections).all(dim=1, keepdim=True)
-        if not usable.all():
-            index = int((~usable).nonzero()[0, 0])
-            raise torch.linalg.LinAlgError(
-                f"{type(self).__name__}: reflection vector {index} is zero or not finite, so it "
-                f"defines no Householder reflection; reinitialise reflections[{index}]"
-            )
+            return torch.eye(self.num_channels, dtype=self.upper.dtype, device=self.upper.device)
+        largest = largest_entries(self.reflections)
+        check_reflections([self], self.reflections[None], largest[None])
+        return compact_wy_orthogonal(self.reflections, largest)
 
     def triangular(self) -> torch.Tensor:
         """R: (C, C) upper-triangular with diagonal exp(log_s)."""
-        return self.upper.triu(1) + torch.diag(self.log_s.exp())
+        return upper_triangular(self.upper, self.log_s)
 
     def weight(self) -> torch.Tensor:
         """W = Q R, shape (C, C); ``inverse`` computes ``y[:, o] = sum_c W[o, c] x[:, c]``.
@@ -162,7 +142,13 @@ class QR1x1(DropsCacheOnModeChange, Flow):
         check_image(x, self.num_channels, type(self).__name__, self.upper)
         if is_empty(x):
             return empty_result(x)
-        return F.conv2d(x, self._matrix("weight")[:, :, None, None]), self.log_det(x)
+        planned = None
+        if not reusable(self, self.matrix_parameters()):
+            planned = grouped(self, x.shape[2] * x.shape[3])
+        if planned is None:
+            return F.conv2d(x, self._matrix("weight")[:, :, None, None]), self.log_det(x)
+        weight, log_det = planned
+        return F.conv2d(x, weight[:, :, None, None]), log_det.expand(x.shape[0])
 
     @full_precision
     def forward(
@@ -191,5 +177,97 @@ class QR1x1(DropsCacheOnModeChange, Flow):
         check_finite_output(x, z, type(self).__name__)
         return x, -self.log_det(z)
 
+    def _group_key(self):
+        return group_key(self, QR1x1, self.num_reflections)
+
+    def _grouped_submodules(self):
+        return []
+
+    def _grouped_parameters(self):
+        return self.matrix_parameters()
+
+    @staticmethod
+    def _derive_group(layers, pixels):
+        """W and the log-det per image, ``pixels * sum(log_s)``, of each layer in ``layers``
+        (QR1x1 layers of one shape), computed together (see
+        :mod:`normflows_emerging.flows.grouped`)."""
+        weights, log_s = stacked_weights(layers)
+        return list(zip(weights.unbind(0), (log_s.sum(-1) * pixels).unbind(0)))
+
     def extra_repr(self):
         return f"num_channels={self.num_channels}, num_reflections={self.num_reflections}"
+
+
+def largest_entries(reflections: torch.Tensor) -> torch.Tensor:
+    """Largest magnitude of each reflection vector, shape (..., n, 1) for (..., n, C).
+
+    Detached: Q does not depend on the vectors' lengths, so no gradient flows through the
+    scale they are divided by (its exact contribution is zero).
+    """
+    return reflections.detach().abs().amax(dim=-1, keepdim=True)
+
+
+def check_reflections(layers, reflections: torch.Tensor, largest: torch.Tensor) -> None:
+    """Raise unless every reflection vector of ``layers`` defines a reflection (see
+    :meth:`QR1x1.orthogonal`); in eager CPU calls only (not on an accelerator, under
+    ``torch.compile`` or under ``torch.func`` transforms), one read of a value for all of them.
+
+    Args:
+      layers: the QR1x1 layers, in the order of the stack
+      reflections: their reflection vectors, stacked, (N, n, C)
+      largest: :func:`largest_entries` of ``reflections``
+
+    Raises:
+      torch.linalg.LinAlgError: naming the first layer's zero or non-finite vector
+    """
+    if (
+        device.on_accelerator(largest)
+        or torch.compiler.is_compiling()
+        or under_transform(reflections)
+    ):
+        return
+    with torch.no_grad():
+        usable = (largest > 0) & torch.isfinite(reflections).all(dim=-1, keepdim=True)
+    if not usable.all():
+        layer, index = (int(i) for i in (~usable).nonzero()[0, :2])
+        raise torch.linalg.LinAlgError(
+            f"{type(layers[layer]).__name__}: reflection vector {index} is zero or not finite, "
+            f"so it defines no Householder reflection; reinitialise reflections[{index}]"
+        )
+
+
+def compact_wy_orthogonal(reflections: torch.Tensor, largest: torch.Tensor) -> torch.Tensor:
+    """Product of the Householder reflections of the rows of ``reflections`` (..., n, C), as
+    (..., C, C), in compact WY form (see :meth:`QR1x1.orthogonal`), for n >= 1.
+
+    ``largest`` is :func:`largest_entries` of ``reflections``: each vector is divided by it
+    before it is normalised, so tiny or huge vectors neither underflow nor overflow.
+    """
+    n, channels = reflections.shape[-2:]
+    like = dict(dtype=reflections.dtype, device=reflections.device)
+    scaled = reflections / largest
+    u = scaled / torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
+    t_inv = (u @ u.mT).triu(1) + 0.5 * torch.eye(n, **like)
+    return torch.eye(channels, **like) - u.mT @ torch.linalg.solve_triangular(t_inv, u, upper=True)
+
+
+def upper_triangular(upper: torch.Tensor, log_s: torch.Tensor) -> torch.Tensor:
+    """R = strictly_upper(upper) + diag(exp(log_s)), shape (..., C, C) for upper (..., C, C)
+    and log_s (..., C)."""
+    return upper.triu(1) + torch.diag_embed(log_s.exp())
+
+
+def stacked_weights(layers) -> tuple[torch.Tensor, torch.Tensor]:
+    """W = Q R of the QR1x1 layers ``layers`` (all of one shape, dtype and device), stacked as
+    (N, C, C), and their log_s, (N, C): one batched computation for all of them. Reflection
+    vectors are checked as :meth:`QR1x1.orthogonal` checks them."""
+    upper = torch.stack([layer.upper for layer in layers])
+    log_s = bounded_log_scale(torch.stack([layer.raw_log_s for layer in layers]))
+    if layers[0].num_reflections == 0:
+        orthogonal = layers[0].orthogonal()  # the identity
+    else:
+        reflections = torch.stack([layer.reflections for layer in layers])
+        largest = largest_entries(reflections)
+        check_reflections(layers, reflections, largest)
+        orthogonal = compact_wy_orthogonal(reflections, largest)
+    return orthogonal @ upper_triangular(upper, log_s), log_s
