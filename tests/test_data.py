@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from normflows_emerging.app.data import dataset_names, get_dataset
+from optional_imports import import_or_skip
 
-torchvision = pytest.importorskip("torchvision")
+torchvision = import_or_skip("torchvision", "torchvision")
 Image = pytest.importorskip("PIL.Image")
 
 CIFAR_KEYS = {

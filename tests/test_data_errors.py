@@ -10,6 +10,7 @@ import torch
 
 from normflows_emerging.app.data import ArrayImageDataset, get_dataset
 from normflows_emerging.app.errors import MissingDependencyError
+from optional_imports import import_or_skip
 
 
 @pytest.mark.parametrize(
@@ -56,7 +57,7 @@ def test_missing_files(tmp_path):
         r"train_data_batch_\*.npz in .*missing",
     ):
         get_dataset("imagenet32", "train", root=tmp_path / "missing")
-    pytest.importorskip("torchvision")
+    import_or_skip("torchvision", "torchvision")
     with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py: expected data_batch_1"):
         get_dataset("cifar10", "test", root=tmp_path / "missing")
 

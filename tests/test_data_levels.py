@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from normflows_emerging.app.data import get_dataset
 from normflows_emerging.app.data.levels import to_levels
+from optional_imports import import_or_skip
 
 Image = pytest.importorskip("PIL.Image")
 SIDE = 6  # images are SIDE x SIDE and loaded at image_size=SIDE, so nothing is resized
@@ -237,7 +238,7 @@ def test_resizing_keeps_16bit_depth(tmp_path):
 def test_mnist_and_cifar_bits(tmp_path, bits, monkeypatch):
     from test_data import write_cifar10, write_idx
 
-    torchvision = pytest.importorskip("torchvision")
+    torchvision = import_or_skip("torchvision", "torchvision")
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     pixels = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 256

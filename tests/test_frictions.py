@@ -15,6 +15,7 @@ from normflows_emerging import __version__
 from normflows_emerging.app import cli, extras
 from normflows_emerging.app.data import sources
 from normflows_emerging.app.run_folder import prepare_run_folder
+from optional_imports import import_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -148,7 +149,8 @@ def test_a_mixing_argument_the_layer_lacks_names_the_layer(capsys, tmp_path, mon
 
 
 def test_missing_torchvision_data_names_the_flag(tmp_path):
-    pytest.importorskip("torchvision.datasets")  # without it, the message names the package
+    # without torchvision, the message names the package instead
+    import_or_skip("torchvision.datasets", "torchvision")
     with pytest.raises(FileNotFoundError, match="Pass --download"):
         sources.torchvision_dataset("CIFAR10", "train", None, tmp_path / "none", False, None)
 
@@ -337,7 +339,7 @@ def test_comparison_help_quotes_no_measured_numbers(examples):
 def test_sample_grids_are_torchvision_grids_where_it_is_installed(monkeypatch):
     """tile_images uses torchvision's make_grid where torchvision is installed, and lays out the
     same grid by hand without it."""
-    torchvision_utils = pytest.importorskip("torchvision.utils")
+    torchvision_utils = import_or_skip("torchvision.utils", "torchvision")
     import importlib.util
 
     from normflows_emerging.app import evaluation
@@ -371,7 +373,7 @@ class _TorchvisionForAnotherTorch(types.ModuleType):
 def test_sample_grids_do_not_need_a_torchvision_that_imports(monkeypatch):
     """A torchvision built for another torch raised at the first sample grid, ending training;
     the grid is laid out by hand instead (the same grid)."""
-    pytest.importorskip("torchvision.utils")
+    import_or_skip("torchvision.utils", "torchvision")
     from normflows_emerging.app import evaluation
 
     images = torch.rand(5, 3, 4, 6)

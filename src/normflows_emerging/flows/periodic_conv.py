@@ -16,7 +16,7 @@ from torch import nn
 from ..solve import device
 from ..solve.transforms import under_transform
 from .arguments import check_bool, check_odd_int, check_positive_int
-from .cache import DropsCacheOnModeChange, ValueKeyedCache, cached
+from .cache import DropsCacheOnModeChange, ValueKeyedCache, cached, reusable
 from .grouped import group_key, grouped
 from .precision import full_precision
 from .utils import check_finite_output, check_image, empty_result, is_empty
@@ -259,7 +259,7 @@ class PeriodicConv2d(DropsCacheOnModeChange, Flow):
         if method == "auto":
             method = "fft" if self._prefer_fft() else "spatial"
         khat = log_det = index = None
-        if not self._use_cache():
+        if not reusable(self, [self.weight]):
             planned = grouped(self, x.shape[2], x.shape[3], x.dtype)
             if planned is not None:
                 khat, log_det, index = planned
