@@ -2,6 +2,7 @@
 batched computation per kind and shape, with the values of the per-layer computation, per call
 and per thread, fresh after every parameter change, and under torch.func and torch.compile."""
 
+import contextlib
 import copy
 import threading
 
@@ -211,7 +212,8 @@ def test_an_emerging_layers_sublayers_are_not_grouped_twice(derivations):
 
 def test_recomputed_after_every_kind_of_parameter_change_inside_the_block(derivations):
     """Inside one block: in-place changes, replaced tensors, vector_to_parameters and fused or
-    foreach optimizer steps (no version counter bumped) all give the new parameters' values."""
+    foreach optimizer steps (no version counter bumped) all give the new parameters' values.
+    Every model call derives its group (a layer that runs again is another call)."""
     model = make_stack("emerging", dtype=torch.float32).train()
     x = torch.randn(2, 3, 5, 5)
     changes = [
@@ -234,7 +236,56 @@ def test_recomputed_after_every_kind_of_parameter_change_inside_the_block(deriva
             expected = copy.deepcopy(model)(x)  # a copy's layers are not in the block
             got = model(x)
             assert_same([t.detach() for t in got], [t.detach() for t in expected], 1e-6)
-    assert len(derivations) == 1 + len(changes)
+    assert len(derivations) == 2 * len(changes)  # every model call derives its group once
+
+
+def test_a_call_without_parameter_gradients_leaves_no_graphless_tensors():
+    """Breaker's report: normflows' reverse_kld(score_fn=False) runs the density direction with
+    the parameters' requires_grad off; a forward_kld after it in the same block took those
+    graph-less tensors, and the mixing layers' parameters silently got no gradient."""
+
+    class Target(nf.distributions.Target):
+        def log_prob(self, z):
+            return -0.5 * z.flatten(1).square().sum(1)
+
+    torch.manual_seed(0)
+    flows = [perturb_(QR1x1(3).double(), 0.1) for _ in range(2)]
+    base = nf.distributions.DiagGaussian((3, 4, 4)).double()
+    model = nf.NormalizingFlow(base, flows, p=Target())
+    x = torch.randn(4, 3, 4, 4, dtype=torch.float64)
+    grads = []
+    for grouped in (False, True):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        with grouped_weights(model) if grouped else contextlib.nullcontext():
+            loss = model.reverse_kld(2, score_fn=False) + model.forward_kld(x)
+        loss.backward()
+        grads.append([p.grad for p in model.parameters()])
+    assert_same(grads[1], grads[0], 1e-12)
+
+
+@pytest.mark.parametrize("name", ["qr", "emerging", "periodic"])
+def test_gradient_accumulation_inside_one_block(name, derivations):
+    """Two model calls and two backward passes in one block (gradient accumulation) raised
+    torch's "backward through the graph a second time": the second call took the first call's
+    tensors, whose graph the first backward had freed. Each call now derives its own."""
+    model = make_stack(name).train()
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    for p in model.parameters():
+        p.grad = None
+    for chunk in x.split(2):
+        y, log_det = model(chunk)
+        (y.square().sum() - log_det.sum()).backward()
+    expected = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    for p in model.parameters():
+        p.grad = None
+    with grouped_weights(model):
+        for chunk in x.split(2):
+            y, log_det = model(chunk)
+            (y.square().sum() - log_det.sum()).backward()
+    got = [p.grad for p in model.parameters() if p.grad is not None]
+    assert_same(got, expected, 1e-12)
+    assert len(derivations) == 2
 
 
 def test_grad_mode_and_inference_mode_inside_one_block():
@@ -280,7 +331,9 @@ def test_other_threads_never_see_a_blocks_tensors():
     assert seen["b outside"] is None
     assert seen["a"] is not None and seen["b"] is not None
     assert seen["a"][0] is not seen["b"][0]  # each block computed its own
-    assert seen["a again"][0] is seen["a"][0]
+    # a layer's second lookup is another model call: A's own block derives it again
+    assert seen["a again"][0] is not seen["b"][0]
+    torch.testing.assert_close(seen["a again"][0], seen["a"][0], rtol=0, atol=0)
 
 
 def test_threads_running_one_model_get_the_single_caller_results():

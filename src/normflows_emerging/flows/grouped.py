@@ -32,10 +32,13 @@ caches already skip the work). Anything else computes as without the block.
 
 A group's tensors are computed from the current parameters when the group's first layer runs and
 are held by the block alone, in this thread (a context variable: other threads, and calls
-outside the block, never see them). A group is computed again if one of its layer's parameters
-was replaced or changed in place (version counter) or any optimizer stepped (fused steps
-included) since; writes through ``.data`` inside the block are not seen, so wrap one model call,
-not a training loop. Layers whose parameters a ``torch.func`` transform wraps (``vmap`` over
+outside the block, never see them). Each layer takes its entry once: when a layer runs again in
+the block (a second model call, such as the next chunk of a gradient accumulation, whose
+backward frees the first call's graph), its group is computed again. So it is if one of its
+layer's parameters was replaced, changed in place (version counter) or had ``requires_grad``
+switched, or any optimizer stepped (fused steps included) since; writes through ``.data``
+inside the block are not seen, so wrap one model call, not a training loop.
+Layers whose parameters a ``torch.func`` transform wraps (``vmap`` over
 parameters, ``jvp``/``grad`` through ``functional_call``) compute their own, as do layers under
 ``torch.compile`` (a context variable cannot be set inside a graph; inductor fuses the
 elementwise part of the work). If a group's layer does not run inside the block, its parameters
@@ -127,9 +130,10 @@ class _Plan:
             return None
         key = (group, args, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         entry = self._entries.get(key)
-        if entry is None or not entry.fresh(layer, parameters):
+        if entry is None or not entry.fresh(layer, parameters) or layer in entry.used:
             entry = _Entry(group, args)
             self._entries[key] = entry
+        entry.used.add(layer)
         return entry.results[layer]
 
 
@@ -140,6 +144,7 @@ class _Entry:
         self.optimizer_steps = optimizer_steps()  # before: a step meanwhile makes it stale
         self.stamps = {layer: _stamps(layer._grouped_parameters()) for layer in group}
         self.results = dict(zip(group, type(group[0])._derive_group(group, *args)))
+        self.used = set()  # layers that took their entry: one more lookup is another model call
 
     def fresh(self, layer, parameters) -> bool:
         return self.optimizer_steps == optimizer_steps() and self.stamps[layer] == _stamps(
@@ -148,7 +153,9 @@ class _Entry:
 
 
 def _stamps(parameters):
-    return [(p.data_ptr(), p._version) for p in parameters]
+    """What tells a parameter's tensors apart: address, version and whether it records a
+    gradient (results made while it did not hold no graph to it)."""
+    return [(p.data_ptr(), p._version, p.requires_grad) for p in parameters]
 
 
 def _find_groups(model):
