@@ -23,6 +23,7 @@ from normflows_emerging import (
     PeriodicConv2d,
     QR1x1,
     SquareAutoregressiveConv2d,
+    build_glow,
     solve_autoregressive,
 )
 from normflows_emerging.flows import ActNorm
@@ -132,6 +133,25 @@ def test_jvp_with_respect_to_the_input(name, direction, mode):
     assert_relative(output_tangent, expected)
 
 
+# autograd's own batched gradients (torch's older vmap) run the ops without vmap's rules: only
+# the solve's plain torch path can; normflows' coupling (glow step) cannot
+@pytest.mark.parametrize("strategy", ["reverse-mode", "forward-mode"])
+@pytest.mark.parametrize(
+    "name, direction", [(n, d) for n in NAMES if n != "glow step" for d in DIRECTIONS]
+)
+def test_autograds_batched_jacobian(name, direction, strategy):
+    """torch.autograd.functional.jacobian(vectorize=True) and gradcheck's batched gradients
+    failed in the sampling direction inside torch ("Batching rule not implemented for
+    aten::detach", the compiled solve's numpy view; aten::flatten in the solve's backward)."""
+    fn = Direction(make(name, "train"), direction)
+    x = inputs(shape=JACOBIAN_SHAPE)
+    expected = torch.autograd.functional.jacobian(lambda x: fn(x)[0], x)
+    batched = torch.autograd.functional.jacobian(
+        lambda x: fn(x)[0], x, vectorize=True, strategy=strategy
+    )
+    assert_relative(batched, expected)
+
+
 # normflows' AffineCouplingBlock adds the log-dets in place into an unbatched tensor, which vmap
 # refuses; the step's own code and its other layers are vmappable.
 NOT_VMAPPABLE = {"glow step"}
@@ -209,3 +229,22 @@ def test_checks_step_aside_under_transforms_but_not_in_eager_calls():
     outputs, _ = vmap(lambda p, b: functional_call(base, (p, b), (x,)))(parameters, buffers)
     assert torch.isfinite(outputs[0]).all()
     assert torch.isnan(outputs[1]).all()
+
+
+def test_vmap_over_a_models_inputs_both_directions():
+    """The model's own value checks (finite images and latents) read a value that vmap cannot
+    give and raised torch's data-dependent control-flow error; they step aside under transforms
+    as the layers' do. (normflows' MultiscaleFlow.log_prob adds log-dets in place into an
+    unbatched tensor, which vmap refuses: inverse_and_log_det is the model's vmappable density.)"""
+    torch.manual_seed(0)
+    model = build_glow((1, 4, 4), 1, 1, lambda c: EmergingConv2d(c, 3)).double()
+    perturb_(model, std=0.1)
+    x = inputs(shape=(3, 1, 4, 4))
+    z, log_det = model.inverse_and_log_det(x)
+    batched_z, batched_log_det = vmap(lambda xi: model.inverse_and_log_det(xi[None]))(x)
+    assert_relative(batched_z[0][:, 0], z[0])
+    assert_relative(batched_log_det[:, 0], log_det)
+    back, sampling_log_det = model.forward_and_log_det(z)
+    batched_back, _ = vmap(lambda zi: model.forward_and_log_det([zi[None]]))(z[0])
+    assert_relative(batched_back[:, 0], back)
+    assert_relative(back, x)

@@ -21,6 +21,7 @@ from .errors import NonFiniteError
 from .flows.arguments import check_positive_int
 from .flows.grouped import grouped_weights
 from .glow import GlowStep
+from .solve.transforms import under_transform
 
 Shape = tuple[int, int, int]
 
@@ -98,7 +99,7 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             )
         if x.shape[0] == 0:
             raise ValueError(f"model expects a batch of at least one example, got empty {what}")
-        if not torch.compiler.is_compiling() and not torch.isfinite(x).all():
+        if _reads_values(x) and not torch.isfinite(x).all():
             raise ValueError(f"model expects finite {what}, got inf or NaN values")
 
     def _check_labels(self, y: Any, batch: int | None) -> torch.Tensor | None:
@@ -132,7 +133,7 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
             )
         if weights:
             self._check_values("class weights y", y)
-            if not torch.compiler.is_compiling() and bool(  # one read of a device value
+            if _reads_values(y) and bool(  # one read of a device value
                 ((y < 0).any(dim=1) | (y.sum(dim=1) <= 0)).any()
             ):
                 raise ValueError(
@@ -145,7 +146,7 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
         if y.device != device:
             raise ValueError(f"model has parameters on {device} but got labels y on {y.device}")
         if (
-            not torch.compiler.is_compiling()
+            _reads_values(y)
             and bool(((y < 0) | (y >= self.num_classes)).any())  # one read of a device value
         ):
             raise ValueError(
@@ -504,3 +505,11 @@ def _check_shape(input_shape: Any, levels: int) -> Shape:
             f"height and width of input_shape {shape} must be divisible by 2**levels = {2**levels}"
         )
     return shape
+
+
+def _reads_values(x: torch.Tensor) -> bool:
+    """Whether the model's checks may read ``x``'s values: not while ``torch.compile`` traces
+    (a graph break) nor under a transform, which cannot give a value (see
+    :func:`~normflows_emerging.solve.transforms.under_transform`); a state they would refuse
+    then comes out as NaN."""
+    return not torch.compiler.is_compiling() and not under_transform(x)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .checks import check_solve_inputs
 from .naive import solve_naive
-from .transforms import under_transform
+from .transforms import legacy_batched, under_transform
 from .wavefront import solve_wavefront
 
 __all__ = [
@@ -240,7 +240,11 @@ def solve_autoregressive(
 
 def _solve(y, kernel, dilation, backend):
     """The backend's solve of checked inputs; through :class:`_AutoregressiveSolve` when a
-    derivative or a transform needs it (the plain call skips autograd's bookkeeping)."""
+    derivative or a transform needs it (the plain call skips autograd's bookkeeping). Tensors
+    of autograd's batched gradients (:func:`legacy_batched`) take the torch wavefront, the one
+    backend made of plain torch operations."""
+    if legacy_batched(y, kernel):
+        backend = "torch"
     if (torch.is_grad_enabled() and (y.requires_grad or kernel.requires_grad)) or under_transform(
         y, kernel
     ):
@@ -313,9 +317,12 @@ class _AutoregressiveSolve(torch.autograd.Function):
 def _zero_unread(kernel_derivative: torch.Tensor) -> torch.Tensor:
     """``kernel_derivative`` with the corner tap's entries above the diagonal set to zero: the
     solve never reads them (out of place, so that it stays differentiable and vmappable)."""
-    taps = kernel_derivative.flatten(2)
-    corner = taps.select(2, -1).tril()
-    return torch.select_scatter(taps, corner, 2, -1).view_as(kernel_derivative)
+    channels, size = kernel_derivative.shape[0], kernel_derivative.shape[-1]
+    options = dict(dtype=torch.bool, device=kernel_derivative.device)
+    read = torch.ones(channels, channels, size, size, **options)
+    read[:, :, -1, -1] = torch.ones(channels, channels, **options).tril()
+    # elementwise, so that it also runs on autograd's batched gradients (no view of them)
+    return torch.where(read, kernel_derivative, 0.0)
 
 
 register_backend("torch", solve_wavefront)

@@ -1,4 +1,5 @@
-"""Whether a call runs under a ``torch.func`` transform or forward-mode AD.
+"""Whether a call runs under a ``torch.func`` transform, autograd's batched gradients or
+forward-mode AD.
 
 Under ``vmap``, ``grad``, ``jvp`` and ``jacrev`` the tensors a layer sees are wrapped: reading a
 value on the host (``.item()``, ``bool(t)``, ``nonzero``) is refused or meaningless, a cached
@@ -25,6 +26,16 @@ def under_transform(*tensors: torch.Tensor) -> bool:
         functorch.is_functorch_wrapped_tensor(t) for t in tensors
     ):
         return True
+    if legacy_batched(*tensors):
+        return True
     return forward_ad._current_level >= 0 and any(
         forward_ad.unpack_dual(t).tangent is not None for t in tensors
     )
+
+
+def legacy_batched(*tensors: torch.Tensor) -> bool:
+    """Whether any of ``tensors`` is batched by torch's older vmap, which autograd uses for
+    batched gradients: ``torch.autograd.grad(..., is_grads_batched=True)``,
+    ``torch.autograd.functional.jacobian(..., vectorize=True)`` and ``gradcheck``'s
+    ``check_batched_grad``. Only plain torch operations run on such tensors."""
+    return any(torch._C._functorch.is_legacy_batchedtensor(t) for t in tensors)
