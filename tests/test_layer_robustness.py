@@ -94,6 +94,49 @@ def test_half_precision_is_a_type_error_naming_the_supported_dtypes(name, dtype)
                 direction(given)
 
 
+@pytest.mark.parametrize("name", ["emerging", "autoregressive", "maf"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_weight_entries_the_mask_drops_never_reach_the_output(name, value):
+    """Breaker's report: an inf/NaN in a weight entry the mask drops (unused, no gradient)
+    made the density direction all NaN (weight * mask = inf * 0) while the sampling direction,
+    which never reads the entry, stayed finite. Both directions now ignore such entries."""
+    torch.manual_seed(0)
+    layer = perturb_(LAYERS[name]().double(), 0.1).eval()
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    with torch.no_grad():
+        expected = layer.inverse(x), layer(x)
+        masked = [m for m in layer.modules() if isinstance(getattr(m, "mask", None), torch.Tensor)]
+        assert masked
+        for module in masked:
+            module.weight.masked_fill_(module.mask == 0, value)
+        got = layer.inverse(x), layer(x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr"])
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_sparse_inputs_are_a_type_error_naming_the_layout(name, layout):
+    """Sparse inputs failed inside torch (aten::fill_, reshape, add(sparse, dense)) in every
+    layer; the layers, the solve and the model now name the layout."""
+    from normflows_emerging import build_multiscale_flow, solve_autoregressive
+
+    x = torch.randn(2, 3, 5, 4)
+    given = x.to_sparse() if layout == "sparse_coo" else x.to_sparse_csr(dense_dim=2)
+    layer = LAYERS[name]()
+    for direction in (layer.inverse, layer.forward):
+        with pytest.raises(TypeError, match="dense \\(strided\\) tensor, got layout"):
+            direction(given)
+    kernel = torch.zeros(3, 3, 2, 2)
+    kernel[:, :, -1, -1] = torch.eye(3)
+    for y, k in [(given, kernel), (x, kernel.to_sparse())]:
+        with pytest.raises(TypeError, match="dense \\(strided\\) tensor, got layout"):
+            solve_autoregressive(y, k)
+    model = build_multiscale_flow((3, 4, 4), 1, 1, 4)
+    with pytest.raises(TypeError, match="dense \\(strided\\) tensor, got layout"):
+        model.log_prob(torch.rand(2, 3, 4, 4).to_sparse(), None)
+
+
 @pytest.mark.parametrize("name", LAYERS)
 @pytest.mark.parametrize("shape", [(0, 3, 5, 4), (2, 3, 0, 4), (2, 3, 4, 0)])
 def test_empty_batches_give_empty_results_in_both_directions(name, shape):

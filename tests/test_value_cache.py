@@ -362,3 +362,27 @@ def test_emerging_sampling_runs_hooks_of_its_sublayers():
         for _ in range(2):
             torch.testing.assert_close(layer(z), fresh_outputs(layer, z, z)[0])
     assert len(calls) == 4  # two calls of the layer and two of its fresh copies
+
+
+def test_emerging_sampling_runs_global_module_hooks():
+    """Breaker's report: a global forward hook (register_module_forward_hook) that changes a
+    sublayer's output ran in train mode and not in eval mode (the plan skips the sublayers'
+    calls), so the two modes sampled different images."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    layer = make_emerging()
+    z = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+
+    def doubled(module, args, output):
+        if isinstance(module, SquareAutoregressiveConv2d):
+            return output[0] * 2, output[1]
+        return None
+
+    handle = register_module_forward_hook(doubled)
+    try:
+        with torch.no_grad():
+            trained = layer.train()(z)
+            evaluated = layer.eval()(z)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(evaluated, trained)

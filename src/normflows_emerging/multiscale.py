@@ -85,6 +85,11 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
     def _check_values(self, what: str, x: torch.Tensor) -> None:
         """Dtype and device of the model's parameters, a non-empty batch, finite values."""
         like = next(self.parameters(), x)  # a model without parameters takes any float dtype
+        if x.layout != torch.strided:
+            raise TypeError(
+                f"model expects {what} as a dense (strided) tensor, got layout {x.layout}; "
+                f"convert them with .to_dense()"
+            )
         if x.dtype != like.dtype:
             raise TypeError(
                 f"model has {like.dtype} parameters but got {what} of dtype {x.dtype}; convert "

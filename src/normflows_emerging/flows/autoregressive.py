@@ -299,7 +299,10 @@ def assemble_kernel(
       log_d: (..., C)
       mask, corner_diagonal: a layer's constant buffers, (C, C, m, m)
     """
-    return weight * mask + corner_diagonal * log_d.exp()[..., None, None, None]
+    # where, not weight * mask: an inf/NaN in an entry the mask drops must not reach the kernel
+    # (inf * 0 is NaN), since the solve never reads it either
+    unmasked = torch.where(mask != 0, weight, 0.0)
+    return unmasked + corner_diagonal * log_d.exp()[..., None, None, None]
 
 
 def stacked_kernels(layers) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from normflows.flows import Flow
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from ..solve import fused_emerging_step
 from .arguments import check_odd_int, check_positive_int
@@ -181,15 +182,17 @@ class EmergingConv2d(DropsCacheOnModeChange, Flow):
         """What both directions need from the parameters, computed once per parameter values.
 
         Only in eval mode without gradients to the parameters, only with a QR or no 1x1 layer
-        (normflows' LU layer keeps its own state), and only while no sublayer has forward hooks
-        (the plan does not call the sublayers); else None. One lookup for all three
-        layers instead of one each: at batch 1 the lookups and per-layer checks cost as much as
-        the solves. Holds the two kernels (for the solves) and the two density filters (the
-        anti-causal one reversed, W folded into the causal one), ``W^-1`` as a (C, C, 1, 1)
-        filter and the log-det per pixel of the density direction.
+        (normflows' LU layer keeps its own state), and only while no forward hook would run for
+        a sublayer, its own or a global one (the plan does not call the sublayers); else None.
+        One lookup for all three layers instead of one each: at batch 1 the lookups and
+        per-layer checks cost as much as the solves. Holds the two kernels (for the solves) and
+        the two density filters (the anti-causal one reversed, W folded into the causal one),
+        ``W^-1`` as a (C, C, 1, 1) filter and the log-det per pixel of the density direction.
         """
         if isinstance(self.one_by_one, nn.Module) and not isinstance(self.one_by_one, QR1x1):
             return None
+        if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+            return None  # torch.nn.modules.module.register_module_forward_hook: as below
         if any(
             layer._forward_hooks or layer._forward_pre_hooks
             for layer in (self.causal, self.anticausal, self.one_by_one)

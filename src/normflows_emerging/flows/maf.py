@@ -66,7 +66,7 @@ class _MaskedConv2d(nn.Conv2d):
 
     def masked_weight(self):
         """The effective weight, shape (out, in, k, k)."""
-        return self.weight * self.mask
+        return torch.where(self.mask != 0, self.weight, 0.0)  # masked-out inf/NaN stay out
 
     def forward(self, x):
         return F.conv2d(x, self.masked_weight(), self.bias, padding=self.padding)

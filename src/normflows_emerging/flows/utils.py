@@ -33,12 +33,18 @@ def check_image(x: torch.Tensor, num_channels: int, layer: str, like: torch.Tens
       like: one of the layer's parameters; ``x`` must have its dtype and device
 
     Raises:
-      TypeError: if ``x`` is not a float32/float64 tensor or its dtype differs from ``like``'s
+      TypeError: if ``x`` is not a dense float32/float64 tensor or its dtype differs from
+        ``like``'s
       ValueError: if ``x`` is not 4-D, has the wrong number of channels or lives on another
         device than ``like``
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(
+            f"{layer} expects a dense (strided) tensor, got layout {x.layout}; convert it with "
+            f"x.to_dense()"
+        )
     if x.dtype not in SUPPORTED_DTYPES:
         raise unsupported_dtype(layer, x)
     if x.dim() != 4 or x.shape[1] != num_channels:

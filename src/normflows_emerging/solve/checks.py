@@ -17,9 +17,9 @@ def check_solve_inputs(y: torch.Tensor, kernel: torch.Tensor, dilation: int) -> 
       dilation: should be a positive ``int``
 
     Raises:
-      TypeError: a non-tensor, a ``y`` that is not float32/float64 (the solves run in full
-        precision only: torch has no triangular solve in float16/bfloat16), a kernel of another
-        dtype, a non-int dilation
+      TypeError: a non-tensor, a sparse or other non-strided tensor, a ``y`` that is not
+        float32/float64 (the solves run in full precision only: torch has no triangular solve in
+        float16/bfloat16), a kernel of another dtype, a non-int dilation
       ValueError: wrong shapes, dilation < 1, or tensors on different devices
     """
     if not isinstance(y, torch.Tensor) or not isinstance(kernel, torch.Tensor):
@@ -27,6 +27,12 @@ def check_solve_inputs(y: torch.Tensor, kernel: torch.Tensor, dilation: int) -> 
             f"y and kernel must be torch.Tensors, got {type(y).__name__} and "
             f"{type(kernel).__name__}"
         )
+    for name, tensor in (("y", y), ("kernel", kernel)):
+        if tensor.layout != torch.strided:
+            raise TypeError(
+                f"{name} must be a dense (strided) tensor, got layout {tensor.layout}; convert "
+                f"it with .to_dense()"
+            )
     if y.dtype not in SOLVE_DTYPES:
         raise TypeError(f"y must be a float32 or float64 tensor, got dtype {y.dtype}")
     if kernel.dtype != y.dtype:
