@@ -286,6 +286,16 @@ def test_evaluate_and_sample_class_conditional(tmp_path, capsys):
         (["train", "--out", "x", "--lr", "-1"], "expected a finite positive number"),
         (["train", "--out", "x", "--lr", "inf"], "--lr: expected a finite positive number"),
         (["train", "--out", "x", "--lr", "nan"], "--lr: expected a finite positive number"),
+        # passed the flag check, then overflowed inside Adamax: a 42-line traceback
+        (["train", "--out", "x", "--lr", "1e40"], "error: lr must be a number in (0, 1e+30]"),
+        (
+            ["train", "--out", "x", "--seed", str(2**64)],
+            "--seed: expected an integer in 0 .. 18446744073709551615",
+        ),
+        (
+            ["sample", "--checkpoint", "x.pt", "--out", "s.png", "--seed", str(2**64)],
+            "--seed: expected an integer in 0 .. 18446744073709551615",
+        ),
         (
             ["sample", "--checkpoint", "x.pt", "--out", "s.png", "--temperature", "inf"],
             "--temperature: expected a finite positive number",
@@ -573,3 +583,43 @@ def test_timing_imports_torch_benchmark_without_its_cuda_home_warning():
     )
     assert done.returncode == 0, done.stderr
     assert "CUDA_HOME" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 40000000000000 bytes."
+        ),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        MemoryError(),
+    ],
+)
+def test_running_out_of_memory_is_one_line(error, capsys, monkeypatch):
+    """--num-classes 1000000000 ended in the CPU allocator's RuntimeError traceback."""
+    from normflows_emerging.app import cli
+
+    def run(args, parser):
+        raise error
+
+    monkeypatch.setattr(cli, "_run", run)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", "x"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert err.strip().endswith("try a smaller --batch-size, model or --num-classes")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_other_runtime_errors_are_not_hidden(monkeypatch):
+    """Only allocation failures become a user error: a bug still shows its traceback."""
+    from normflows_emerging.app import cli
+
+    def run(args, parser):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_run", run)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", "--out", "x"])

@@ -37,7 +37,7 @@ from ..mixing import build_mixing, mixing_layers
 from . import extras
 from .checkpoint import CHECKPOINT, read_checkpoint
 from .commands import MAX_SAMPLE_IMAGES, evaluate_checkpoint, sample_checkpoint
-from .config import MAX_BITS, RESUMABLE_CHANGES, TrainConfig
+from .config import MAX_BITS, MAX_SEED, RESUMABLE_CHANGES, TrainConfig
 from .data import dataset_names
 from .errors import IncompatibleResumeError, MissingDependencyError
 from .train import train
@@ -151,7 +151,11 @@ def add_config_arguments(parser, defaults=None, exclude=()):
     add("--steps", "total optimisation steps (with --resume: the new total)", type=_positive_int)
     add("--lr", "Adamax learning rate after the warm-up", type=_positive_float)
     add("--warmup", "steps of linear learning-rate warm-up", type=_non_negative_int)
-    add("--seed", "seed of initialisation, data order, noise and samples", type=_non_negative_int)
+    add(
+        "--seed",
+        "seed of initialisation, data order, noise and samples",
+        type=_int_in(0, MAX_SEED),
+    )
     add(
         "--num-classes",
         "train a class-conditional model with this many classes",
@@ -441,7 +445,7 @@ def build_parser():
         default=1.0,
         help="sampling temperature (default: 1.0)",
     )
-    sa.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
+    sa.add_argument("--seed", type=_int_in(0, MAX_SEED), default=0, help="seed (default: 0)")
     sa.add_argument("--out", required=True, help="output file, ending in .png")
     add_threads_argument(sa)
     add_device_argument(sa)
@@ -474,7 +478,23 @@ def main(argv=None):
     except USER_ERRORS as err:
         message = " ".join(str(err).split())  # one line, whatever the message holds
         parser.exit(2, f"{parser.prog}: error: {message}\n")
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        parser.exit(
+            2,
+            f"{parser.prog}: error: not enough memory for these settings ({type(err).__name__}); "
+            f"try a smaller --batch-size, model or --num-classes\n",
+        )
     return 0
+
+
+def _out_of_memory(err):
+    """Whether ``err`` is an allocation failure: torch's (CUDA or CPU, whose allocator raises a
+    plain RuntimeError) or Python's."""
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+        "can't allocate memory" in str(err)
+    )
 
 
 def _run(args, parser):

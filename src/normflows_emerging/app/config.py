@@ -7,7 +7,6 @@ settings a resumed run may change.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
@@ -19,6 +18,12 @@ from .errors import IncompatibleResumeError
 RESUMABLE_CHANGES = ("steps", "eval_every", "eval_batch_size", "workers", "data_root", "download")
 # Deepest intensity resolution a dataset can be asked for (16-bit images).
 MAX_BITS = 16
+# Largest learning rate: far above any that trains (a diverging run is reported as such), and
+# below the about 3e37 at which Adamax's own first update (the rate over its bias correction)
+# overflows float32 and raises inside the optimizer.
+MAX_LR = 1e30
+# torch.manual_seed takes an unsigned 64-bit seed.
+MAX_SEED = 2**64 - 1
 
 
 @dataclasses.dataclass
@@ -37,9 +42,10 @@ class TrainConfig:
         levels the dataset reports
       batch_size: examples per step and process
       steps: total number of optimisation steps
-      lr: learning rate of Adamax after the warm-up
+      lr: learning rate of Adamax after the warm-up, in (0, MAX_LR]
       warmup: steps of linear learning-rate warm-up (0: none)
-      seed: seed of the initialisation, data order, dequantisation noise and samples
+      seed: seed of the initialisation, data order, dequantisation noise and samples,
+        0 .. 2**64 - 1
       num_classes: number of classes of a class-conditional model, or None
       mixing_kwargs: keyword arguments of the mixing layer (e.g. ``{"kernel_size": 5}``)
       eval_every: steps between test-set evaluations (and checkpoints); the last step is always
@@ -84,8 +90,9 @@ class TrainConfig:
             "eval_batch_size",
         ):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup", "seed", "workers"):
+        for name in ("warmup", "workers"):
             _check_int(name, getattr(self, name), minimum=0)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         for name in ("image_size", "num_classes"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
@@ -94,9 +101,9 @@ class TrainConfig:
         if (
             isinstance(self.lr, bool)
             or not isinstance(self.lr, (int, float))
-            or not (math.isfinite(self.lr) and self.lr > 0)
+            or not (0 < self.lr <= MAX_LR)
         ):
-            raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
+            raise ValueError(f"lr must be a number in (0, {MAX_LR}], got {self.lr!r}")
 
 
 def _check_int(name, value, minimum, maximum=None):
