@@ -403,3 +403,21 @@ def test_a_dataset_package_that_fails_to_import_is_one_line(tmp_path, monkeypatc
         "(RuntimeError: operator torchvision::nms does not exist); reinstall a brokenvision "
         f"built for the torch installed here (torch {torch.__version__})"
     )
+
+
+def test_emerging_example_runs_to_its_result_on_the_cpu(examples, tmp_path, capsys):
+    """The example timed every registered backend and stopped with a traceback at the triton one
+    on the CPU ('runs on CUDA tensors', or 'does not import' without triton), before printing
+    its result. A backend that cannot run here is named and left out."""
+    import json
+
+    import emerging
+
+    tiny = ["--levels", "1", "--flows-per-level", "1", "--hidden-channels", "4"]
+    argv = [*tiny, "--image-size", "8", "--steps", "2", "--eval-every", "2", "--no-progress"]
+    emerging.main([*argv, "--no-naive-timing", "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["sample_ms_per_image_torch"] > 0
+    assert "sample_ms_per_image_triton" not in result
+    assert "triton backend not timed: " in err and "Traceback" not in err
