@@ -20,8 +20,18 @@ import json
 import sys
 
 import torch
-from nflows.distributions import StandardNormal
-from nflows.transforms import ActNorm, AffineCouplingTransform, CompositeTransform, SqueezeTransform
+
+try:
+    from nflows.distributions import StandardNormal
+    from nflows.transforms import (
+        ActNorm,
+        AffineCouplingTransform,
+        CompositeTransform,
+        SqueezeTransform,
+    )
+except ImportError:  # the nflows extra: one line, not a traceback
+    sys.stderr.write("nflows_example.py: error: this example needs nflows: pip install nflows\n")
+    sys.exit(2)
 
 from example_cli import example_parser, parse_config, run_example
 from normflows_emerging.app import evaluation

@@ -421,3 +421,19 @@ def test_emerging_example_runs_to_its_result_on_the_cpu(examples, tmp_path, caps
     assert result["sample_ms_per_image_torch"] > 0
     assert "sample_ms_per_image_triton" not in result
     assert "triton backend not timed: " in err and "Traceback" not in err
+
+
+def test_nflows_example_without_nflows_is_one_line():
+    """Without the nflows extra the example ended in a ModuleNotFoundError traceback."""
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['nflows'] = None  # as if not installed\n"
+        f"sys.path.insert(0, {str(EXAMPLES)!r})\n"
+        "sys.argv = ['nflows_example.py', '--help']\n"
+        f"runpy.run_path({str(EXAMPLES / 'nflows_example.py')!r}, run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == (
+        "nflows_example.py: error: this example needs nflows: pip install nflows"
+    )
