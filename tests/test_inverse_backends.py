@@ -1,4 +1,6 @@
 import importlib.util
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -225,6 +227,26 @@ def test_missing_extension_falls_back_to_torch_with_a_warning(monkeypatch):
         warnings.simplefilter("ignore")
         x = layer(y)[0]
     torch.testing.assert_close(layer.inverse(x)[0], y)
+
+
+def test_the_missing_extension_warning_shows_once_per_process():
+    """A new user without a C compiler saw the paragraph-long warning twice in one script: it was
+    attributed to each of the library's two callers of inverse_backend."""
+    code = (
+        "import torch\n"
+        "import normflows_emerging.backends.compiled as compiled\n"
+        "from normflows_emerging import EmergingConv2d, SquareAutoregressiveConv2d\n"
+        "compiled._solve = None\n"
+        "z = torch.randn(1, 2, 3, 3)\n"
+        "layers = [EmergingConv2d(2).eval(), EmergingConv2d(2), SquareAutoregressiveConv2d(2)]\n"
+        "with torch.no_grad():\n"
+        "    for layer in layers:\n"
+        "        layer(z)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert done.stderr.count("RuntimeWarning: no compiled solve") == 1, done.stderr
 
 
 def test_compiled_rejects_what_it_cannot_run():

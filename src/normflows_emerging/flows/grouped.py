@@ -143,6 +143,9 @@ class _Entry:
     def __init__(self, group, args):
         self.optimizer_steps = optimizer_steps()  # before: a step meanwhile makes it stale
         self.stamps = {layer: _stamps(layer._grouped_parameters()) for layer in group}
+        # detached aliases keep the stamped storages allocated, so that no new tensor (a
+        # replaced parameter, `p.data = t`) can take a stamped address while the entry lives
+        self.held = [p.detach() for layer in group for p in layer._grouped_parameters()]
         self.results = dict(zip(group, type(group[0])._derive_group(group, *args)))
         self.used = set()  # layers that took their entry: one more lookup is another model call
 

@@ -176,7 +176,7 @@ def inverse_backend(device="cpu"):
                 f"no {name} solve: SquareAutoregressiveConv2d and EmergingConv2d "
                 f"sample with the slower torch wavefront solve. {reason}",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=1,  # one place whoever asks: Python's default filter shows it once
             )
     return "torch"
 
