@@ -25,7 +25,8 @@ Which entries of a module's parameters are free is found, in this order, by
 
 * a rule registered for its class (or a base class) with :func:`register_free_entries`, or
 * the mask convention: a module with a ``weight`` parameter and a ``mask`` buffer that the
-  forward pass multiplies into it (``weight * mask``) uses the entries where ``mask != 0``;
+  forward pass applies to it (``weight * mask``, or ``where(mask != 0, weight, 0)`` as this
+  package's layers do) uses the entries where ``mask != 0``;
 * otherwise every entry is free;
 
 and how many directions in the used entries leave a module (with its submodules) unchanged by a
