@@ -74,6 +74,18 @@ SPEED_TABLES = {
         None,
         ["what", "backend", "batch", "ms_per_image", "speedup", "params", "max_abs_diff"],
     ),
+    "revisions_issue27.json": (
+        None,
+        [
+            "mixing",
+            "task",
+            "base ratio",
+            "base range",
+            "this tree ratio",
+            "this tree range",
+            "change",
+        ],
+    ),
 }
 # the paper's Table 5 row (key of paper_ms_per_sample in sampling.json: naive, accelerated) and
 # the models of benchmarks/sampling.py that stand for it
