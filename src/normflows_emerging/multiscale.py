@@ -21,6 +21,7 @@ from .errors import NonFiniteError
 from .flows.arguments import check_positive_int
 from .flows.grouped import grouped_weights
 from .glow import GlowStep
+from .solve.checks import check_strided
 from .solve.transforms import under_transform
 
 Shape = tuple[int, int, int]
@@ -85,11 +86,7 @@ class ImageMultiscaleFlow(nf.MultiscaleFlow):
     def _check_values(self, what: str, x: torch.Tensor) -> None:
         """Dtype and device of the model's parameters, a non-empty batch, finite values."""
         like = next(self.parameters(), x)  # a model without parameters takes any float dtype
-        if x.layout != torch.strided:
-            raise TypeError(
-                f"model expects {what} as a dense (strided) tensor, got layout {x.layout}; "
-                f"convert them with .to_dense()"
-            )
+        check_strided(x, f"the model's {what}")
         if x.dtype != like.dtype:
             raise TypeError(
                 f"model has {like.dtype} parameters but got {what} of dtype {x.dtype}; convert "

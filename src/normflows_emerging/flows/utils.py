@@ -18,6 +18,7 @@ import torch
 from normflows.flows import Invertible1x1Conv
 
 from ..solve import device
+from ..solve.checks import check_strided
 from ..solve.transforms import under_transform
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -40,11 +41,7 @@ def check_image(x: torch.Tensor, num_channels: int, layer: str, like: torch.Tens
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")
-    if x.layout != torch.strided:
-        raise TypeError(
-            f"{layer} expects a dense (strided) tensor, got layout {x.layout}; convert it with "
-            f"x.to_dense()"
-        )
+    check_strided(x, f"{layer}'s input")
     if x.dtype not in SUPPORTED_DTYPES:
         raise unsupported_dtype(layer, x)
     if x.dim() != 4 or x.shape[1] != num_channels:

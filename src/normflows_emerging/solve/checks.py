@@ -8,6 +8,16 @@ from . import device
 SOLVE_DTYPES = (torch.float32, torch.float64)
 
 
+def check_strided(tensor: torch.Tensor, what: str) -> None:
+    """Raise a ``TypeError`` naming ``what`` unless ``tensor`` is dense (strided layout): the
+    layers, solves and models take no sparse or other layouts."""
+    if tensor.layout != torch.strided:
+        raise TypeError(
+            f"{what} must be a dense (strided) tensor, got layout {tensor.layout}; convert it "
+            f"with .to_dense()"
+        )
+
+
 def check_solve_inputs(y: torch.Tensor, kernel: torch.Tensor, dilation: int) -> None:
     """Raise a clear error unless ``(y, kernel, dilation)`` describe a solvable causal convolution.
 
@@ -27,12 +37,8 @@ def check_solve_inputs(y: torch.Tensor, kernel: torch.Tensor, dilation: int) -> 
             f"y and kernel must be torch.Tensors, got {type(y).__name__} and "
             f"{type(kernel).__name__}"
         )
-    for name, tensor in (("y", y), ("kernel", kernel)):
-        if tensor.layout != torch.strided:
-            raise TypeError(
-                f"{name} must be a dense (strided) tensor, got layout {tensor.layout}; convert "
-                f"it with .to_dense()"
-            )
+    check_strided(y, "y")
+    check_strided(kernel, "kernel")
     if y.dtype not in SOLVE_DTYPES:
         raise TypeError(f"y must be a float32 or float64 tensor, got dtype {y.dtype}")
     if kernel.dtype != y.dtype:
